@@ -1,0 +1,139 @@
+//! Wiring: builds the store, the group-commit writer, the workers and the HTTP server from a
+//! [`Config`], and takes them down in order on shutdown.
+
+use crate::api::{self, AppState, Metrics, ServerInfo};
+use crate::config::{Config, Durability};
+use crate::store::archive::PayloadArchive;
+use crate::store::ingest::Ingest;
+use crate::store::{Backend, Store, SyncMode};
+use crate::webhook::SignatureVerifier;
+use crate::worker::{self, WorkerConfig};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Connects to the configured database and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let sync = match config.durability {
+        Durability::Fsync => SyncMode::Full,
+        Durability::Os => SyncMode::Normal,
+    };
+    let store = Store::connect(&config.database_url, sync).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// A running orch: HTTP server, ingest writer and workers.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub store: Store,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    writer: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+    checkpoints: JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(config: &Config) -> anyhow::Result<Server> {
+        config.require_serve()?;
+        let store = open_store(config).await?;
+        // SQLite serves one instance, so its raw bodies go to the local archive; on Postgres they
+        // stay in the shared database, where every replica can read them.
+        let archive = match store.backend() {
+            Backend::Sqlite => Some(Arc::new(PayloadArchive::open(&config.payload_dir, config.durability == Durability::Fsync)?)),
+            Backend::Postgres => None,
+        };
+        let jobs_ready = Arc::new(Notify::new());
+        let (ingest, writer) = Ingest::start(store.clone(), archive, jobs_ready.clone());
+        let (stop, stop_rx) = watch::channel(false);
+
+        let state = AppState {
+            store: store.clone(),
+            ingest,
+            verifier: Arc::new(SignatureVerifier::new(&config.webhook_secrets)),
+            metrics: Arc::new(Metrics::default()),
+            info: Arc::new(ServerInfo {
+                version: VERSION,
+                max_phase: 4,
+                dry_run: config.github_dry_run,
+            }),
+        };
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("ORCH_BIND: cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(state);
+        let mut http_stop = stop_rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        let workers = worker::spawn(store.clone(), WorkerConfig::new(config.job_lease, config.workers), jobs_ready, stop_rx.clone());
+        let checkpoints = tokio::spawn(store.clone().checkpoint_loop(stop_rx));
+        tracing::info!(%addr, store = store.backend().name(), "orch is listening");
+        Ok(Server {
+            addr,
+            store,
+            stop,
+            http,
+            writer,
+            workers,
+            checkpoints,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (their deliveries are committed before
+    /// they are answered), lets workers finish their current job, then closes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.http.await.context("HTTP server task")?.context("HTTP server")?;
+        // The router (and with it the last handle on the writer) is gone: the writer commits
+        // what it holds and ends.
+        self.writer.await.context("ingest writer task")?;
+        for w in self.workers {
+            w.await.context("worker task")?;
+        }
+        self.checkpoints.await.context("checkpoint task")?;
+        self.store.close().await;
+        tracing::info!("orch stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// `orch serve`: runs until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(&config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown requested; finishing in-flight work");
+    server.shutdown().await
+}

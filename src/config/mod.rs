@@ -1,0 +1,414 @@
+//! Configuration: environment variables (SPEC §14), optionally layered over a TOML file named by
+//! `ORCH_CONFIG`. The environment wins. Every problem names the variable it came from.
+
+use secrecy::SecretString;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration problem, always naming the variable so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {problem}")]
+    Invalid { var: &'static str, problem: String },
+    #[error("{var} is required: {why}")]
+    Missing { var: &'static str, why: &'static str },
+    #[error("ORCH_CONFIG: cannot read {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("ORCH_CONFIG: {path} is not valid TOML: {message}")]
+    FileSyntax { path: String, message: String },
+}
+
+/// Which model provider to use (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmProvider {
+    Anthropic,
+    OpenAi,
+    Fake,
+}
+
+/// How hard the ingest path works to make a delivery survive before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync (fdatasync) the payload archive and the database log before every answer:
+    /// survives power loss.
+    Fsync,
+    /// Written to the operating system before every answer: survives a crash or `kill -9` of
+    /// orch, not a power cut.
+    Os,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    /// Every secret currently accepted for webhook signatures (rotation: old and new).
+    pub webhook_secrets: Vec<SecretString>,
+    pub github_app_id: Option<u64>,
+    pub github_private_key_path: Option<PathBuf>,
+    pub github_private_key: Option<SecretString>,
+    pub github_api_url: String,
+    pub github_dry_run: bool,
+    pub admin_token: Option<SecretString>,
+    pub llm_provider: LlmProvider,
+    pub llm_model: Option<String>,
+    pub anthropic_api_key: Option<SecretString>,
+    pub anthropic_base_url: String,
+    pub openai_api_key: Option<SecretString>,
+    pub openai_base_url: String,
+    pub fake_llm_script: Option<PathBuf>,
+    /// Where raw webhook payloads are archived (append-only segment files).
+    pub payload_dir: PathBuf,
+    pub durability: Durability,
+    /// How long a worker holds a job before another worker may take it over.
+    pub job_lease: Duration,
+    pub workers: usize,
+}
+
+/// Names of every variable orch reads; the TOML file may use the same names (or lower-case
+/// without the prefix, e.g. `bind` for `ORCH_BIND`).
+pub const VARIABLES: &[&str] = &[
+    "ORCH_BIND",
+    "ORCH_DATABASE_URL",
+    "ORCH_WEBHOOK_SECRET",
+    "ORCH_GITHUB_APP_ID",
+    "ORCH_GITHUB_PRIVATE_KEY_PATH",
+    "ORCH_GITHUB_PRIVATE_KEY",
+    "ORCH_GITHUB_API_URL",
+    "ORCH_GITHUB_DRY_RUN",
+    "ORCH_ADMIN_TOKEN",
+    "ORCH_LLM_PROVIDER",
+    "ORCH_LLM_MODEL",
+    "ANTHROPIC_API_KEY",
+    "ORCH_ANTHROPIC_BASE_URL",
+    "OPENAI_API_KEY",
+    "ORCH_OPENAI_BASE_URL",
+    "ORCH_FAKE_LLM_SCRIPT",
+    "ORCH_PAYLOAD_DIR",
+    "ORCH_DURABILITY",
+    "ORCH_JOB_LEASE_SECS",
+    "ORCH_WORKERS",
+];
+
+/// Raw key/value source: the environment over the file.
+struct Source {
+    values: HashMap<&'static str, String>,
+}
+
+impl Source {
+    fn get(&self, var: &'static str) -> Option<&str> {
+        self.values
+            .get(var)
+            .map(|s| s.as_str())
+            .filter(|s| !s.trim().is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, var: &'static str, expected: &str) -> Result<Option<T>, ConfigError> {
+        match self.get(var) {
+            None => Ok(None),
+            Some(raw) => raw.trim().parse::<T>().map(Some).map_err(|_| ConfigError::Invalid {
+                var,
+                problem: format!("expected {expected}, got {:?}", redact_if_long(raw)),
+            }),
+        }
+    }
+
+    fn bool(&self, var: &'static str) -> Result<bool, ConfigError> {
+        match self.get(var).map(|s| s.trim().to_ascii_lowercase()) {
+            None => Ok(false),
+            Some(v) => match v.as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::Invalid {
+                    var,
+                    problem: format!("expected true or false, got {v:?}"),
+                }),
+            },
+        }
+    }
+
+    fn secret(&self, var: &'static str) -> Option<SecretString> {
+        self.get(var).map(|s| SecretString::from(s.to_string()))
+    }
+}
+
+fn redact_if_long(raw: &str) -> String {
+    if raw.len() > 64 {
+        format!("{}…", &raw[..raw.char_indices().nth(32).map(|(i, _)| i).unwrap_or(raw.len())])
+    } else {
+        raw.to_string()
+    }
+}
+
+impl Config {
+    /// Reads the process environment (and `ORCH_CONFIG`, if set).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::from_map(&env)
+    }
+
+    /// Builds the configuration from an explicit environment map; used by tests.
+    pub fn from_map(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut values: HashMap<&'static str, String> = HashMap::new();
+        if let Some(path) = env.get("ORCH_CONFIG").filter(|p| !p.is_empty()) {
+            for (k, v) in read_file(path)? {
+                values.insert(k, v);
+            }
+        }
+        for var in VARIABLES {
+            if let Some(v) = env.get(*var) {
+                values.insert(var, v.clone());
+            }
+        }
+        Self::from_source(&Source { values })
+    }
+
+    fn from_source(src: &Source) -> Result<Self, ConfigError> {
+        let bind = src
+            .parse::<SocketAddr>("ORCH_BIND", "an address like 127.0.0.1:3000")?
+            .unwrap_or_else(|| "127.0.0.1:3000".parse().expect("valid default"));
+        let database_url = src.get("ORCH_DATABASE_URL").unwrap_or("sqlite://orch.db").to_string();
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_DATABASE_URL",
+                problem: "expected a sqlite:// or postgres:// URL".into(),
+            });
+        }
+        let webhook_secrets = match src.get("ORCH_WEBHOOK_SECRET") {
+            None => Vec::new(),
+            Some(raw) => {
+                let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+                if parts.iter().any(|p| p.is_empty()) {
+                    return Err(ConfigError::Invalid {
+                        var: "ORCH_WEBHOOK_SECRET",
+                        problem: "an empty secret in the comma-separated list".into(),
+                    });
+                }
+                parts.into_iter().map(|p| SecretString::from(p.to_string())).collect()
+            }
+        };
+        let llm_provider = match src.get("ORCH_LLM_PROVIDER").map(|s| s.trim().to_ascii_lowercase()) {
+            None => LlmProvider::Fake,
+            Some(p) => match p.as_str() {
+                "anthropic" => LlmProvider::Anthropic,
+                "openai" => LlmProvider::OpenAi,
+                "fake" => LlmProvider::Fake,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "ORCH_LLM_PROVIDER",
+                        problem: format!("expected anthropic, openai or fake, got {other:?}"),
+                    })
+                }
+            },
+        };
+        let durability = match src.get("ORCH_DURABILITY").map(|s| s.trim().to_ascii_lowercase()) {
+            None => Durability::Fsync,
+            Some(d) => match d.as_str() {
+                "fsync" => Durability::Fsync,
+                "os" => Durability::Os,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "ORCH_DURABILITY",
+                        problem: format!("expected fsync or os, got {other:?}"),
+                    })
+                }
+            },
+        };
+        let url_var = |var: &'static str, default: &str| -> Result<String, ConfigError> {
+            let v = src.get(var).unwrap_or(default).trim().trim_end_matches('/').to_string();
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(v)
+            } else {
+                Err(ConfigError::Invalid {
+                    var,
+                    problem: format!("expected an http(s) URL, got {v:?}"),
+                })
+            }
+        };
+        let job_lease_secs = src.parse::<u64>("ORCH_JOB_LEASE_SECS", "a whole number of seconds")?.unwrap_or(60);
+        if job_lease_secs == 0 {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_JOB_LEASE_SECS",
+                problem: "must be at least 1".into(),
+            });
+        }
+        let workers = src.parse::<usize>("ORCH_WORKERS", "a whole number")?.unwrap_or(4).clamp(1, 64);
+        Ok(Config {
+            bind,
+            payload_dir: src
+                .get("ORCH_PAYLOAD_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default_payload_dir(&database_url)),
+            database_url,
+            webhook_secrets,
+            github_app_id: src.parse::<u64>("ORCH_GITHUB_APP_ID", "a numeric GitHub App id")?,
+            github_private_key_path: src.get("ORCH_GITHUB_PRIVATE_KEY_PATH").map(PathBuf::from),
+            github_private_key: src.secret("ORCH_GITHUB_PRIVATE_KEY"),
+            github_api_url: url_var("ORCH_GITHUB_API_URL", "https://api.github.com")?,
+            github_dry_run: src.bool("ORCH_GITHUB_DRY_RUN")?,
+            admin_token: src.secret("ORCH_ADMIN_TOKEN"),
+            llm_provider,
+            llm_model: src.get("ORCH_LLM_MODEL").map(str::to_string),
+            anthropic_api_key: src.secret("ANTHROPIC_API_KEY"),
+            anthropic_base_url: url_var("ORCH_ANTHROPIC_BASE_URL", "https://api.anthropic.com")?,
+            openai_api_key: src.secret("OPENAI_API_KEY"),
+            openai_base_url: url_var("ORCH_OPENAI_BASE_URL", "https://api.openai.com/v1")?,
+            fake_llm_script: src.get("ORCH_FAKE_LLM_SCRIPT").map(PathBuf::from),
+            durability,
+            job_lease: Duration::from_secs(job_lease_secs),
+            workers,
+        })
+    }
+
+    /// What `orch serve` cannot run without.
+    pub fn require_serve(&self) -> Result<(), ConfigError> {
+        if self.webhook_secrets.is_empty() {
+            return Err(ConfigError::Missing {
+                var: "ORCH_WEBHOOK_SECRET",
+                why: "orch refuses to accept unsigned webhooks; set the secret configured on the GitHub App",
+            });
+        }
+        Ok(())
+    }
+
+    /// A name for the backend in `/health` and logs; never the URL (it may hold a password).
+    pub fn mode(&self) -> &'static str {
+        if self.database_url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    }
+}
+
+/// Payloads live next to the SQLite file by default, in the working directory for Postgres.
+fn default_payload_dir(database_url: &str) -> PathBuf {
+    if let Some(rest) = database_url.strip_prefix("sqlite:") {
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if !path.is_empty() && path != ":memory:" {
+            let p = PathBuf::from(path);
+            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "orch".into());
+            return p.with_file_name(format!("{name}.payloads"));
+        }
+    }
+    PathBuf::from("orch-payloads")
+}
+
+fn read_file(path: &str) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        path: path.to_string(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::FileSyntax {
+        path: path.to_string(),
+        message: e.message().to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let var = VARIABLES
+            .iter()
+            .find(|v| v.eq_ignore_ascii_case(&key) || v.strip_prefix("ORCH_").is_some_and(|s| s.eq_ignore_ascii_case(&key)))
+            .ok_or_else(|| ConfigError::FileSyntax {
+                path: path.to_string(),
+                message: format!("unknown key {key:?}; known keys are {}", VARIABLES.join(", ")),
+            })?;
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .into_iter()
+                .map(|i| match i {
+                    toml::Value::String(s) => Ok(s),
+                    other => Err(ConfigError::FileSyntax {
+                        path: path.to_string(),
+                        message: format!("{key}: lists may hold only strings, found a {}", other.type_str()),
+                    }),
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?
+                .join(","),
+            other => {
+                return Err(ConfigError::FileSyntax {
+                    path: path.to_string(),
+                    message: format!("{key}: unsupported value of type {}", other.type_str()),
+                })
+            }
+        };
+        out.push((*var, text));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = Config::from_map(&env(&[])).unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.database_url, "sqlite://orch.db");
+        assert_eq!(c.github_api_url, "https://api.github.com");
+        assert_eq!(c.llm_provider, LlmProvider::Fake);
+        assert!(!c.github_dry_run);
+        assert_eq!(c.payload_dir, PathBuf::from("orch.db.payloads"));
+        assert!(c.require_serve().is_err());
+    }
+
+    #[test]
+    fn secrets_are_split_for_rotation_and_never_debug_printed() {
+        let c = Config::from_map(&env(&[("ORCH_WEBHOOK_SECRET", "old-one, new-one")])).unwrap();
+        assert_eq!(c.webhook_secrets.len(), 2);
+        assert_eq!(c.webhook_secrets[1].expose_secret(), "new-one");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("old-one") && !printed.contains("new-one"), "{printed}");
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        for (var, value) in [
+            ("ORCH_BIND", "not-an-address"),
+            ("ORCH_GITHUB_APP_ID", "abc"),
+            ("ORCH_GITHUB_DRY_RUN", "maybe"),
+            ("ORCH_LLM_PROVIDER", "gpt"),
+            ("ORCH_DATABASE_URL", "mysql://x"),
+            ("ORCH_WEBHOOK_SECRET", "a,,b"),
+            ("ORCH_GITHUB_API_URL", "ftp://example"),
+            ("ORCH_JOB_LEASE_SECS", "0"),
+        ] {
+            let err = Config::from_map(&env(&[(var, value)])).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{var}: {err}");
+        }
+        let err = Config::from_map(&env(&[])).unwrap().require_serve().unwrap_err().to_string();
+        assert!(err.contains("ORCH_WEBHOOK_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn toml_file_is_read_and_env_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.toml");
+        std::fs::write(&path, "bind = \"127.0.0.1:4000\"\nORCH_GITHUB_APP_ID = 42\nwebhook_secret = [\"a\", \"b\"]\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::from_map(&env(&[("ORCH_CONFIG", p), ("ORCH_GITHUB_APP_ID", "7")])).unwrap();
+        assert_eq!(c.bind.port(), 4000);
+        assert_eq!(c.github_app_id, Some(7));
+        assert_eq!(c.webhook_secrets.len(), 2);
+
+        std::fs::write(&path, "nonsense = 1\n").unwrap();
+        let err = Config::from_map(&env(&[("ORCH_CONFIG", p)])).unwrap_err().to_string();
+        assert!(err.starts_with("ORCH_CONFIG") && err.contains("nonsense"), "{err}");
+        std::fs::write(&path, "bind = \n").unwrap();
+        let err = Config::from_map(&env(&[("ORCH_CONFIG", p)])).unwrap_err().to_string();
+        assert!(err.starts_with("ORCH_CONFIG"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! orch: a GitHub App that lets a language model propose work on a repository, under policy,
+//! approvals and a tamper-evident audit log. The modules follow the pipeline:
+//! `webhook` (verify, parse) → `store` (durable deliveries, job queue) → `worker` (processing),
+//! with `api` serving HTTP and `config` reading the operator's settings.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod store;
+pub mod webhook;
+pub mod worker;

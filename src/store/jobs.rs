@@ -1,0 +1,160 @@
+//! The job queue. A job is leased by one worker (`lease_owner`, `lease_until`); the worker
+//! extends the lease while it works and completes the job in the same transaction as the job's
+//! effects, conditioned on still holding the lease. A crashed worker's job is taken over when its
+//! lease runs out, and its half-done transaction never committed, so effects happen once.
+
+use super::deliveries::{chunk_sizes, values_clause};
+use super::{Backend, Db};
+use sqlx::{Executor, Row};
+
+pub const KIND_DELIVERY: &str = "delivery";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub delivery_guid: Option<String>,
+    pub attempts: i64,
+}
+
+/// Queues one job per delivery GUID.
+pub async fn enqueue_for_deliveries(conn: &mut sqlx::AnyConnection, guids: &[&str], now: i64) -> sqlx::Result<()> {
+    let mut start = 0;
+    for size in chunk_sizes(guids.len()) {
+        let sql = format!(
+            "INSERT INTO jobs (kind, delivery_guid, status, run_at, created_at) VALUES {}",
+            values_clause(size, 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for guid in &guids[start..start + size] {
+            q = q.bind(KIND_DELIVERY).bind(guid.to_string()).bind("queued").bind(now).bind(now);
+        }
+        q.execute(&mut *conn).await?;
+        start += size;
+    }
+    Ok(())
+}
+
+/// Leases up to `limit` jobs that are due, or whose previous lease ran out.
+pub async fn claim<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    backend: Backend,
+    owner: &str,
+    lease_ms: i64,
+    limit: i64,
+    now: i64,
+) -> sqlx::Result<Vec<Job>> {
+    // On Postgres, SKIP LOCKED lets replicas claim disjoint jobs without waiting on each other;
+    // SQLite has a single writer, so the UPDATE is atomic as it stands.
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $3) OR (status = 'running' AND lease_until < $3) \
+                      ORDER BY id LIMIT $4 {lock}) \
+         RETURNING id, kind, delivery_guid, attempts"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(owner.to_string())
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    let mut jobs: Vec<Job> = rows
+        .iter()
+        .map(|r| {
+            Ok(Job {
+                id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                delivery_guid: r.try_get(2)?,
+                attempts: r.try_get(3)?,
+            })
+        })
+        .collect::<sqlx::Result<_>>()?;
+    jobs.sort_by_key(|j| j.id);
+    Ok(jobs)
+}
+
+/// Extends a lease; false when the lease was lost to another worker.
+pub async fn heartbeat<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, owner: &str, until: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'")
+        .bind(until)
+        .bind(id)
+        .bind(owner.to_string())
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks the job done if this worker still holds it. Call inside the transaction that applies
+/// the job's effects, first, and roll back when it returns false.
+pub async fn complete<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, owner: &str, now: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE jobs SET status = 'done', finished_at = $1, lease_owner = NULL, lease_until = NULL, last_error = NULL \
+         WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
+    )
+    .bind(now)
+    .bind(id)
+    .bind(owner.to_string())
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Puts a failed job back in the queue for `run_at`, or fails it for good.
+pub async fn release_failed<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    id: i64,
+    owner: &str,
+    error: &str,
+    retry_at: Option<i64>,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let r = match retry_at {
+        Some(at) => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_at = $1, lease_owner = NULL, lease_until = NULL, last_error = $2 \
+                 WHERE id = $3 AND lease_owner = $4 AND status = 'running'",
+            )
+            .bind(at)
+            .bind(error.to_string())
+            .bind(id)
+            .bind(owner.to_string())
+            .execute(conn)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "UPDATE jobs SET status = 'failed', finished_at = $1, lease_owner = NULL, lease_until = NULL, last_error = $2 \
+                 WHERE id = $3 AND lease_owner = $4 AND status = 'running'",
+            )
+            .bind(now)
+            .bind(error.to_string())
+            .bind(id)
+            .bind(owner.to_string())
+            .execute(conn)
+            .await?
+        }
+    };
+    Ok(r.rows_affected() == 1)
+}
+
+/// Jobs waiting or running.
+pub async fn depth<'c, E: Executor<'c, Database = Db>>(conn: E) -> sqlx::Result<i64> {
+    sqlx::query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
+        .fetch_one(conn)
+        .await?
+        .try_get(0)
+}
+
+/// The status and attempts of every job of a delivery (tests and diagnostics).
+pub async fn for_delivery<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("SELECT status, attempts FROM jobs WHERE delivery_guid = $1 ORDER BY id")
+        .bind(guid.to_string())
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
