@@ -45,7 +45,10 @@ impl Server {
         // SQLite serves one instance, so its raw bodies go to the local archive; on Postgres they
         // stay in the shared database, where every replica can read them.
         let archive = match store.backend() {
-            Backend::Sqlite => Some(Arc::new(PayloadArchive::open(&config.payload_dir, config.durability == Durability::Fsync)?)),
+            Backend::Sqlite => Some(Arc::new(PayloadArchive::open(
+                &config.payload_dir,
+                config.durability == Durability::Fsync,
+            )?)),
             Backend::Postgres => None,
         };
         let jobs_ready = Arc::new(Notify::new());
@@ -76,7 +79,12 @@ impl Server {
                 })
                 .await
         });
-        let workers = worker::spawn(store.clone(), WorkerConfig::new(config.job_lease, config.workers), jobs_ready, stop_rx.clone());
+        let workers = worker::spawn(
+            store.clone(),
+            WorkerConfig::new(config.job_lease, config.workers),
+            jobs_ready,
+            stop_rx.clone(),
+        );
         let checkpoints = tokio::spawn(store.clone().checkpoint_loop(stop_rx));
         tracing::info!(%addr, store = store.backend().name(), "orch is listening");
         Ok(Server {

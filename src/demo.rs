@@ -13,13 +13,41 @@ use std::time::{Duration, Instant};
 /// The bundled deliveries: (file name, GitHub event, body). Written for orch, see `fixtures/`.
 pub const FIXTURES: &[(&str, &str, &str)] = &[
     ("01-ping.json", "ping", include_str!("../fixtures/deliveries/01-ping.json")),
-    ("02-installation.created.json", "installation", include_str!("../fixtures/deliveries/02-installation.created.json")),
-    ("03-issues.labeled.json", "issues", include_str!("../fixtures/deliveries/03-issues.labeled.json")),
-    ("04-issue_comment.created.json", "issue_comment", include_str!("../fixtures/deliveries/04-issue_comment.created.json")),
-    ("05-pull_request.opened.json", "pull_request", include_str!("../fixtures/deliveries/05-pull_request.opened.json")),
-    ("06-check_run.requested_action.json", "check_run", include_str!("../fixtures/deliveries/06-check_run.requested_action.json")),
-    ("07-issue_comment.edited.json", "issue_comment", include_str!("../fixtures/deliveries/07-issue_comment.edited.json")),
-    ("08-star.created.json", "star", include_str!("../fixtures/deliveries/08-star.created.json")),
+    (
+        "02-installation.created.json",
+        "installation",
+        include_str!("../fixtures/deliveries/02-installation.created.json"),
+    ),
+    (
+        "03-issues.labeled.json",
+        "issues",
+        include_str!("../fixtures/deliveries/03-issues.labeled.json"),
+    ),
+    (
+        "04-issue_comment.created.json",
+        "issue_comment",
+        include_str!("../fixtures/deliveries/04-issue_comment.created.json"),
+    ),
+    (
+        "05-pull_request.opened.json",
+        "pull_request",
+        include_str!("../fixtures/deliveries/05-pull_request.opened.json"),
+    ),
+    (
+        "06-check_run.requested_action.json",
+        "check_run",
+        include_str!("../fixtures/deliveries/06-check_run.requested_action.json"),
+    ),
+    (
+        "07-issue_comment.edited.json",
+        "issue_comment",
+        include_str!("../fixtures/deliveries/07-issue_comment.edited.json"),
+    ),
+    (
+        "08-star.created.json",
+        "star",
+        include_str!("../fixtures/deliveries/08-star.created.json"),
+    ),
 ];
 
 fn random_hex(bytes: usize) -> String {
@@ -77,14 +105,31 @@ pub async fn run(once: bool) -> anyhow::Result<()> {
     for (i, (name, event, body)) in FIXTURES.iter().enumerate() {
         let guid = format!("demo-{run_id}-{i:02}");
         let (status, json) = send(event, guid, body, sign(&secret, body.as_bytes())).await?;
-        let answer = json.get("status").or_else(|| json.get("error")).and_then(|v| v.as_str()).unwrap_or("");
+        let answer = json
+            .get("status")
+            .or_else(|| json.get("error"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         println!("  {status} {answer:<9} {event:<14} {name}");
     }
     let (_, event, body) = FIXTURES[3];
     let (status, json) = send(event, format!("demo-{run_id}-03"), body, sign(&secret, body.as_bytes())).await?;
-    println!("  {status} {:<9} {event:<14} the same delivery again (GitHub redelivery): not processed twice", json["status"].as_str().unwrap_or(""));
-    let (status, json) = send(event, format!("demo-{run_id}-forged"), body, sign("not-the-secret", body.as_bytes())).await?;
-    println!("  {status} {:<9} {event:<14} signed with a wrong secret: {}", "refused", json["error"].as_str().unwrap_or(""));
+    println!(
+        "  {status} {:<9} {event:<14} the same delivery again (GitHub redelivery): not processed twice",
+        json["status"].as_str().unwrap_or("")
+    );
+    let (status, json) = send(
+        event,
+        format!("demo-{run_id}-forged"),
+        body,
+        sign("not-the-secret", body.as_bytes()),
+    )
+    .await?;
+    println!(
+        "  {status} {:<9} {event:<14} signed with a wrong secret: {}",
+        "refused",
+        json["error"].as_str().unwrap_or("")
+    );
 
     let started = Instant::now();
     while jobs::depth(server.store.pool()).await? > 0 && started.elapsed() < Duration::from_secs(10) {
@@ -106,7 +151,12 @@ pub async fn run(once: bool) -> anyhow::Result<()> {
     if let Some(inst) = installations::get_installation(server.store.pool(), 77).await? {
         let repos = installations::active_repositories(server.store.pool(), 77).await?;
         println!();
-        println!("Installation {} ({}) recorded with repositories: {}", inst.id, inst.account.unwrap_or_default(), repos.join(", "));
+        println!(
+            "Installation {} ({}) recorded with repositories: {}",
+            inst.id,
+            inst.account.unwrap_or_default(),
+            repos.join(", ")
+        );
     }
     if once {
         return server.shutdown().await;

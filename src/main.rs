@@ -3,7 +3,11 @@ use orch::config::Config;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "orch", version, about = "A GitHub App that lets a language model propose work under policy and approval")]
+#[command(
+    name = "orch",
+    version,
+    about = "A GitHub App that lets a language model propose work under policy and approval"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,11 @@ fn init_logging(default: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
+    init_logging(if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Serve => match Config::from_env() {
             Ok(config) => orch::app::serve(config).await,

@@ -18,13 +18,18 @@ async fn stored_count(server: &orch::app::Server) -> usize {
 }
 
 async fn signed_delivery_is_stored_then_processed(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     let body = comment_body(1, "/orch help");
     let (status, json) = Hook::signed("issue_comment", "guid-1", &body).send(&client, &base).await;
     assert_eq!(status, 202, "{json}");
     assert_eq!(json["status"], "queued");
     // Committed before the answer: readable at once, with every indexed field.
-    let d = deliveries::get(server.store.pool(), "guid-1").await.unwrap().expect("stored before the answer");
+    let d = deliveries::get(server.store.pool(), "guid-1")
+        .await
+        .unwrap()
+        .expect("stored before the answer");
     assert_eq!(d.event, "issue_comment");
     assert_eq!(d.action.as_deref(), Some("created"));
     assert_eq!(d.installation_id, Some(77));
@@ -33,12 +38,17 @@ async fn signed_delivery_is_stored_then_processed(backend: Backend) {
     drain(&server.store, 10).await;
     let d = deliveries::get(server.store.pool(), "guid-1").await.unwrap().unwrap();
     assert_eq!((d.status.as_str(), d.process_count), ("processed", 1));
-    assert_eq!(jobs::for_delivery(server.store.pool(), "guid-1").await.unwrap(), vec![("done".to_string(), 1)]);
+    assert_eq!(
+        jobs::for_delivery(server.store.pool(), "guid-1").await.unwrap(),
+        vec![("done".to_string(), 1)]
+    );
     server.shutdown().await.unwrap();
 }
 
 async fn duplicate_guid_is_acknowledged_once(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     let body = comment_body(2, "/orch status");
     let (status, _) = Hook::signed("issue_comment", "dup-1", &body).send(&client, &base).await;
     assert_eq!(status, 202);
@@ -69,7 +79,9 @@ async fn duplicate_guid_is_acknowledged_once(backend: Backend) {
 }
 
 async fn bad_signatures_are_refused_and_not_stored(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     let body = comment_body(3, "/orch approve");
     let good = sign(common::SECRET, &body);
     let cases: Vec<(&str, Option<String>)> = vec![
@@ -104,7 +116,9 @@ async fn bad_signatures_are_refused_and_not_stored(backend: Backend) {
 }
 
 async fn malformed_requests_get_400(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     let body = comment_body(4, "hello");
     let no_event = Hook {
         event: None,
@@ -120,18 +134,26 @@ async fn malformed_requests_get_400(backend: Backend) {
     let (status, json) = no_guid.send(&client, &base).await;
     assert_eq!(status, 400);
     assert!(json["error"].as_str().unwrap().contains("X-GitHub-Delivery"), "{json}");
-    let (status, json) = Hook::signed("issue_comment", "not-json", b"this is not json").send(&client, &base).await;
+    let (status, json) = Hook::signed("issue_comment", "not-json", b"this is not json")
+        .send(&client, &base)
+        .await;
     assert_eq!(status, 400);
     assert!(json["error"].as_str().unwrap().contains("JSON"), "{json}");
-    let (status, json) = Hook::signed("issue_comment", "wrong-shape", br#"{"action":"created"}"#).send(&client, &base).await;
+    let (status, json) = Hook::signed("issue_comment", "wrong-shape", br#"{"action":"created"}"#)
+        .send(&client, &base)
+        .await;
     assert_eq!(status, 400, "{json}");
     assert_eq!(stored_count(&server).await, 0);
     server.shutdown().await.unwrap();
 }
 
 async fn ping_and_unknown_events_are_answered_200(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
-    let (status, json) = Hook::signed("ping", "ping-1", br#"{"zen":"Design for failure.","hook_id":1}"#).send(&client, &base).await;
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
+    let (status, json) = Hook::signed("ping", "ping-1", br#"{"zen":"Design for failure.","hook_id":1}"#)
+        .send(&client, &base)
+        .await;
     assert_eq!((status, json["status"].as_str()), (200, Some("pong")));
     let (status, json) = Hook::signed("star", "star-1", br#"{"action":"created","repository":{"id":1,"full_name":"o/r"}}"#)
         .send(&client, &base)
@@ -140,7 +162,9 @@ async fn ping_and_unknown_events_are_answered_200(backend: Backend) {
     let body = comment_body(5, "hi");
     // A known event with an action orch does not act on is stored and ignored.
     let edited = String::from_utf8(body).unwrap().replace("\"created\"", "\"pinned\"");
-    let (status, json) = Hook::signed("issue_comment", "pinned-1", edited.as_bytes()).send(&client, &base).await;
+    let (status, json) = Hook::signed("issue_comment", "pinned-1", edited.as_bytes())
+        .send(&client, &base)
+        .await;
     assert_eq!((status, json["status"].as_str()), (200, Some("ignored")));
     for guid in ["ping-1", "star-1", "pinned-1"] {
         let d = deliveries::get(server.store.pool(), guid).await.unwrap().unwrap();
@@ -183,11 +207,16 @@ async fn raw_exchange(addr: std::net::SocketAddr, head: String, chunks: usize) -
             break;
         }
     }
-    tokio::time::timeout(std::time::Duration::from_secs(20), reader).await.expect("an answer").unwrap()
+    tokio::time::timeout(std::time::Duration::from_secs(20), reader)
+        .await
+        .expect("an answer")
+        .unwrap()
 }
 
 async fn oversized_bodies_get_413(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     let sig = sign(common::SECRET, b"x");
     // A declared length above the limit is refused before a byte of the body is read.
     let head = format!(
@@ -213,7 +242,9 @@ async fn oversized_bodies_get_413(backend: Backend) {
 }
 
 async fn health_reports_store_figures(backend: Backend) {
-    let Some((_db, server, client, base)) = setup(backend).await else { return };
+    let Some((_db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     let h: serde_json::Value = client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
@@ -225,7 +256,9 @@ async fn health_reports_store_figures(backend: Backend) {
     assert_eq!(h["circuitBreaker"]["totalCostUsd"], "0.0000");
     assert_eq!(h["store"], if backend == Backend::Sqlite { "sqlite" } else { "postgres" });
     for i in 0..3 {
-        Hook::signed("issue_comment", &format!("h-{i}"), &comment_body(i, "x")).send(&client, &base).await;
+        Hook::signed("issue_comment", &format!("h-{i}"), &comment_body(i, "x"))
+            .send(&client, &base)
+            .await;
     }
     Hook::signed("ping", "h-ping", b"{}").send(&client, &base).await;
     drain(&server.store, 10).await;
@@ -239,7 +272,9 @@ async fn health_reports_store_figures(backend: Backend) {
 }
 
 async fn graceful_shutdown_answers_and_keeps_in_flight_deliveries(backend: Backend) {
-    let Some((db, server, client, base)) = setup(backend).await else { return };
+    let Some((db, server, client, base)) = setup(backend).await else {
+        return;
+    };
     // Eight senders post deliveries back to back until the server stops answering.
     let senders: Vec<_> = (0..8u64)
         .map(|s| {
@@ -274,12 +309,20 @@ async fn graceful_shutdown_answers_and_keeps_in_flight_deliveries(backend: Backe
     server.shutdown().await.unwrap();
     let mut acked = Vec::new();
     for s in senders {
-        acked.extend(tokio::time::timeout(std::time::Duration::from_secs(10), s).await.expect("senders stop").unwrap());
+        acked.extend(
+            tokio::time::timeout(std::time::Duration::from_secs(10), s)
+                .await
+                .expect("senders stop")
+                .unwrap(),
+        );
     }
     assert!(acked.len() >= 40, "{} acknowledged", acked.len());
     let store = orch::store::Store::connect(&db.url, orch::store::SyncMode::Full).await.unwrap();
     for guid in &acked {
-        assert!(deliveries::get(store.pool(), guid).await.unwrap().is_some(), "{guid} was acknowledged but not stored");
+        assert!(
+            deliveries::get(store.pool(), guid).await.unwrap().is_some(),
+            "{guid} was acknowledged but not stored"
+        );
     }
 }
 

@@ -32,7 +32,11 @@ impl Metrics {
         let mut out: Vec<_> = map
             .iter()
             .flat_map(|(event, counts)| {
-                OUTCOMES.iter().zip(counts).filter(|(_, n)| **n > 0).map(move |(o, n)| (event.clone(), *o, *n))
+                OUTCOMES
+                    .iter()
+                    .zip(counts)
+                    .filter(|(_, n)| **n > 0)
+                    .map(move |(o, n)| (event.clone(), *o, *n))
             })
             .collect();
         out.sort();

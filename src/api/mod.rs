@@ -2,8 +2,8 @@
 
 pub mod metrics;
 
-use crate::store::{deliveries, health, jobs, Store};
 use crate::store::ingest::Ingest;
+use crate::store::{deliveries, health, jobs, Store};
 use crate::webhook::SignatureVerifier;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -72,7 +72,9 @@ pub fn router(state: AppState) -> Router {
 async fn health_handler(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let pool = state.store.pool();
     let breaker = health::breaker(pool).await.map_err(|e| ApiError::internal("health: breaker", e))?;
-    let counts = deliveries::count_by_status(pool).await.map_err(|e| ApiError::internal("health: deliveries", e))?;
+    let counts = deliveries::count_by_status(pool)
+        .await
+        .map_err(|e| ApiError::internal("health: deliveries", e))?;
     let depth = jobs::depth(pool).await.map_err(|e| ApiError::internal("health: jobs", e))?;
     let by_status: serde_json::Map<String, serde_json::Value> = counts.into_iter().map(|(k, v)| (k, json!(v))).collect();
     Ok(Json(json!({

@@ -15,10 +15,7 @@ pub enum ConfigError {
     #[error("{var} is required: {why}")]
     Missing { var: &'static str, why: &'static str },
     #[error("ORCH_CONFIG: cannot read {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
     #[error("ORCH_CONFIG: {path} is not valid TOML: {message}")]
     FileSyntax { path: String, message: String },
 }
@@ -101,10 +98,7 @@ struct Source {
 
 impl Source {
     fn get(&self, var: &'static str) -> Option<&str> {
-        self.values
-            .get(var)
-            .map(|s| s.as_str())
-            .filter(|s| !s.trim().is_empty())
+        self.values.get(var).map(|s| s.as_str()).filter(|s| !s.trim().is_empty())
     }
 
     fn parse<T: std::str::FromStr>(&self, var: &'static str, expected: &str) -> Result<Option<T>, ConfigError> {
@@ -292,7 +286,10 @@ fn default_payload_dir(database_url: &str) -> PathBuf {
         let path = path.split('?').next().unwrap_or(path);
         if !path.is_empty() && path != ":memory:" {
             let p = PathBuf::from(path);
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "orch".into());
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "orch".into());
             return p.with_file_name(format!("{name}.payloads"));
         }
     }
@@ -397,7 +394,11 @@ mod tests {
     fn toml_file_is_read_and_env_wins() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.toml");
-        std::fs::write(&path, "bind = \"127.0.0.1:4000\"\nORCH_GITHUB_APP_ID = 42\nwebhook_secret = [\"a\", \"b\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:4000\"\nORCH_GITHUB_APP_ID = 42\nwebhook_secret = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
         let p = path.to_str().unwrap();
         let c = Config::from_map(&env(&[("ORCH_CONFIG", p), ("ORCH_GITHUB_APP_ID", "7")])).unwrap();
         assert_eq!(c.bind.port(), 4000);

@@ -53,12 +53,17 @@ impl PayloadArchive {
         let mut last = 0u64;
         for entry in std::fs::read_dir(dir).with_context(|| format!("ORCH_PAYLOAD_DIR: cannot read {}", dir.display()))? {
             let name = entry?.file_name();
-            if let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 last = last.max(n);
             }
         }
         let segment = last.max(1);
-        let (file, len) = open_segment(dir, segment).with_context(|| format!("ORCH_PAYLOAD_DIR: cannot open a segment in {}", dir.display()))?;
+        let (file, len) =
+            open_segment(dir, segment).with_context(|| format!("ORCH_PAYLOAD_DIR: cannot open a segment in {}", dir.display()))?;
         if fsync {
             sync_dir(dir)?;
         }
@@ -103,14 +108,19 @@ impl PayloadArchive {
 
     /// Reads a body back by reference and checks it against its recorded SHA-256.
     pub fn read(&self, reference: &str, sha256_hex: &str) -> anyhow::Result<Vec<u8>> {
-        let parts: Vec<u64> = reference.split(':').map(|p| p.parse::<u64>()).collect::<Result<_, _>>().context("malformed payload reference")?;
+        let parts: Vec<u64> = reference
+            .split(':')
+            .map(|p| p.parse::<u64>())
+            .collect::<Result<_, _>>()
+            .context("malformed payload reference")?;
         let [segment, offset, len] = parts[..] else {
             bail!("malformed payload reference {reference:?}");
         };
         let mut file = File::open(segment_path(&self.dir, segment)).with_context(|| format!("payload segment {segment} is missing"))?;
         file.seek(SeekFrom::Start(offset))?;
         let mut body = vec![0u8; len as usize];
-        file.read_exact(&mut body).with_context(|| format!("payload {reference} is truncated"))?;
+        file.read_exact(&mut body)
+            .with_context(|| format!("payload {reference} is truncated"))?;
         if hex::encode(Sha256::digest(&body)) != sha256_hex {
             bail!("payload {reference} does not match its recorded SHA-256");
         }

@@ -82,7 +82,11 @@ pub(crate) fn values_clause(rows: usize, cols: usize) -> String {
 
 /// Inserts deliveries that are not stored yet; returns the GUIDs that were new.
 /// `payloads[i]` belongs to `rows[i]`. GUIDs must be unique within `rows`.
-pub async fn insert_new(conn: &mut sqlx::AnyConnection, rows: &[NewDelivery], payloads: &[PayloadLocation]) -> sqlx::Result<HashSet<String>> {
+pub async fn insert_new(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[NewDelivery],
+    payloads: &[PayloadLocation],
+) -> sqlx::Result<HashSet<String>> {
     let mut inserted = HashSet::with_capacity(rows.len());
     let mut start = 0;
     for size in chunk_sizes(rows.len()) {
@@ -140,12 +144,21 @@ fn record(r: &sqlx::any::AnyRow) -> sqlx::Result<DeliveryRecord> {
 
 pub async fn get<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sqlx::Result<Option<DeliveryRecord>> {
     let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE guid = $1");
-    sqlx::query(&sql).bind(guid.to_string()).fetch_optional(conn).await?.as_ref().map(record).transpose()
+    sqlx::query(&sql)
+        .bind(guid.to_string())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(record)
+        .transpose()
 }
 
 /// The raw body when it is kept inline in the database.
 pub async fn inline_payload<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sqlx::Result<Option<Vec<u8>>> {
-    let row = sqlx::query("SELECT payload FROM deliveries WHERE guid = $1").bind(guid.to_string()).fetch_optional(conn).await?;
+    let row = sqlx::query("SELECT payload FROM deliveries WHERE guid = $1")
+        .bind(guid.to_string())
+        .fetch_optional(conn)
+        .await?;
     Ok(match row {
         Some(r) => r.try_get(0)?,
         None => None,
@@ -159,11 +172,13 @@ pub async fn list<'c, E: Executor<'c, Database = Db>>(conn: E, limit: i64) -> sq
 }
 
 pub async fn mark_processed<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str, now: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE deliveries SET status = 'processed', processed_at = $1, process_count = process_count + 1, error = NULL WHERE guid = $2")
-        .bind(now)
-        .bind(guid.to_string())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE deliveries SET status = 'processed', processed_at = $1, process_count = process_count + 1, error = NULL WHERE guid = $2",
+    )
+    .bind(now)
+    .bind(guid.to_string())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -178,7 +193,9 @@ pub async fn mark_failed<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str
 
 /// Number of deliveries per status.
 pub async fn count_by_status<'c, E: Executor<'c, Database = Db>>(conn: E) -> sqlx::Result<Vec<(String, i64)>> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM deliveries GROUP BY status ORDER BY status").fetch_all(conn).await?;
+    let rows = sqlx::query("SELECT status, COUNT(*) FROM deliveries GROUP BY status ORDER BY status")
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 

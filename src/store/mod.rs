@@ -7,13 +7,14 @@ pub mod archive;
 pub mod deliveries;
 pub mod health;
 pub mod ingest;
-pub mod jobs;
 pub mod installations;
+pub mod jobs;
 
 use anyhow::Context;
-use sqlx::any::{AnyPoolOptions, AnyConnectOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use sqlx::Any as Db;
@@ -48,6 +49,39 @@ pub enum SyncMode {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite allows one writer at a time. Writers of this process queue here, in order, instead
+    /// of colliding inside SQLite, whose busy handler sleeps and retries (and turns contention
+    /// into latency spikes). None on Postgres, whose row locks do the job.
+    write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction; on SQLite it holds the process's write lock until it ends.
+pub struct WriteTx {
+    tx: Tx,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> sqlx::Result<()> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> sqlx::Result<()> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -118,7 +152,8 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
-        Ok(Store { pool, backend })
+        let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store { pool, backend, write_lock })
     }
 
     /// Applies pending migrations of this backend.
@@ -139,8 +174,21 @@ impl Store {
         self.backend
     }
 
-    pub async fn begin(&self) -> anyhow::Result<Tx> {
-        Ok(self.pool.begin().await?)
+    /// Begins a transaction that writes. Use it (or [`Store::write_guard`]) for every write.
+    pub async fn begin(&self) -> anyhow::Result<WriteTx> {
+        let guard = self.write_guard().await;
+        Ok(WriteTx {
+            tx: self.pool.begin().await?,
+            _guard: guard,
+        })
+    }
+
+    /// Holds the SQLite write lock for a single writing statement run on the pool.
+    pub async fn write_guard(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     pub async fn close(&self) {

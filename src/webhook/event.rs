@@ -193,10 +193,7 @@ pub enum ParseError {
     #[error("body is not valid JSON: {0}")]
     NotJson(serde_json::Error),
     #[error("{event} payload does not have the expected shape: {source}")]
-    Shape {
-        event: String,
-        source: serde_json::Error,
-    },
+    Shape { event: String, source: serde_json::Error },
 }
 
 fn actor(u: gh::User) -> Actor {
@@ -301,7 +298,11 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
             let m = meta(&p.action, inst(&p.installation), &r);
             let sender = p.sender.map(actor);
             let event = match (p.action.as_str(), p.label) {
-                ("opened", _) => Event::IssueOpened { repo: r, issue: issue(p.issue), sender },
+                ("opened", _) => Event::IssueOpened {
+                    repo: r,
+                    issue: issue(p.issue),
+                    sender,
+                },
                 ("labeled", Some(label)) => Event::IssueLabeled {
                     repo: r,
                     issue: issue(p.issue),
@@ -492,7 +493,11 @@ mod tests {
 
     #[test]
     fn unknown_events_are_ignored_but_indexed() {
-        let p = parse("star", br#"{"action":"created","installation":{"id":4},"repository":{"id":1,"full_name":"o/r"}}"#).unwrap();
+        let p = parse(
+            "star",
+            br#"{"action":"created","installation":{"id":4},"repository":{"id":1,"full_name":"o/r"}}"#,
+        )
+        .unwrap();
         assert_eq!(p.meta.installation_id, Some(4));
         assert!(matches!(p.event, Event::Ignored { .. }));
         assert!(!p.event.needs_processing());

@@ -29,7 +29,11 @@ pub struct VerifiedDelivery {
 }
 
 fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 fn valid_guid(s: &str) -> bool {
@@ -138,7 +142,11 @@ pub async fn receive(State(state): State<AppState>, delivery: VerifiedDelivery) 
             state.metrics.count_delivery(&event_name, "error");
             tracing::error!(%guid, error = %e, "delivery not stored");
             // 503 makes GitHub record a failed delivery, which can be redelivered later.
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the delivery could not be stored; it was not accepted").into_response()
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the delivery could not be stored; it was not accepted",
+            )
+            .into_response()
         }
     }
 }

@@ -91,7 +91,10 @@ mod tests {
         let v = verifier(&["another secret"]);
         assert_eq!(v.verify(Some(DOC_SIGNATURE.as_bytes()), DOC_PAYLOAD), Err(SignatureError::Mismatch));
         let v = verifier(&[DOC_SECRET]);
-        assert_eq!(v.verify(Some(DOC_SIGNATURE.as_bytes()), b"Hello, World?"), Err(SignatureError::Mismatch));
+        assert_eq!(
+            v.verify(Some(DOC_SIGNATURE.as_bytes()), b"Hello, World?"),
+            Err(SignatureError::Mismatch)
+        );
         let upper = DOC_SIGNATURE.replace("757107ea", "757107EA");
         // Upper-case hex still names the same bytes.
         assert_eq!(v.verify(Some(upper.as_bytes()), DOC_PAYLOAD), Ok(()));
@@ -105,8 +108,20 @@ mod tests {
         let bad_hex = DOC_SIGNATURE.replace('7', "z");
         let short = &DOC_SIGNATURE[..DOC_SIGNATURE.len() - 2];
         let long = format!("{DOC_SIGNATURE}00");
-        for bad in [sha1, bad_hex.as_str(), short, long.as_str(), "", "sha256=", "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"] {
-            assert_eq!(v.verify(Some(bad.as_bytes()), DOC_PAYLOAD), Err(SignatureError::Malformed), "{bad:?}");
+        for bad in [
+            sha1,
+            bad_hex.as_str(),
+            short,
+            long.as_str(),
+            "",
+            "sha256=",
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        ] {
+            assert_eq!(
+                v.verify(Some(bad.as_bytes()), DOC_PAYLOAD),
+                Err(SignatureError::Malformed),
+                "{bad:?}"
+            );
         }
     }
 
@@ -116,6 +131,9 @@ mod tests {
         assert_eq!(v.verify(Some(DOC_SIGNATURE.as_bytes()), DOC_PAYLOAD), Ok(()));
         let old = sign("old secret", DOC_PAYLOAD);
         assert_eq!(v.verify(Some(old.as_bytes()), DOC_PAYLOAD), Ok(()));
-        assert_eq!(verifier(&[]).verify(Some(old.as_bytes()), DOC_PAYLOAD), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verifier(&[]).verify(Some(old.as_bytes()), DOC_PAYLOAD),
+            Err(SignatureError::Mismatch)
+        );
     }
 }

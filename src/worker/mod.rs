@@ -2,7 +2,7 @@
 //! job's effects and complete it in one transaction. Nothing is held only in memory: a job that
 //! was running when the process died is taken over when its lease runs out.
 
-use crate::store::{deliveries, installations, jobs, now_ms, Store};
+use crate::store::{deliveries, installations, jobs, now_ms, Store, WriteTx};
 use crate::webhook::Event;
 use anyhow::{anyhow, Context};
 use std::sync::Arc;
@@ -19,6 +19,8 @@ pub struct WorkerConfig {
     /// How often idle workers look for work that other processes queued.
     pub poll: Duration,
     pub max_attempts: i64,
+    /// Jobs claimed at once; delivery jobs of one claim are completed in one transaction.
+    pub batch: i64,
 }
 
 impl WorkerConfig {
@@ -31,6 +33,7 @@ impl WorkerConfig {
             concurrency,
             poll: Duration::from_millis(500),
             max_attempts: 5,
+            batch: 32,
         }
     }
 }
@@ -57,12 +60,13 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, jobs_rea
         let notified = jobs_ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let claimed = jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, 1, now_ms()).await;
+        let claimed = {
+            let _write = store.write_guard().await;
+            jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, config.batch, now_ms()).await
+        };
         match claimed {
             Ok(list) if !list.is_empty() => {
-                for job in list {
-                    run_job(&store, &config, job).await;
-                }
+                run_batch(&store, &config, list).await;
                 continue;
             }
             Ok(_) => {}
@@ -74,6 +78,49 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, jobs_rea
             _ = stop.changed() => {}
         }
     }
+}
+
+/// Runs a claimed batch. Delivery jobs only touch the database, so a batch of them is applied
+/// in one transaction (one commit instead of one per job); if that fails, each job runs on its
+/// own so that one bad job cannot hold back the others.
+async fn run_batch(store: &Store, config: &WorkerConfig, batch: Vec<jobs::Job>) {
+    if batch.len() > 1 && batch.iter().all(|j| j.kind == jobs::KIND_DELIVERY) {
+        match process_delivery_batch(store, config, &batch).await {
+            Ok(done) => {
+                tracing::debug!(jobs = batch.len(), done, "delivery batch committed");
+                return;
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "batch failed; running its jobs one by one"),
+        }
+    }
+    for job in batch {
+        run_job(store, config, job).await;
+    }
+}
+
+async fn process_delivery_batch(store: &Store, config: &WorkerConfig, batch: &[jobs::Job]) -> anyhow::Result<usize> {
+    let mut loaded = Vec::with_capacity(batch.len());
+    for job in batch {
+        let guid = job.delivery_guid.as_deref().context("delivery job without a delivery")?;
+        let delivery = deliveries::get(store.pool(), guid)
+            .await?
+            .with_context(|| format!("delivery {guid} is not stored"))?;
+        let event: Event = serde_json::from_str(&delivery.event_data).context("stored event does not decode")?;
+        loaded.push((job.id, guid, event));
+    }
+    let now = now_ms();
+    let mut tx = store.begin().await?;
+    let mut done = 0;
+    for (job_id, guid, event) in &loaded {
+        // Completed first, with its effects: a job another worker took over is skipped whole.
+        if jobs::complete(&mut *tx, *job_id, &config.owner, now).await? {
+            apply_delivery(&mut tx, event, now).await?;
+            deliveries::mark_processed(&mut *tx, guid, now).await?;
+            done += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(done)
 }
 
 /// Backoff before attempt `attempts + 1`: 1 s, 2 s, 4 s, … capped at 5 minutes.
@@ -91,7 +138,11 @@ async fn run_job(store: &Store, config: &WorkerConfig, job: jobs::Job) {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match jobs::heartbeat(store.pool(), job.id, &config.owner, now_ms() + lease_ms).await {
+                let beat = {
+                    let _write = store.write_guard().await;
+                    jobs::heartbeat(store.pool(), job.id, &config.owner, now_ms() + lease_ms).await
+                };
+                match beat {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -142,7 +193,9 @@ async fn process(store: &Store, config: &WorkerConfig, job: &jobs::Job) -> anyho
 }
 
 async fn process_delivery(store: &Store, config: &WorkerConfig, job_id: i64, guid: &str) -> anyhow::Result<bool> {
-    let delivery = deliveries::get(store.pool(), guid).await?.with_context(|| format!("delivery {guid} is not stored"))?;
+    let delivery = deliveries::get(store.pool(), guid)
+        .await?
+        .with_context(|| format!("delivery {guid} is not stored"))?;
     let event: Event = serde_json::from_str(&delivery.event_data).context("stored event does not decode")?;
     let now = now_ms();
     let mut tx = store.begin().await?;
@@ -152,7 +205,15 @@ async fn process_delivery(store: &Store, config: &WorkerConfig, job_id: i64, gui
         tx.rollback().await?;
         return Ok(false);
     }
-    match &event {
+    apply_delivery(&mut tx, &event, now).await?;
+    deliveries::mark_processed(&mut *tx, guid, now).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The database effects of one delivery.
+async fn apply_delivery(tx: &mut WriteTx, event: &Event, now: i64) -> anyhow::Result<()> {
+    match event {
         Event::Installation {
             action,
             installation_id,
@@ -161,12 +222,12 @@ async fn process_delivery(store: &Store, config: &WorkerConfig, job_id: i64, gui
         } => {
             let deleted = action == "deleted";
             let suspended = action == "suspend";
-            installations::upsert_installation(&mut *tx, *installation_id, account.as_deref(), suspended, deleted, now).await?;
+            installations::upsert_installation(&mut **tx, *installation_id, account.as_deref(), suspended, deleted, now).await?;
             if deleted {
-                installations::remove_all_repositories(&mut *tx, *installation_id, now).await?;
+                installations::remove_all_repositories(&mut **tx, *installation_id, now).await?;
             } else {
                 for repo in repositories {
-                    installations::set_repository(&mut *tx, *installation_id, repo, false, now).await?;
+                    installations::set_repository(&mut **tx, *installation_id, repo, false, now).await?;
                 }
             }
         }
@@ -177,21 +238,19 @@ async fn process_delivery(store: &Store, config: &WorkerConfig, job_id: i64, gui
             removed,
             ..
         } => {
-            installations::upsert_installation(&mut *tx, *installation_id, account.as_deref(), false, false, now).await?;
+            installations::upsert_installation(&mut **tx, *installation_id, account.as_deref(), false, false, now).await?;
             for repo in added {
-                installations::set_repository(&mut *tx, *installation_id, repo, false, now).await?;
+                installations::set_repository(&mut **tx, *installation_id, repo, false, now).await?;
             }
             for repo in removed {
-                installations::set_repository(&mut *tx, *installation_id, repo, true, now).await?;
+                installations::set_repository(&mut **tx, *installation_id, repo, true, now).await?;
             }
         }
         // Triggers, commands and workflows act on these in later stages of the pipeline; here
         // the delivery is recorded as processed.
-        other => tracing::info!(kind = other.kind(), "delivery recorded"),
+        other => tracing::debug!(kind = other.kind(), "delivery recorded"),
     }
-    deliveries::mark_processed(&mut *tx, guid, now).await?;
-    tx.commit().await?;
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
