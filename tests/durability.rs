@@ -25,7 +25,7 @@ async fn start(db: &TestDb, port: u16) -> Child {
     let mut env = db.env();
     env.insert("ORCH_BIND".into(), format!("127.0.0.1:{port}"));
     env.insert("RUST_LOG".into(), "warn".into());
-    let child = Command::new(env!("CARGO_BIN_EXE_orch"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
         .arg("serve")
         .env_clear()
         .envs(&env)
@@ -41,7 +41,11 @@ async fn start(db: &TestDb, port: u16) -> Child {
                 return child;
             }
         }
-        assert!(Instant::now() < deadline, "orch did not become ready");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("orch did not become ready");
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

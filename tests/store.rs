@@ -262,6 +262,11 @@ async fn jobs_are_leased_to_one_worker(backend: Backend) {
     let all = guids("lease", 0..3);
     seed_jobs(&store, &all, T0).await;
     assert_eq!(jobs::depth(pool).await.unwrap(), 3);
+    // A job needs its delivery: the foreign key holds on SQLite too (foreign_keys=ON).
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(jobs::enqueue_for_deliveries(&mut conn, &["no-such-delivery"], T0).await.is_err());
+    drop(conn);
+    assert_eq!(jobs::depth(pool).await.unwrap(), 3);
 
     // Not due before run_at.
     assert!(jobs::claim(pool, b, "A", 1000, 10, T0 - 1).await.unwrap().is_empty());
@@ -334,7 +339,8 @@ async fn concurrent_claims_never_share_a_job(backend: Backend) {
                 start.wait().await;
                 loop {
                     // One fixed time and an hour-long lease: no lease can expire during the test,
-                    // so a job seen twice was handed out twice.
+                    // so a job seen twice was handed out twice. No `write_guard` on purpose: the
+                    // database alone must keep claims apart, as between two processes.
                     let batch = jobs::claim(store.pool(), store.backend(), &owner, 3_600_000, 5, T0).await.unwrap();
                     if batch.is_empty() {
                         break;

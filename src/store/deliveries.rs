@@ -182,6 +182,38 @@ pub async fn mark_processed<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &
     Ok(())
 }
 
+/// [`mark_processed`] for several deliveries in one statement.
+pub async fn mark_many_processed<'c, E: Executor<'c, Database = Db>>(conn: E, guids: &[&str], now: i64) -> sqlx::Result<()> {
+    if guids.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = (0..guids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "UPDATE deliveries SET status = 'processed', processed_at = $1, process_count = process_count + 1, error = NULL WHERE guid IN ({})",
+        list.join(",")
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for guid in guids {
+        q = q.bind(guid.to_string());
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
+/// Several deliveries by GUID, in no particular order.
+pub async fn get_many<'c, E: Executor<'c, Database = Db>>(conn: E, guids: &[&str]) -> sqlx::Result<Vec<DeliveryRecord>> {
+    if guids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = (0..guids.len()).map(|i| format!("${}", i + 1)).collect();
+    let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE guid IN ({})", list.join(","));
+    let mut q = sqlx::query(&sql);
+    for guid in guids {
+        q = q.bind(guid.to_string());
+    }
+    q.fetch_all(conn).await?.iter().map(record).collect()
+}
+
 pub async fn mark_failed<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str, error: &str) -> sqlx::Result<()> {
     sqlx::query("UPDATE deliveries SET status = 'failed', error = $1 WHERE guid = $2")
         .bind(error.to_string())

@@ -64,7 +64,13 @@ async fn writer(store: Store, archive: Option<Arc<PayloadArchive>>, mut rx: mpsc
     // Ends when every `Ingest` handle is gone (the server stopped accepting), after the last
     // group is committed: graceful shutdown never drops a delivery that is being answered.
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let started = std::time::Instant::now();
         let result = commit_group(&store, archive.as_ref(), &group).await;
+        tracing::debug!(
+            deliveries = group.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "group committed"
+        );
         let mut queued_work = false;
         match result {
             Ok(fresh) => {

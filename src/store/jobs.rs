@@ -104,6 +104,25 @@ pub async fn complete<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, owne
     Ok(r.rows_affected() == 1)
 }
 
+/// Marks every job of `ids` done that this worker still holds; returns those ids. Same contract
+/// as [`complete`], for a batch, in one statement.
+pub async fn complete_many<'c, E: Executor<'c, Database = Db>>(conn: E, ids: &[i64], owner: &str, now: i64) -> sqlx::Result<Vec<i64>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = format!(
+        "UPDATE jobs SET status = 'done', finished_at = $1, lease_owner = NULL, lease_until = NULL, last_error = NULL \
+         WHERE lease_owner = $2 AND status = 'running' AND id IN ({}) RETURNING id",
+        list.join(",")
+    );
+    let mut q = sqlx::query(&sql).bind(now).bind(owner.to_string());
+    for id in ids {
+        q = q.bind(*id);
+    }
+    q.fetch_all(conn).await?.iter().map(|r| r.try_get(0)).collect()
+}
+
 /// Puts a failed job back in the queue for `run_at`, or fails it for good.
 pub async fn release_failed<'c, E: Executor<'c, Database = Db>>(
     conn: E,

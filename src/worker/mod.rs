@@ -99,28 +99,33 @@ async fn run_batch(store: &Store, config: &WorkerConfig, batch: Vec<jobs::Job>) 
 }
 
 async fn process_delivery_batch(store: &Store, config: &WorkerConfig, batch: &[jobs::Job]) -> anyhow::Result<usize> {
-    let mut loaded = Vec::with_capacity(batch.len());
-    for job in batch {
-        let guid = job.delivery_guid.as_deref().context("delivery job without a delivery")?;
-        let delivery = deliveries::get(store.pool(), guid)
-            .await?
-            .with_context(|| format!("delivery {guid} is not stored"))?;
-        let event: Event = serde_json::from_str(&delivery.event_data).context("stored event does not decode")?;
-        loaded.push((job.id, guid, event));
+    let guids: Vec<&str> = batch
+        .iter()
+        .map(|j| j.delivery_guid.as_deref().context("delivery job without a delivery"))
+        .collect::<anyhow::Result<_>>()?;
+    let mut events = std::collections::HashMap::with_capacity(guids.len());
+    for d in deliveries::get_many(store.pool(), &guids).await? {
+        let event: Event = serde_json::from_str(&d.event_data).with_context(|| format!("stored event of {} does not decode", d.guid))?;
+        events.insert(d.guid, event);
     }
+    if let Some(missing) = guids.iter().find(|g| !events.contains_key(**g)) {
+        anyhow::bail!("delivery {missing} is not stored");
+    }
+    let ids: Vec<i64> = batch.iter().map(|j| j.id).collect();
     let now = now_ms();
     let mut tx = store.begin().await?;
-    let mut done = 0;
-    for (job_id, guid, event) in &loaded {
-        // Completed first, with its effects: a job another worker took over is skipped whole.
-        if jobs::complete(&mut *tx, *job_id, &config.owner, now).await? {
-            apply_delivery(&mut tx, event, now).await?;
-            deliveries::mark_processed(&mut *tx, guid, now).await?;
-            done += 1;
+    // Completed first, with their effects: jobs another worker took over are left out whole.
+    let done: std::collections::HashSet<i64> = jobs::complete_many(&mut *tx, &ids, &config.owner, now).await?.into_iter().collect();
+    let mut processed = Vec::with_capacity(done.len());
+    for (job, guid) in batch.iter().zip(&guids) {
+        if done.contains(&job.id) {
+            apply_delivery(&mut tx, &events[*guid], now).await?;
+            processed.push(*guid);
         }
     }
+    deliveries::mark_many_processed(&mut *tx, &processed, now).await?;
     tx.commit().await?;
-    Ok(done)
+    Ok(processed.len())
 }
 
 /// Backoff before attempt `attempts + 1`: 1 s, 2 s, 4 s, … capped at 5 minutes.
