@@ -21,6 +21,8 @@ fn random_below(n: u64) -> u64 {
     u64::from_le_bytes(b) % n
 }
 
+// The child is handed to the caller, which kills and waits for it; the lint cannot see that far.
+#[allow(clippy::zombie_processes)]
 async fn start(db: &TestDb, port: u16) -> Child {
     let mut env = db.env();
     env.insert("ORCH_BIND".into(), format!("127.0.0.1:{port}"));
