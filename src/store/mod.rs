@@ -53,6 +53,8 @@ pub struct Store {
     /// of colliding inside SQLite, whose busy handler sleeps and retries (and turns contention
     /// into latency spikes). None on Postgres, whose row locks do the job.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The SQLite file and sync mode, for the ingest writer's own connection.
+    sqlite: Option<(std::path::PathBuf, SyncMode)>,
 }
 
 /// A write transaction; on SQLite it holds the process's write lock until it ends.
@@ -107,6 +109,12 @@ fn normalise_url(url: &str) -> String {
     }
 }
 
+/// The file of a `sqlite:` URL.
+fn sqlite_file(url: &str) -> std::path::PathBuf {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    std::path::PathBuf::from(rest.split('?').next().unwrap_or(rest))
+}
+
 impl Store {
     /// Connects; does not migrate (see [`Store::migrate`]).
     pub async fn connect(url: &str, sync: SyncMode) -> anyhow::Result<Self> {
@@ -153,7 +161,13 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Ok(Store { pool, backend, write_lock })
+        let sqlite = (backend == Backend::Sqlite).then(|| (sqlite_file(&url), sync));
+        Ok(Store {
+            pool,
+            backend,
+            write_lock,
+            sqlite,
+        })
     }
 
     /// Applies pending migrations of this backend.
@@ -189,6 +203,16 @@ impl Store {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         }
+    }
+
+    /// The process's SQLite write lock, for writers on threads of their own.
+    pub fn write_lock(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.write_lock.clone()
+    }
+
+    /// The SQLite file and its sync mode (None on Postgres).
+    pub fn sqlite_file(&self) -> Option<&(std::path::PathBuf, SyncMode)> {
+        self.sqlite.as_ref()
     }
 
     pub async fn close(&self) {
