@@ -10,7 +10,6 @@ use orch::store::deliveries::{self, DeliveryRecord, NewDelivery, PayloadLocation
 use orch::store::ingest::{Ingest, IngestOutcome};
 use orch::store::{health, installations, jobs, Store};
 use orch::webhook::event::RepoName;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +17,8 @@ use std::time::Duration;
 /// A fixed clock: every time the queue sees is passed explicitly.
 const T0: i64 = 1_700_000_000_000;
 
-fn sha(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+fn checksum(body: &[u8]) -> String {
+    orch::store::archive::checksum(body)
 }
 
 /// A body that differs per GUID and holds bytes that are not UTF-8.
@@ -41,7 +40,7 @@ fn delivery(guid: &str, i: usize, status: &'static str, body: &[u8]) -> NewDeliv
         received_at: T0 + i as i64,
         status,
         event_data: serde_json::json!({"n": i, "text": "ünïcødé \"quoted\""}).to_string(),
-        payload_sha256: sha(body),
+        payload_crc32: checksum(body),
     }
 }
 
@@ -59,7 +58,7 @@ fn record(row: &NewDelivery, payload: &PayloadLocation) -> DeliveryRecord {
             PayloadLocation::Inline(_) => None,
             PayloadLocation::Archived(r) => Some(r.clone()),
         },
-        payload_sha256: row.payload_sha256.clone(),
+        payload_crc32: row.payload_crc32.clone(),
         processed_at: None,
         process_count: 0,
         error: None,
@@ -188,7 +187,7 @@ async fn insert_new_reports_only_fresh_guids(backend: Backend) {
             PayloadLocation::Inline(b) => {
                 inline += 1;
                 assert_eq!(body.as_deref(), Some(b.as_ref()), "{guid}");
-                assert_eq!(sha(b), got.payload_sha256);
+                assert_eq!(checksum(b), got.payload_crc32);
             }
             PayloadLocation::Archived(_) => {
                 archived += 1;
@@ -524,7 +523,7 @@ async fn group_commit_run(backend: Backend, archived: bool) {
         let payload = match &archive {
             Some(a) => {
                 let reference = d.payload_ref.clone().unwrap_or_else(|| panic!("{guid} has no payload_ref"));
-                assert_eq!(a.read(&reference, &d.payload_sha256).unwrap(), body, "{guid}");
+                assert_eq!(a.read(&reference, &d.payload_crc32).unwrap(), body, "{guid}");
                 assert_eq!(deliveries::inline_payload(store.pool(), guid).await.unwrap(), None, "{guid}");
                 PayloadLocation::Archived(reference)
             }

@@ -10,7 +10,7 @@ CREATE TABLE deliveries (
     event_data      TEXT NOT NULL,             -- orch's parsed event (JSON), what processing reads
     payload         BYTEA,                      -- raw body, when kept in the database
     payload_ref     TEXT,                      -- segment:offset:length, when kept in the archive
-    payload_sha256  TEXT NOT NULL,
+    payload_crc32  TEXT NOT NULL,
     processed_at    BIGINT,
     process_count   BIGINT NOT NULL DEFAULT 0,
     error           TEXT

@@ -24,7 +24,7 @@ pub struct NewDelivery {
     /// `queued` when the event needs work, otherwise `ignored`.
     pub status: &'static str,
     pub event_data: String,
-    pub payload_sha256: String,
+    pub payload_crc32: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct DeliveryRecord {
     pub status: String,
     pub event_data: String,
     pub payload_ref: Option<String>,
-    pub payload_sha256: String,
+    pub payload_crc32: String,
     pub processed_at: Option<i64>,
     pub process_count: i64,
     pub error: Option<String>,
@@ -91,7 +91,7 @@ pub async fn insert_new(
     let mut start = 0;
     for size in chunk_sizes(rows.len()) {
         let sql = format!(
-            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, event_data, payload, payload_ref, payload_sha256) \
+            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, event_data, payload, payload_ref, payload_crc32) \
              VALUES {} ON CONFLICT (guid) DO NOTHING RETURNING guid",
             values_clause(size, 11)
         );
@@ -112,7 +112,7 @@ pub async fn insert_new(
                 .bind(row.event_data.clone())
                 .bind(inline)
                 .bind(reference)
-                .bind(row.payload_sha256.clone());
+                .bind(row.payload_crc32.clone());
         }
         for r in q.fetch_all(&mut *conn).await? {
             inserted.insert(r.try_get::<String, _>(0)?);
@@ -122,7 +122,7 @@ pub async fn insert_new(
     Ok(inserted)
 }
 
-const COLUMNS: &str = "guid, event, action, installation_id, repository, received_at, status, event_data, payload_ref, payload_sha256, processed_at, process_count, error";
+const COLUMNS: &str = "guid, event, action, installation_id, repository, received_at, status, event_data, payload_ref, payload_crc32, processed_at, process_count, error";
 
 fn record(r: &sqlx::any::AnyRow) -> sqlx::Result<DeliveryRecord> {
     Ok(DeliveryRecord {
@@ -135,7 +135,7 @@ fn record(r: &sqlx::any::AnyRow) -> sqlx::Result<DeliveryRecord> {
         status: r.try_get(6)?,
         event_data: r.try_get(7)?,
         payload_ref: r.try_get(8)?,
-        payload_sha256: r.try_get(9)?,
+        payload_crc32: r.try_get(9)?,
         processed_at: r.try_get(10)?,
         process_count: r.try_get(11)?,
         error: r.try_get(12)?,
@@ -200,18 +200,18 @@ pub async fn mark_many_processed<'c, E: Executor<'c, Database = Db>>(conn: E, gu
     Ok(())
 }
 
-/// Several deliveries by GUID, in no particular order.
-pub async fn get_many<'c, E: Executor<'c, Database = Db>>(conn: E, guids: &[&str]) -> sqlx::Result<Vec<DeliveryRecord>> {
+/// (guid, event_data) of several deliveries, in no particular order: what a worker reads.
+pub async fn events_of<'c, E: Executor<'c, Database = Db>>(conn: E, guids: &[&str]) -> sqlx::Result<Vec<(String, String)>> {
     if guids.is_empty() {
         return Ok(Vec::new());
     }
     let list: Vec<String> = (0..guids.len()).map(|i| format!("${}", i + 1)).collect();
-    let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE guid IN ({})", list.join(","));
+    let sql = format!("SELECT guid, event_data FROM deliveries WHERE guid IN ({})", list.join(","));
     let mut q = sqlx::query(&sql);
     for guid in guids {
         q = q.bind(guid.to_string());
     }
-    q.fetch_all(conn).await?.iter().map(record).collect()
+    q.fetch_all(conn).await?.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
 pub async fn mark_failed<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str, error: &str) -> sqlx::Result<()> {

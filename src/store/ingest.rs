@@ -167,7 +167,7 @@ fn commit_group_sqlite(
     let mut fresh = HashSet::with_capacity(unique.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, event_data, payload, payload_ref, payload_sha256) \
+            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, event_data, payload, payload_ref, payload_crc32) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (guid) DO NOTHING",
         )?;
         let mut job =
@@ -189,7 +189,7 @@ fn commit_group_sqlite(
                 r.event_data,
                 inline,
                 reference,
-                r.payload_sha256,
+                r.payload_crc32,
             ])?;
             if inserted == 1 {
                 if r.status == "queued" {

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 /// GitHub caps payloads at 25 MB; anything larger is refused before it is buffered.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
@@ -124,7 +123,7 @@ pub async fn receive(State(state): State<AppState>, delivery: VerifiedDelivery) 
         received_at: crate::store::now_ms(),
         status: if needs_processing { "queued" } else { "ignored" },
         event_data: serde_json::to_string(&parsed.event).expect("events serialize"),
-        payload_sha256: hex::encode(Sha256::digest(&body)),
+        payload_crc32: crate::store::archive::checksum(&body),
     };
     match state.ingest.submit(row, body).await {
         Ok(IngestOutcome::Stored) => {

@@ -33,7 +33,7 @@ impl WorkerConfig {
             concurrency,
             poll: Duration::from_millis(500),
             max_attempts: 5,
-            batch: 32,
+            batch: 128,
         }
     }
 }
@@ -104,9 +104,9 @@ async fn process_delivery_batch(store: &Store, config: &WorkerConfig, batch: &[j
         .map(|j| j.delivery_guid.as_deref().context("delivery job without a delivery"))
         .collect::<anyhow::Result<_>>()?;
     let mut events = std::collections::HashMap::with_capacity(guids.len());
-    for d in deliveries::get_many(store.pool(), &guids).await? {
-        let event: Event = serde_json::from_str(&d.event_data).with_context(|| format!("stored event of {} does not decode", d.guid))?;
-        events.insert(d.guid, event);
+    for (guid, data) in deliveries::events_of(store.pool(), &guids).await? {
+        let event: Event = serde_json::from_str(&data).with_context(|| format!("stored event of {guid} does not decode"))?;
+        events.insert(guid, event);
     }
     if let Some(missing) = guids.iter().find(|g| !events.contains_key(**g)) {
         anyhow::bail!("delivery {missing} is not stored");
