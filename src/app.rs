@@ -5,13 +5,14 @@ use crate::api::{self, AppState, Metrics, ServerInfo};
 use crate::config::{Config, Durability};
 use crate::store::archive::PayloadArchive;
 use crate::store::ingest::Ingest;
+use crate::store::ingest::IngestSignals;
 use crate::store::{Backend, Store, SyncMode};
 use crate::webhook::SignatureVerifier;
 use crate::worker::{self, WorkerConfig};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -51,8 +52,8 @@ impl Server {
             )?)),
             Backend::Postgres => None,
         };
-        let jobs_ready = Arc::new(Notify::new());
-        let (ingest, writer) = Ingest::start(store.clone(), archive, jobs_ready.clone());
+        let signals = Arc::new(IngestSignals::default());
+        let (ingest, writer) = Ingest::start(store.clone(), archive, signals.clone());
         let (stop, stop_rx) = watch::channel(false);
 
         let state = AppState {
@@ -82,7 +83,7 @@ impl Server {
         let workers = worker::spawn(
             store.clone(),
             WorkerConfig::new(config.job_lease, config.workers),
-            jobs_ready,
+            signals,
             stop_rx.clone(),
         );
         let checkpoints = tokio::spawn(store.clone().checkpoint_loop(stop_rx));

@@ -444,11 +444,11 @@ async fn group_commit_run(backend: Backend, archived: bool) {
     let Some(db) = TestDb::new(backend).await else { return };
     let store = db.store().await;
     let archive = archived.then(|| Arc::new(PayloadArchive::open(&db.dir.path().join("payloads"), true).unwrap()));
-    let jobs_ready = Arc::new(tokio::sync::Notify::new());
-    let notified = jobs_ready.notified();
+    let signals = Arc::new(orch::store::ingest::IngestSignals::default());
+    let notified = signals.jobs_ready.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    let (ingest, writer) = Ingest::start(store.clone(), archive.clone(), Arc::clone(&jobs_ready));
+    let (ingest, writer) = Ingest::start(store.clone(), archive.clone(), Arc::clone(&signals));
 
     let distinct = guids("gc", 0..200);
     let status_of = |i: usize| if i % 5 == 4 { "ignored" } else { "queued" };

@@ -230,7 +230,7 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
-        let workers = src.parse::<usize>("ORCH_WORKERS", "a whole number")?.unwrap_or(4).clamp(1, 64);
+        let workers = src.parse::<usize>("ORCH_WORKERS", "a whole number")?.unwrap_or(4).min(64);
         Ok(Config {
             bind,
             payload_dir: src

@@ -91,15 +91,15 @@ pub async fn insert_new(
     let mut start = 0;
     for size in chunk_sizes(rows.len()) {
         let sql = format!(
-            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, event_data, payload, payload_ref, payload_crc32) \
+            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, payload_ref, payload_crc32) \
              VALUES {} ON CONFLICT (guid) DO NOTHING RETURNING guid",
-            values_clause(size, 11)
+            values_clause(size, 9)
         );
         let mut q = sqlx::query(&sql);
         for (row, payload) in rows[start..start + size].iter().zip(&payloads[start..start + size]) {
-            let (inline, reference): (Option<Vec<u8>>, Option<String>) = match payload {
-                PayloadLocation::Inline(b) => (Some(b.to_vec()), None),
-                PayloadLocation::Archived(r) => (None, Some(r.clone())),
+            let reference = match payload {
+                PayloadLocation::Inline(_) => None,
+                PayloadLocation::Archived(r) => Some(r.clone()),
             };
             q = q
                 .bind(row.guid.clone())
@@ -109,8 +109,6 @@ pub async fn insert_new(
                 .bind(row.repository.clone())
                 .bind(row.received_at)
                 .bind(row.status)
-                .bind(row.event_data.clone())
-                .bind(inline)
                 .bind(reference)
                 .bind(row.payload_crc32.clone());
         }
@@ -119,10 +117,31 @@ pub async fn insert_new(
         }
         start += size;
     }
+    // Bodies only for the rows that were new: a duplicate must not touch the first one's.
+    let fresh: Vec<usize> = (0..rows.len()).filter(|i| inserted.contains(&rows[*i].guid)).collect();
+    let mut start = 0;
+    for size in chunk_sizes(fresh.len()) {
+        let sql = format!(
+            "INSERT INTO delivery_bodies (guid, event_data, payload) VALUES {}",
+            values_clause(size, 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for i in &fresh[start..start + size] {
+            let inline = match &payloads[*i] {
+                PayloadLocation::Inline(b) => Some(b.to_vec()),
+                PayloadLocation::Archived(_) => None,
+            };
+            q = q.bind(rows[*i].guid.clone()).bind(rows[*i].event_data.clone()).bind(inline);
+        }
+        q.execute(&mut *conn).await?;
+        start += size;
+    }
     Ok(inserted)
 }
 
-const COLUMNS: &str = "guid, event, action, installation_id, repository, received_at, status, event_data, payload_ref, payload_crc32, processed_at, process_count, error";
+const COLUMNS: &str = "d.guid, d.event, d.action, d.installation_id, d.repository, d.received_at, d.status, b.event_data, \
+                       d.payload_ref, d.payload_crc32, d.processed_at, d.process_count, d.error";
+const FROM: &str = "deliveries d JOIN delivery_bodies b ON b.guid = d.guid";
 
 fn record(r: &sqlx::any::AnyRow) -> sqlx::Result<DeliveryRecord> {
     Ok(DeliveryRecord {
@@ -143,7 +162,7 @@ fn record(r: &sqlx::any::AnyRow) -> sqlx::Result<DeliveryRecord> {
 }
 
 pub async fn get<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sqlx::Result<Option<DeliveryRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM deliveries WHERE guid = $1");
+    let sql = format!("SELECT {COLUMNS} FROM {FROM} WHERE d.guid = $1");
     sqlx::query(&sql)
         .bind(guid.to_string())
         .fetch_optional(conn)
@@ -155,7 +174,7 @@ pub async fn get<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sql
 
 /// The raw body when it is kept inline in the database.
 pub async fn inline_payload<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sqlx::Result<Option<Vec<u8>>> {
-    let row = sqlx::query("SELECT payload FROM deliveries WHERE guid = $1")
+    let row = sqlx::query("SELECT payload FROM delivery_bodies WHERE guid = $1")
         .bind(guid.to_string())
         .fetch_optional(conn)
         .await?;
@@ -167,7 +186,7 @@ pub async fn inline_payload<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &
 
 /// Every delivery, oldest first (tests, the demo, the conformance check of the crash test).
 pub async fn list<'c, E: Executor<'c, Database = Db>>(conn: E, limit: i64) -> sqlx::Result<Vec<DeliveryRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM deliveries ORDER BY received_at, guid LIMIT $1");
+    let sql = format!("SELECT {COLUMNS} FROM {FROM} ORDER BY d.received_at, d.guid LIMIT $1");
     sqlx::query(&sql).bind(limit).fetch_all(conn).await?.iter().map(record).collect()
 }
 
@@ -206,12 +225,16 @@ pub async fn events_of<'c, E: Executor<'c, Database = Db>>(conn: E, guids: &[&st
         return Ok(Vec::new());
     }
     let list: Vec<String> = (0..guids.len()).map(|i| format!("${}", i + 1)).collect();
-    let sql = format!("SELECT guid, event_data FROM deliveries WHERE guid IN ({})", list.join(","));
+    let sql = format!("SELECT guid, event_data FROM delivery_bodies WHERE guid IN ({})", list.join(","));
     let mut q = sqlx::query(&sql);
     for guid in guids {
         q = q.bind(guid.to_string());
     }
-    q.fetch_all(conn).await?.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    q.fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }
 
 pub async fn mark_failed<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str, error: &str) -> sqlx::Result<()> {

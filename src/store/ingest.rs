@@ -13,11 +13,40 @@ use super::deliveries::{self, NewDelivery, PayloadLocation};
 use super::{jobs, Store};
 use axum::body::Bytes;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Upper bound of one group; larger groups add latency without saving more.
 const MAX_GROUP: usize = 512;
+
+/// A group at least this large means deliveries are arriving faster than one at a time.
+const BUSY_GROUP: usize = 8;
+
+/// What the ingest writer tells the workers: that work was queued, and whether ingest is under
+/// pressure. Answering GitHub within its 10 s comes first; processing is asynchronous anyway, so
+/// during a burst workers take a bounded share of the machine and catch up afterwards.
+#[derive(Debug, Default)]
+pub struct IngestSignals {
+    pub jobs_ready: Notify,
+    busy_at_ms: AtomicI64,
+}
+
+impl IngestSignals {
+    fn committed(&self, group_len: usize, queued_work: bool) {
+        if group_len >= BUSY_GROUP {
+            self.busy_at_ms.store(super::now_ms(), Ordering::Relaxed);
+        }
+        if queued_work {
+            self.jobs_ready.notify_waiters();
+        }
+    }
+
+    /// Whether a crowded group was committed within the last `window_ms`.
+    pub fn busy(&self, now_ms: i64, window_ms: i64) -> bool {
+        now_ms - self.busy_at_ms.load(Ordering::Relaxed) < window_ms
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
@@ -44,15 +73,13 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Starts the writer. `archive: None` keeps bodies inline in the database. `jobs_ready` is
-    /// notified after every commit that queued work.
-    pub fn start(store: Store, archive: Option<Arc<PayloadArchive>>, jobs_ready: Arc<Notify>) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer. `archive: None` keeps bodies inline in the database. `signals` is told
+    /// of every commit.
+    pub fn start(store: Store, archive: Option<Arc<PayloadArchive>>, signals: Arc<IngestSignals>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(8192);
         let handle = match (store.sqlite_file().cloned(), store.write_lock()) {
-            (Some((path, sync)), Some(lock)) => {
-                tokio::task::spawn_blocking(move || sqlite_writer(&path, sync, archive, rx, jobs_ready, lock))
-            }
-            _ => tokio::spawn(writer(store, archive, rx, jobs_ready)),
+            (Some((path, sync)), Some(lock)) => tokio::task::spawn_blocking(move || sqlite_writer(&path, sync, archive, rx, signals, lock)),
+            _ => tokio::spawn(writer(store, archive, rx, signals)),
         };
         (Self { tx }, handle)
     }
@@ -68,7 +95,7 @@ impl Ingest {
     }
 }
 
-async fn writer(store: Store, archive: Option<Arc<PayloadArchive>>, mut rx: mpsc::Receiver<Pending>, jobs_ready: Arc<Notify>) {
+async fn writer(store: Store, archive: Option<Arc<PayloadArchive>>, mut rx: mpsc::Receiver<Pending>, signals: Arc<IngestSignals>) {
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     // Ends when every `Ingest` handle is gone (the server stopped accepting), after the last
     // group is committed: graceful shutdown never drops a delivery that is being answered.
@@ -80,12 +107,13 @@ async fn writer(store: Store, archive: Option<Arc<PayloadArchive>>, mut rx: mpsc
             micros = started.elapsed().as_micros() as u64,
             "group committed"
         );
-        answer(&mut group, result, &jobs_ready);
+        answer(&mut group, result, &signals);
     }
 }
 
 /// Releases every handler of a group with its outcome, and wakes the workers if work was queued.
-fn answer(group: &mut Vec<Pending>, result: anyhow::Result<HashSet<String>>, jobs_ready: &Notify) {
+fn answer(group: &mut Vec<Pending>, result: anyhow::Result<HashSet<String>>, signals: &IngestSignals) {
+    let group_len = group.len();
     let mut queued_work = false;
     match result {
         Ok(fresh) => {
@@ -103,9 +131,7 @@ fn answer(group: &mut Vec<Pending>, result: anyhow::Result<HashSet<String>>, job
             }
         }
     }
-    if queued_work {
-        jobs_ready.notify_waiters();
-    }
+    signals.committed(group_len, queued_work);
 }
 
 fn sqlite_writer(
@@ -113,7 +139,7 @@ fn sqlite_writer(
     sync: super::SyncMode,
     archive: Option<Arc<PayloadArchive>>,
     mut rx: mpsc::Receiver<Pending>,
-    jobs_ready: Arc<Notify>,
+    signals: Arc<IngestSignals>,
     lock: Arc<tokio::sync::Mutex<()>>,
 ) {
     let conn = open_sqlite(path, sync);
@@ -130,7 +156,7 @@ fn sqlite_writer(
             Ok(conn) => commit_group_sqlite(conn, archive.as_deref(), &group, &lock),
             Err(e) => Err(anyhow::anyhow!("the SQLite ingest connection could not be opened: {e}")),
         };
-        answer(&mut group, result, &jobs_ready);
+        answer(&mut group, result, &signals);
     }
 }
 
@@ -167,9 +193,10 @@ fn commit_group_sqlite(
     let mut fresh = HashSet::with_capacity(unique.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, event_data, payload, payload_ref, payload_crc32) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (guid) DO NOTHING",
+            "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, payload_ref, payload_crc32) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (guid) DO NOTHING",
         )?;
+        let mut body = tx.prepare_cached("INSERT INTO delivery_bodies (guid, event_data, payload) VALUES (?1, ?2, ?3)")?;
         let mut job =
             tx.prepare_cached("INSERT INTO jobs (kind, delivery_guid, status, run_at, created_at) VALUES (?1, ?2, 'queued', ?3, ?3)")?;
         for (i, p) in unique.iter().enumerate() {
@@ -186,12 +213,11 @@ fn commit_group_sqlite(
                 r.repository,
                 r.received_at,
                 r.status,
-                r.event_data,
-                inline,
                 reference,
                 r.payload_crc32,
             ])?;
             if inserted == 1 {
+                body.execute(rusqlite::params![r.guid, r.event_data, inline])?;
                 if r.status == "queued" {
                     job.execute(rusqlite::params![jobs::KIND_DELIVERY, r.guid, r.received_at])?;
                 }
@@ -236,4 +262,21 @@ async fn commit_group(store: &Store, archive: Option<&Arc<PayloadArchive>>, grou
     }
     tx.commit().await?;
     Ok(fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crowded_groups_mark_ingest_busy_for_a_window() {
+        let s = IngestSignals::default();
+        assert!(!s.busy(super::super::now_ms(), 100));
+        s.committed(BUSY_GROUP - 1, false);
+        assert!(!s.busy(super::super::now_ms(), 100), "a small group is not pressure");
+        s.committed(BUSY_GROUP, true);
+        let now = super::super::now_ms();
+        assert!(s.busy(now, 100));
+        assert!(!s.busy(now + 101, 100), "pressure ends with its window");
+    }
 }

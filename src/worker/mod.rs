@@ -2,12 +2,13 @@
 //! job's effects and complete it in one transaction. Nothing is held only in memory: a job that
 //! was running when the process died is taken over when its lease runs out.
 
+use crate::store::ingest::IngestSignals;
 use crate::store::{deliveries, installations, jobs, now_ms, Store, WriteTx};
 use crate::webhook::Event;
 use anyhow::{anyhow, Context};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 #[derive(Debug, Clone)]
@@ -39,17 +40,22 @@ impl WorkerConfig {
 }
 
 /// Starts `concurrency` workers; they stop after their current job once `stop` turns true.
-pub fn spawn(store: Store, config: WorkerConfig, jobs_ready: Arc<Notify>, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    store: Store,
+    config: WorkerConfig,
+    signals: Arc<IngestSignals>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let config = Arc::new(config);
     (0..config.concurrency)
         .map(|n| {
-            let (store, config, ready, stop) = (store.clone(), config.clone(), jobs_ready.clone(), stop.clone());
-            tokio::spawn(worker_loop(n, store, config, ready, stop))
+            let (store, config, signals, stop) = (store.clone(), config.clone(), signals.clone(), stop.clone());
+            tokio::spawn(worker_loop(n, store, config, signals, stop))
         })
         .collect()
 }
 
-async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, jobs_ready: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, signals: Arc<IngestSignals>, mut stop: watch::Receiver<bool>) {
     let lease_ms = config.lease.as_millis() as i64;
     loop {
         if *stop.borrow() {
@@ -57,16 +63,26 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, jobs_rea
         }
         // Registered before claiming, so a commit that lands between the claim and the wait
         // still wakes this worker.
-        let notified = jobs_ready.notified();
+        let notified = signals.jobs_ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // While ingest is under pressure, workers take small batches with pauses between them:
+        // a bounded share that keeps processing moving without slowing the answers to GitHub.
+        let busy = signals.busy(now_ms(), 100);
+        let batch = if busy { config.batch.min(16) } else { config.batch };
         let claimed = {
             let _write = store.write_guard().await;
-            jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, config.batch, now_ms()).await
+            jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, batch, now_ms()).await
         };
         match claimed {
             Ok(list) if !list.is_empty() => {
                 run_batch(&store, &config, list).await;
+                if busy {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 continue;
             }
             Ok(_) => {}
