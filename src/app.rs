@@ -53,7 +53,7 @@ impl Server {
             Backend::Postgres => None,
         };
         let signals = Arc::new(IngestSignals::default());
-        let (ingest, writer) = Ingest::start(store.clone(), archive, signals.clone());
+        let (ingest, writer) = Ingest::start(store.clone(), archive, signals.clone()).await?;
         let (stop, stop_rx) = watch::channel(false);
 
         let state = AppState {

@@ -448,7 +448,7 @@ async fn group_commit_run(backend: Backend, archived: bool) {
     let notified = signals.jobs_ready.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    let (ingest, writer) = Ingest::start(store.clone(), archive.clone(), Arc::clone(&signals));
+    let (ingest, writer) = Ingest::start(store.clone(), archive.clone(), Arc::clone(&signals)).await.unwrap();
 
     let distinct = guids("gc", 0..200);
     let status_of = |i: usize| if i % 5 == 4 { "ignored" } else { "queued" };

@@ -4,13 +4,16 @@
 //! releases every waiting handler. Each answer therefore follows a durable commit, while the cost
 //! of a commit is shared by every delivery in the group.
 //!
-//! On SQLite the writer is a thread with its own connection and cached statements: the ingest
-//! path is the hottest one, and a direct connection avoids a thread hop and type conversion per
-//! statement. It takes the store's write lock like every other SQLite writer of the process.
+//! The ingest path is the hottest one, so each backend's writer uses its own connection rather
+//! than the generic pool: on SQLite a thread with cached statements (no thread hop and type
+//! conversion per statement; it takes the store's write lock like every other SQLite writer of
+//! the process); on Postgres one statement per group that inserts the deliveries, their bodies
+//! and their jobs from arrays (one round trip, one plan).
 
 use super::archive::PayloadArchive;
-use super::deliveries::{self, NewDelivery, PayloadLocation};
+use super::deliveries::NewDelivery;
 use super::{jobs, Store};
+use anyhow::Context;
 use axum::body::Bytes;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -75,13 +78,20 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the writer. `archive: None` keeps bodies inline in the database. `signals` is told
     /// of every commit.
-    pub fn start(store: Store, archive: Option<Arc<PayloadArchive>>, signals: Arc<IngestSignals>) -> (Self, tokio::task::JoinHandle<()>) {
+    pub async fn start(
+        store: Store,
+        archive: Option<Arc<PayloadArchive>>,
+        signals: Arc<IngestSignals>,
+    ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(8192);
         let handle = match (store.sqlite_file().cloned(), store.write_lock()) {
             (Some((path, sync)), Some(lock)) => tokio::task::spawn_blocking(move || sqlite_writer(&path, sync, archive, rx, signals, lock)),
-            _ => tokio::spawn(writer(store, archive, rx, signals)),
+            _ => {
+                let pool = store.postgres_pool(1).await?.context("the store is neither SQLite nor Postgres")?;
+                tokio::spawn(postgres_writer(pool, archive, rx, signals))
+            }
         };
-        (Self { tx }, handle)
+        Ok((Self { tx }, handle))
     }
 
     /// Stores one delivery durably; returns once it is committed (or found to be a duplicate).
@@ -95,20 +105,85 @@ impl Ingest {
     }
 }
 
-async fn writer(store: Store, archive: Option<Arc<PayloadArchive>>, mut rx: mpsc::Receiver<Pending>, signals: Arc<IngestSignals>) {
+async fn postgres_writer(
+    pool: sqlx::PgPool,
+    archive: Option<Arc<PayloadArchive>>,
+    mut rx: mpsc::Receiver<Pending>,
+    signals: Arc<IngestSignals>,
+) {
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     // Ends when every `Ingest` handle is gone (the server stopped accepting), after the last
     // group is committed: graceful shutdown never drops a delivery that is being answered.
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let started = std::time::Instant::now();
-        let result = commit_group(&store, archive.as_ref(), &group).await;
-        tracing::debug!(
-            deliveries = group.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "group committed"
-        );
+        let result = commit_group_postgres(&pool, archive.as_ref(), &group).await;
         answer(&mut group, result, &signals);
     }
+    pool.close().await;
+}
+
+/// Inserts a group's deliveries, bodies and jobs in one statement; returns the new GUIDs.
+const POSTGRES_GROUP_INSERT: &str = "
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+        AS t (guid, event, action, installation_id, repository, received_at, status, payload_ref, payload_crc32, event_data, payload)
+), fresh AS (
+    INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, payload_ref, payload_crc32)
+    SELECT guid, event, action, installation_id, repository, received_at, status, payload_ref, payload_crc32 FROM input
+    ON CONFLICT (guid) DO NOTHING
+    RETURNING guid, status, received_at
+), bodies AS (
+    INSERT INTO delivery_bodies (guid, event_data, payload)
+    SELECT input.guid, input.event_data, input.payload FROM input JOIN fresh ON fresh.guid = input.guid
+), queued AS (
+    INSERT INTO jobs (kind, delivery_guid, status, run_at, created_at)
+    SELECT 'delivery', guid, 'queued', received_at, received_at FROM fresh WHERE status = 'queued'
+)
+SELECT guid FROM fresh";
+
+async fn commit_group_postgres(
+    pool: &sqlx::PgPool,
+    archive: Option<&Arc<PayloadArchive>>,
+    group: &[Pending],
+) -> anyhow::Result<HashSet<String>> {
+    // A GUID twice in one group: the first is stored, the later ones are duplicates.
+    let mut seen = HashSet::with_capacity(group.len());
+    let unique: Vec<&Pending> = group.iter().filter(|p| seen.insert(p.row.guid.as_str())).collect();
+    let refs: Option<Vec<String>> = match archive {
+        Some(archive) => {
+            let archive = Arc::clone(archive);
+            let bodies: Vec<Bytes> = unique.iter().map(|p| p.body.clone()).collect();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    let slices: Vec<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
+                    archive.append_batch(&slices)
+                })
+                .await??,
+            )
+        }
+        None => None,
+    };
+    let col = |f: fn(&NewDelivery) -> Option<String>| unique.iter().map(|p| f(&p.row)).collect::<Vec<_>>();
+    let rows = sqlx::query_scalar::<_, String>(POSTGRES_GROUP_INSERT)
+        .bind(col(|r| Some(r.guid.clone())))
+        .bind(col(|r| Some(r.event.clone())))
+        .bind(col(|r| r.action.clone()))
+        .bind(unique.iter().map(|p| p.row.installation_id).collect::<Vec<_>>())
+        .bind(col(|r| r.repository.clone()))
+        .bind(unique.iter().map(|p| p.row.received_at).collect::<Vec<_>>())
+        .bind(col(|r| Some(r.status.to_string())))
+        .bind(match &refs {
+            Some(refs) => refs.iter().map(|r| Some(r.clone())).collect(),
+            None => vec![None::<String>; unique.len()],
+        })
+        .bind(col(|r| Some(r.payload_crc32.clone())))
+        .bind(col(|r| Some(r.event_data.clone())))
+        .bind(match &refs {
+            Some(_) => vec![None::<&[u8]>; unique.len()],
+            None => unique.iter().map(|p| Some(p.body.as_ref())).collect(),
+        })
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Releases every handler of a group with its outcome, and wakes the workers if work was queued.
@@ -226,41 +301,6 @@ fn commit_group_sqlite(
         }
     }
     tx.commit()?;
-    Ok(fresh)
-}
-
-async fn commit_group(store: &Store, archive: Option<&Arc<PayloadArchive>>, group: &[Pending]) -> anyhow::Result<HashSet<String>> {
-    // A GUID twice in one group: the first is stored, the later ones are duplicates.
-    let mut seen = HashSet::with_capacity(group.len());
-    let unique: Vec<&Pending> = group.iter().filter(|p| seen.insert(p.row.guid.as_str())).collect();
-
-    let payloads: Vec<PayloadLocation> = match archive {
-        Some(archive) => {
-            let bodies: Vec<Bytes> = unique.iter().map(|p| p.body.clone()).collect();
-            let archive = Arc::clone(archive);
-            let refs = tokio::task::spawn_blocking(move || {
-                let slices: Vec<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
-                archive.append_batch(&slices)
-            })
-            .await??;
-            refs.into_iter().map(PayloadLocation::Archived).collect()
-        }
-        None => unique.iter().map(|p| PayloadLocation::Inline(p.body.clone())).collect(),
-    };
-    let rows: Vec<NewDelivery> = unique.iter().map(|p| p.row.clone()).collect();
-
-    let mut tx = store.begin().await?;
-    let fresh = deliveries::insert_new(&mut tx, &rows, &payloads).await?;
-    let to_queue: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.status == "queued" && fresh.contains(&r.guid))
-        .map(|r| r.guid.as_str())
-        .collect();
-    if !to_queue.is_empty() {
-        let now = rows.iter().map(|r| r.received_at).max().unwrap_or_else(super::now_ms);
-        jobs::enqueue_for_deliveries(&mut tx, &to_queue, now).await?;
-    }
-    tx.commit().await?;
     Ok(fresh)
 }
 

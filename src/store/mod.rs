@@ -55,6 +55,8 @@ pub struct Store {
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// The SQLite file and sync mode, for the ingest writer's own connection.
     sqlite: Option<(std::path::PathBuf, SyncMode)>,
+    /// The Postgres URL, for the ingest writer's own connection. Never logged: it may hold a password.
+    postgres_url: Option<String>,
 }
 
 /// A write transaction; on SQLite it holds the process's write lock until it ends.
@@ -162,11 +164,13 @@ impl Store {
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         let sqlite = (backend == Backend::Sqlite).then(|| (sqlite_file(&url), sync));
+        let postgres_url = (backend == Backend::Postgres).then(|| url.clone());
         Ok(Store {
             pool,
             backend,
             write_lock,
             sqlite,
+            postgres_url,
         })
     }
 
@@ -213,6 +217,20 @@ impl Store {
     /// The SQLite file and its sync mode (None on Postgres).
     pub fn sqlite_file(&self) -> Option<&(std::path::PathBuf, SyncMode)> {
         self.sqlite.as_ref()
+    }
+
+    /// A typed Postgres connection pool of `size` for a writer of its own (None on SQLite).
+    pub async fn postgres_pool(&self, size: u32) -> anyhow::Result<Option<sqlx::PgPool>> {
+        match &self.postgres_url {
+            None => Ok(None),
+            Some(url) => Ok(Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(size)
+                    .connect(url)
+                    .await
+                    .context("cannot connect to the postgres database named by ORCH_DATABASE_URL")?,
+            )),
+        }
     }
 
     pub async fn close(&self) {
