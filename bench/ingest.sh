@@ -33,7 +33,17 @@ run_orch() { # $1 label, $2 database url
   BODY=$body SIG=$sig WPATH=/webhook wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$shared/bench/peer-probot/post.lua" \
     "http://127.0.0.1:$port" | tee -a "$out/$label.txt"
   echo "orch $label loaded rss_kb: $(ps -o rss= -p $pid | tr -d ' ')" | tee -a "$out/$label.txt"
-  echo "orch $label stored: $(curl -s 127.0.0.1:$port/health)" | tee -a "$out/$label.txt"
+  echo "orch $label at end of load: $(curl -s 127.0.0.1:$port/health)" | tee -a "$out/$label.txt"
+  # Processing yields to ingest under pressure; measure how long the queue takes to drain.
+  local t0 depth
+  t0=$(date +%s.%N)
+  while :; do
+    depth=$(curl -s 127.0.0.1:$port/health | python3 -c 'import json,sys; print(json.load(sys.stdin)["queueDepth"])')
+    [ "$depth" = 0 ] && break
+    sleep 0.2
+  done
+  echo "orch $label drain_secs: $(python3 -c "import time; print(round(time.time() - $t0, 1))")" | tee -a "$out/$label.txt"
+  echo "orch $label after drain: $(curl -s 127.0.0.1:$port/health)" | tee -a "$out/$label.txt"
   kill -TERM $pid; wait $pid || true
   rm -rf "$dir"
 }

@@ -23,8 +23,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 /// Upper bound of one group; larger groups add latency without saving more.
 const MAX_GROUP: usize = 512;
 
-/// A group at least this large means deliveries are arriving faster than one at a time.
-const BUSY_GROUP: usize = 8;
+/// Ingest counts as under pressure while it stores more than this many deliveries per
+/// [`PRESSURE_WINDOW_MS`] (1,000 a second): far above what a busy GitHub App receives, and the
+/// point from which processing and answering compete for the same cores.
+const BUSY_PER_WINDOW: i64 = 100;
+const PRESSURE_WINDOW_MS: i64 = 100;
 
 /// What the ingest writer tells the workers: that work was queued, and whether ingest is under
 /// pressure. Answering GitHub within its 10 s comes first; processing is asynchronous anyway, so
@@ -32,22 +35,35 @@ const BUSY_GROUP: usize = 8;
 #[derive(Debug, Default)]
 pub struct IngestSignals {
     pub jobs_ready: Notify,
+    /// Start of the current counting window and deliveries stored in it (written by the one
+    /// writer only).
+    window_start_ms: AtomicI64,
+    window_count: AtomicI64,
+    /// When ingest was last seen above the pressure rate.
     busy_at_ms: AtomicI64,
 }
 
 impl IngestSignals {
     fn committed(&self, group_len: usize, queued_work: bool) {
-        if group_len >= BUSY_GROUP {
-            self.busy_at_ms.store(super::now_ms(), Ordering::Relaxed);
-        }
+        self.count(super::now_ms(), group_len as i64);
         if queued_work {
             self.jobs_ready.notify_waiters();
         }
     }
 
-    /// Whether a crowded group was committed within the last `window_ms`.
-    pub fn busy(&self, now_ms: i64, window_ms: i64) -> bool {
-        now_ms - self.busy_at_ms.load(Ordering::Relaxed) < window_ms
+    fn count(&self, now: i64, stored: i64) {
+        if now - self.window_start_ms.load(Ordering::Relaxed) >= PRESSURE_WINDOW_MS {
+            self.window_start_ms.store(now, Ordering::Relaxed);
+            self.window_count.store(0, Ordering::Relaxed);
+        }
+        if self.window_count.fetch_add(stored, Ordering::Relaxed) + stored >= BUSY_PER_WINDOW {
+            self.busy_at_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether ingest was above the pressure rate within the last window.
+    pub fn busy(&self, now_ms: i64) -> bool {
+        now_ms - self.busy_at_ms.load(Ordering::Relaxed) < PRESSURE_WINDOW_MS
     }
 }
 
@@ -309,14 +325,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crowded_groups_mark_ingest_busy_for_a_window() {
+    fn a_high_rate_marks_ingest_busy_for_a_window() {
         let s = IngestSignals::default();
-        assert!(!s.busy(super::super::now_ms(), 100));
-        s.committed(BUSY_GROUP - 1, false);
-        assert!(!s.busy(super::super::now_ms(), 100), "a small group is not pressure");
-        s.committed(BUSY_GROUP, true);
-        let now = super::super::now_ms();
-        assert!(s.busy(now, 100));
-        assert!(!s.busy(now + 101, 100), "pressure ends with its window");
+        let t0 = 1_000_000;
+        assert!(!s.busy(t0));
+        // A steady trickle never counts as pressure.
+        for i in 0..50 {
+            s.count(t0 + i * 20, 1);
+            assert!(!s.busy(t0 + i * 20), "trickle at {i}");
+        }
+        // A burst within one window does, for one window.
+        let t1 = t0 + 10_000;
+        for i in 0..BUSY_PER_WINDOW / 10 {
+            s.count(t1 + i, 10);
+        }
+        assert!(s.busy(t1 + 20));
+        assert!(!s.busy(t1 + 20 + PRESSURE_WINDOW_MS), "pressure ends with its window");
     }
 }

@@ -39,6 +39,9 @@ impl WorkerConfig {
     }
 }
 
+/// How long workers hold back while ingest is under pressure.
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Starts `concurrency` workers; they stop after their current job once `stop` turns true.
 pub fn spawn(
     store: Store,
@@ -66,10 +69,18 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, signals:
         let notified = signals.jobs_ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        // While ingest is under pressure, workers take small batches with pauses between them:
-        // a bounded share that keeps processing moving without slowing the answers to GitHub.
-        let busy = signals.busy(now_ms(), 100);
-        let batch = if busy { config.batch.min(16) } else { config.batch };
+        // While ingest is under pressure, one worker goes on with small batches and pauses
+        // between them, the others wait: a bounded share that keeps processing moving without
+        // slowing the answers to GitHub. Nothing waits in memory; the queue is in the store.
+        let busy = signals.busy(now_ms());
+        if busy && n > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(BUSY_PAUSE) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let batch = if busy { config.batch.min(32) } else { config.batch };
         let claimed = {
             let _write = store.write_guard().await;
             jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, batch, now_ms()).await
@@ -79,7 +90,7 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, signals:
                 run_batch(&store, &config, list).await;
                 if busy {
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = tokio::time::sleep(BUSY_PAUSE) => {}
                         _ = stop.changed() => {}
                     }
                 }
