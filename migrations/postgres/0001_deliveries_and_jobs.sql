@@ -40,7 +40,8 @@ CREATE TABLE jobs (
     created_at    BIGINT NOT NULL,
     finished_at   BIGINT
 );
-CREATE INDEX jobs_ready ON jobs (status, run_at);
+CREATE INDEX jobs_ready ON jobs (status, run_at, id);
+CREATE INDEX jobs_lease ON jobs (status, lease_until);
 
 CREATE TABLE installations (
     id          BIGINT PRIMARY KEY NOT NULL,

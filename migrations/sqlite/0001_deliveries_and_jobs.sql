@@ -37,7 +37,8 @@ CREATE TABLE jobs (
     created_at    INTEGER NOT NULL,
     finished_at   INTEGER
 );
-CREATE INDEX jobs_ready ON jobs (status, run_at);
+CREATE INDEX jobs_ready ON jobs (status, run_at, id);
+CREATE INDEX jobs_lease ON jobs (status, lease_until);
 
 CREATE TABLE installations (
     id          INTEGER PRIMARY KEY NOT NULL,

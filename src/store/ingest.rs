@@ -225,6 +225,17 @@ fn answer(group: &mut Vec<Pending>, result: anyhow::Result<HashSet<String>>, sig
     signals.committed(group_len, queued_work);
 }
 
+/// A group whose bodies are durable in the archive (`refs[i]` belongs to `group[i]`), on its way
+/// to the database.
+struct Archived {
+    group: Vec<Pending>,
+    refs: Option<Vec<String>>,
+}
+
+/// The SQLite writer is a two-stage pipeline: one thread appends a group's bodies to the archive
+/// and syncs them, the next commits the rows of every group that has reached it in one
+/// transaction. While one group's rows are committed the next group's bodies are being synced,
+/// and a row is never committed before its body is durable.
 fn sqlite_writer(
     path: &std::path::Path,
     sync: super::SyncMode,
@@ -233,7 +244,31 @@ fn sqlite_writer(
     signals: Arc<IngestSignals>,
     lock: Arc<tokio::sync::Mutex<()>>,
 ) {
+    let (to_db, from_archive) = std::sync::mpsc::sync_channel::<Archived>(4);
+    let db_signals = signals.clone();
     let conn = open_sqlite(path, sync);
+    let db_stage = std::thread::Builder::new()
+        .name("orch-ingest-db".into())
+        .spawn(move || {
+            while let Ok(first) = from_archive.recv() {
+                let mut group = first.group;
+                let mut refs = first.refs;
+                // Everything that is ready goes into the same transaction.
+                while let Ok(more) = from_archive.try_recv() {
+                    group.extend(more.group);
+                    if let (Some(r), Some(m)) = (refs.as_mut(), more.refs) {
+                        r.extend(m);
+                    }
+                }
+                let result = match &conn {
+                    Ok(conn) => commit_rows_sqlite(conn, &group, refs.as_deref(), &lock),
+                    Err(e) => Err(anyhow::anyhow!("the SQLite ingest connection could not be opened: {e}")),
+                };
+                answer(&mut group, result, &db_signals);
+            }
+        })
+        .expect("spawn the ingest database thread");
+
     let mut group: Vec<Pending> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -243,12 +278,30 @@ fn sqlite_writer(
                 Err(_) => break,
             }
         }
-        let result = match &conn {
-            Ok(conn) => commit_group_sqlite(conn, archive.as_deref(), &group, &lock),
-            Err(e) => Err(anyhow::anyhow!("the SQLite ingest connection could not be opened: {e}")),
+        let refs = match &archive {
+            None => Ok(None),
+            Some(archive) => {
+                let slices: Vec<&[u8]> = group.iter().map(|p| p.body.as_ref()).collect();
+                archive.append_batch(&slices).map(Some)
+            }
         };
-        answer(&mut group, result, &signals);
+        match refs {
+            Ok(refs) => {
+                let batch = Archived {
+                    group: std::mem::replace(&mut group, Vec::with_capacity(MAX_GROUP)),
+                    refs,
+                };
+                if let Err(unsent) = to_db.send(batch) {
+                    let mut group = unsent.0.group;
+                    answer(&mut group, Err(anyhow::anyhow!("the ingest database thread has stopped")), &signals);
+                }
+            }
+            Err(e) => answer(&mut group, Err(anyhow::Error::from(e).context("payload archive")), &signals),
+        }
     }
+    // Every handle is gone: let the database stage commit what it holds, then end.
+    drop(to_db);
+    let _ = db_stage.join();
 }
 
 fn open_sqlite(path: &std::path::Path, sync: super::SyncMode) -> rusqlite::Result<rusqlite::Connection> {
@@ -264,24 +317,15 @@ fn open_sqlite(path: &std::path::Path, sync: super::SyncMode) -> rusqlite::Resul
     Ok(conn)
 }
 
-fn commit_group_sqlite(
+fn commit_rows_sqlite(
     conn: &rusqlite::Connection,
-    archive: Option<&PayloadArchive>,
     group: &[Pending],
+    refs: Option<&[String]>,
     lock: &tokio::sync::Mutex<()>,
 ) -> anyhow::Result<HashSet<String>> {
-    let mut seen = HashSet::with_capacity(group.len());
-    let unique: Vec<&Pending> = group.iter().filter(|p| seen.insert(p.row.guid.as_str())).collect();
-    let refs: Option<Vec<String>> = match archive {
-        Some(archive) => {
-            let slices: Vec<&[u8]> = unique.iter().map(|p| p.body.as_ref()).collect();
-            Some(archive.append_batch(&slices)?)
-        }
-        None => None,
-    };
     let _write = lock.blocking_lock();
     let tx = conn.unchecked_transaction()?;
-    let mut fresh = HashSet::with_capacity(unique.len());
+    let mut fresh = HashSet::with_capacity(group.len());
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO deliveries (guid, event, action, installation_id, repository, received_at, status, payload_ref, payload_crc32) \
@@ -290,9 +334,11 @@ fn commit_group_sqlite(
         let mut body = tx.prepare_cached("INSERT INTO delivery_bodies (guid, event_data, payload) VALUES (?1, ?2, ?3)")?;
         let mut job =
             tx.prepare_cached("INSERT INTO jobs (kind, delivery_guid, status, run_at, created_at) VALUES (?1, ?2, 'queued', ?3, ?3)")?;
-        for (i, p) in unique.iter().enumerate() {
+        // A GUID twice in the transaction: the second insert does nothing and it is answered as
+        // a duplicate.
+        for (i, p) in group.iter().enumerate() {
             let r = &p.row;
-            let (inline, reference): (Option<&[u8]>, Option<&str>) = match &refs {
+            let (inline, reference): (Option<&[u8]>, Option<&str>) = match refs {
                 Some(refs) => (None, Some(refs[i].as_str())),
                 None => (Some(p.body.as_ref()), None),
             };

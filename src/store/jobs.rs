@@ -35,14 +35,50 @@ pub async fn enqueue_for_deliveries(conn: &mut sqlx::AnyConnection, guids: &[&st
     Ok(())
 }
 
-/// Leases up to `limit` jobs that are due, or whose previous lease ran out.
-pub async fn claim<'c, E: Executor<'c, Database = Db>>(
-    conn: E,
+/// Leases up to `limit` jobs: first those whose lease ran out (their worker died), then those
+/// that are due, oldest first. Each half walks an index in order and stops at `limit`, so a
+/// claim costs the same whatever the length of the queue.
+pub async fn claim(pool: &sqlx::AnyPool, backend: Backend, owner: &str, lease_ms: i64, limit: i64, now: i64) -> sqlx::Result<Vec<Job>> {
+    let mut conn = pool.acquire().await?;
+    let mut jobs = claim_where(
+        &mut *conn,
+        backend,
+        owner,
+        lease_ms,
+        limit,
+        now,
+        "status = 'running' AND lease_until < $3",
+        "lease_until",
+    )
+    .await?;
+    let left = limit - jobs.len() as i64;
+    if left > 0 {
+        jobs.extend(
+            claim_where(
+                &mut *conn,
+                backend,
+                owner,
+                lease_ms,
+                left,
+                now,
+                "status = 'queued' AND run_at <= $3",
+                "run_at, id",
+            )
+            .await?,
+        );
+    }
+    Ok(jobs)
+}
+
+async fn claim_where(
+    conn: &mut sqlx::AnyConnection,
     backend: Backend,
     owner: &str,
     lease_ms: i64,
     limit: i64,
     now: i64,
+    condition: &str,
+    order: &str,
 ) -> sqlx::Result<Vec<Job>> {
     // On Postgres, SKIP LOCKED lets replicas claim disjoint jobs without waiting on each other;
     // SQLite has a single writer, so the UPDATE is atomic as it stands.
@@ -52,8 +88,7 @@ pub async fn claim<'c, E: Executor<'c, Database = Db>>(
     };
     let sql = format!(
         "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
-         WHERE id IN (SELECT id FROM jobs WHERE (status = 'queued' AND run_at <= $3) OR (status = 'running' AND lease_until < $3) \
-                      ORDER BY id LIMIT $4 {lock}) \
+         WHERE id IN (SELECT id FROM jobs WHERE {condition} ORDER BY {order} LIMIT $4 {lock}) \
          RETURNING id, kind, delivery_guid, attempts"
     );
     let rows = sqlx::query(&sql)
