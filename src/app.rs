@@ -2,7 +2,7 @@
 //! [`Config`], and takes them down in order on shutdown.
 
 use crate::api::{self, AppState, Metrics, ServerInfo};
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, PayloadStore};
 use crate::store::archive::PayloadArchive;
 use crate::store::ingest::Ingest;
 use crate::store::ingest::IngestSignals;
@@ -43,14 +43,18 @@ impl Server {
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
         config.require_serve()?;
         let store = open_store(config).await?;
-        // SQLite serves one instance, so its raw bodies go to the local archive; on Postgres they
-        // stay in the shared database, where every replica can read them.
-        let archive = match store.backend() {
-            Backend::Sqlite => Some(Arc::new(PayloadArchive::open(
+        // SQLite serves one instance, so its raw bodies go to the local archive by default; on
+        // Postgres they stay in the shared database by default, where every replica reads them.
+        let payload_store = config.payload_store.unwrap_or(match store.backend() {
+            Backend::Sqlite => PayloadStore::Archive,
+            Backend::Postgres => PayloadStore::Database,
+        });
+        let archive = match payload_store {
+            PayloadStore::Archive => Some(Arc::new(PayloadArchive::open(
                 &config.payload_dir,
                 config.durability == Durability::Fsync,
             )?)),
-            Backend::Postgres => None,
+            PayloadStore::Database => None,
         };
         let signals = Arc::new(IngestSignals::default());
         let (ingest, writer) = Ingest::start(store.clone(), archive, signals.clone()).await?;

@@ -326,7 +326,33 @@ async fn graceful_shutdown_answers_and_keeps_in_flight_deliveries(backend: Backe
     }
 }
 
+/// The raw body is committed with the delivery, in the archive or in the database, whichever the
+/// operator chose, on both backends.
+async fn raw_payload_is_kept_in_either_store(backend: Backend) {
+    for mode in ["archive", "database"] {
+        let Some(db) = TestDb::new(backend).await else { return };
+        let mut env = db.env();
+        env.insert("ORCH_PAYLOAD_STORE".into(), mode.into());
+        let server = orch::app::Server::start(&orch::config::Config::from_map(&env).unwrap())
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.addr);
+        let body = comment_body(7, "/orch plan");
+        let (status, _) = Hook::signed("issue_comment", "raw-1", &body)
+            .send(&reqwest::Client::new(), &base)
+            .await;
+        assert_eq!(status, 202);
+        let archive = orch::store::archive::PayloadArchive::open(&db.dir.path().join("payloads"), false).unwrap();
+        let d = deliveries::get(server.store.pool(), "raw-1").await.unwrap().unwrap();
+        assert_eq!(d.payload_ref.is_some(), mode == "archive", "{mode}");
+        let raw = deliveries::raw_payload(server.store.pool(), Some(&archive), "raw-1").await.unwrap();
+        assert_eq!(raw.as_deref(), Some(&body[..]), "{mode}");
+        server.shutdown().await.unwrap();
+    }
+}
+
 both_backends!(
+    raw_payload_is_kept_in_either_store,
     signed_delivery_is_stored_then_processed,
     duplicate_guid_is_acknowledged_once,
     bad_signatures_are_refused_and_not_stored,

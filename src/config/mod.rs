@@ -28,6 +28,15 @@ pub enum LlmProvider {
     Fake,
 }
 
+/// Where raw webhook bodies are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadStore {
+    /// Append-only segment files in `ORCH_PAYLOAD_DIR` on this host (the SQLite default).
+    Archive,
+    /// In the database, readable by every replica (the Postgres default).
+    Database,
+}
+
 /// How hard the ingest path works to make a delivery survive before answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -60,6 +69,8 @@ pub struct Config {
     pub fake_llm_script: Option<PathBuf>,
     /// Where raw webhook payloads are archived (append-only segment files).
     pub payload_dir: PathBuf,
+    /// None: the backend's default.
+    pub payload_store: Option<PayloadStore>,
     pub durability: Durability,
     /// How long a worker holds a job before another worker may take it over.
     pub job_lease: Duration,
@@ -86,6 +97,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_OPENAI_BASE_URL",
     "ORCH_FAKE_LLM_SCRIPT",
     "ORCH_PAYLOAD_DIR",
+    "ORCH_PAYLOAD_STORE",
     "ORCH_DURABILITY",
     "ORCH_JOB_LEASE_SECS",
     "ORCH_WORKERS",
@@ -223,6 +235,19 @@ impl Config {
                 })
             }
         };
+        let payload_store = match src.get("ORCH_PAYLOAD_STORE").map(|s| s.trim().to_ascii_lowercase()) {
+            None => None,
+            Some(p) => match p.as_str() {
+                "archive" => Some(PayloadStore::Archive),
+                "database" => Some(PayloadStore::Database),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        var: "ORCH_PAYLOAD_STORE",
+                        problem: format!("expected archive or database, got {other:?}"),
+                    })
+                }
+            },
+        };
         let job_lease_secs = src.parse::<u64>("ORCH_JOB_LEASE_SECS", "a whole number of seconds")?.unwrap_or(60);
         if job_lease_secs == 0 {
             return Err(ConfigError::Invalid {
@@ -238,6 +263,7 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| default_payload_dir(&database_url)),
             database_url,
+            payload_store,
             webhook_secrets,
             github_app_id: src.parse::<u64>("ORCH_GITHUB_APP_ID", "a numeric GitHub App id")?,
             github_private_key_path: src.get("ORCH_GITHUB_PRIVATE_KEY_PATH").map(PathBuf::from),
@@ -382,6 +408,7 @@ mod tests {
             ("ORCH_WEBHOOK_SECRET", "a,,b"),
             ("ORCH_GITHUB_API_URL", "ftp://example"),
             ("ORCH_JOB_LEASE_SECS", "0"),
+            ("ORCH_PAYLOAD_STORE", "s3"),
         ] {
             let err = Config::from_map(&env(&[(var, value)])).unwrap_err().to_string();
             assert!(err.starts_with(var), "{var}: {err}");

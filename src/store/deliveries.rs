@@ -184,6 +184,23 @@ pub async fn inline_payload<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &
     })
 }
 
+/// A delivery's raw body, wherever it is kept: the archive (checked against its checksum) or
+/// the database. None when no such delivery is stored.
+pub async fn raw_payload(
+    pool: &sqlx::AnyPool,
+    archive: Option<&super::archive::PayloadArchive>,
+    guid: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(d) = get(pool, guid).await? else {
+        return Ok(None);
+    };
+    match (&d.payload_ref, archive) {
+        (Some(reference), Some(archive)) => archive.read(reference, &d.payload_crc32).map(Some),
+        (Some(_), None) => anyhow::bail!("delivery {guid} is in the payload archive, which is not open here"),
+        (None, _) => Ok(inline_payload(pool, guid).await?),
+    }
+}
+
 /// Every delivery, oldest first (tests, the demo, the conformance check of the crash test).
 pub async fn list<'c, E: Executor<'c, Database = Db>>(conn: E, limit: i64) -> sqlx::Result<Vec<DeliveryRecord>> {
     let sql = format!("SELECT {COLUMNS} FROM {FROM} ORDER BY d.received_at, d.guid LIMIT $1");
