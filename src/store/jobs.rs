@@ -40,46 +40,41 @@ pub async fn enqueue_for_deliveries(conn: &mut sqlx::AnyConnection, guids: &[&st
 /// claim costs the same whatever the length of the queue.
 pub async fn claim(pool: &sqlx::AnyPool, backend: Backend, owner: &str, lease_ms: i64, limit: i64, now: i64) -> sqlx::Result<Vec<Job>> {
     let mut conn = pool.acquire().await?;
-    let mut jobs = claim_where(
-        &mut *conn,
+    let request = LeaseRequest {
         backend,
         owner,
         lease_ms,
-        limit,
         now,
-        "status = 'running' AND lease_until < $3",
-        "lease_until",
-    )
-    .await?;
+    };
+    let mut jobs = claim_where(&mut conn, &request, limit, "status = 'running' AND lease_until < $3", "lease_until").await?;
     let left = limit - jobs.len() as i64;
     if left > 0 {
-        jobs.extend(
-            claim_where(
-                &mut *conn,
-                backend,
-                owner,
-                lease_ms,
-                left,
-                now,
-                "status = 'queued' AND run_at <= $3",
-                "run_at, id",
-            )
-            .await?,
-        );
+        jobs.extend(claim_where(&mut conn, &request, left, "status = 'queued' AND run_at <= $3", "run_at, id").await?);
     }
     Ok(jobs)
 }
 
+/// Who asks for a lease, for how long, and when.
+struct LeaseRequest<'a> {
+    backend: Backend,
+    owner: &'a str,
+    lease_ms: i64,
+    now: i64,
+}
+
 async fn claim_where(
     conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    owner: &str,
-    lease_ms: i64,
+    request: &LeaseRequest<'_>,
     limit: i64,
-    now: i64,
     condition: &str,
     order: &str,
 ) -> sqlx::Result<Vec<Job>> {
+    let LeaseRequest {
+        backend,
+        owner,
+        lease_ms,
+        now,
+    } = *request;
     // On Postgres, SKIP LOCKED lets replicas claim disjoint jobs without waiting on each other;
     // SQLite has a single writer, so the UPDATE is atomic as it stands.
     let lock = match backend {
