@@ -60,25 +60,7 @@ async fn load(port: u16, round: usize, senders: u64) -> tokio::task::JoinHandle<
             .map(|s| {
                 tokio::spawn(async move {
                     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-                    let mut acked = Vec::new();
-                    for i in 0u64.. {
-                        let guid = format!("r{round}-s{s}-{i}");
-                        let body = comment_body(i, "/orch status");
-                        let r = client
-                            .post(format!("http://127.0.0.1:{port}/webhook"))
-                            .header("x-github-event", "issue_comment")
-                            .header("x-github-delivery", &guid)
-                            .header("x-hub-signature-256", sign(common::SECRET, &body))
-                            .body(body)
-                            .send()
-                            .await;
-                        match r {
-                            Ok(r) if r.status().is_success() => acked.push(guid),
-                            Ok(r) => panic!("unexpected answer {} for {guid}", r.status()),
-                            Err(_) => break,
-                        }
-                    }
-                    acked
+                    common::post_until_refused(&client, &format!("http://127.0.0.1:{port}"), &format!("r{round}-s{s}")).await
                 })
             })
             .collect();

@@ -279,27 +279,7 @@ async fn graceful_shutdown_answers_and_keeps_in_flight_deliveries(backend: Backe
     let senders: Vec<_> = (0..8u64)
         .map(|s| {
             let (client, base) = (client.clone(), base.clone());
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for i in 0.. {
-                    let guid = format!("gs-{s}-{i}");
-                    let body = comment_body(i, "/orch status");
-                    let r = client
-                        .post(format!("{base}/webhook"))
-                        .header("x-github-event", "issue_comment")
-                        .header("x-github-delivery", &guid)
-                        .header("x-hub-signature-256", sign(common::SECRET, &body))
-                        .body(body)
-                        .send()
-                        .await;
-                    match r {
-                        Ok(r) if r.status().as_u16() == 202 => acked.push(guid),
-                        Ok(r) => panic!("unexpected answer {}", r.status()),
-                        Err(_) => break,
-                    }
-                }
-                acked
-            })
+            tokio::spawn(async move { common::post_until_refused(&client, &base, &format!("gs-{s}")).await })
         })
         .collect();
     // Shut down while requests are in flight, once a good number went through.

@@ -162,32 +162,22 @@ pub async fn release_failed<'c, E: Executor<'c, Database = Db>>(
     retry_at: Option<i64>,
     now: i64,
 ) -> sqlx::Result<bool> {
-    let r = match retry_at {
-        Some(at) => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'queued', run_at = $1, lease_owner = NULL, lease_until = NULL, last_error = $2 \
-                 WHERE id = $3 AND lease_owner = $4 AND status = 'running'",
-            )
-            .bind(at)
-            .bind(error.to_string())
-            .bind(id)
-            .bind(owner.to_string())
-            .execute(conn)
-            .await?
-        }
-        None => {
-            sqlx::query(
-                "UPDATE jobs SET status = 'failed', finished_at = $1, lease_owner = NULL, lease_until = NULL, last_error = $2 \
-                 WHERE id = $3 AND lease_owner = $4 AND status = 'running'",
-            )
-            .bind(now)
-            .bind(error.to_string())
-            .bind(id)
-            .bind(owner.to_string())
-            .execute(conn)
-            .await?
-        }
+    let (status, finished_at) = match retry_at {
+        Some(_) => ("queued", None),
+        None => ("failed", Some(now)),
     };
+    let r = sqlx::query(
+        "UPDATE jobs SET status = $1, run_at = COALESCE($2, run_at), finished_at = $3, lease_owner = NULL, lease_until = NULL, \
+         last_error = $4 WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
+    )
+    .bind(status)
+    .bind(retry_at)
+    .bind(finished_at)
+    .bind(error.to_string())
+    .bind(id)
+    .bind(owner.to_string())
+    .execute(conn)
+    .await?;
     Ok(r.rows_affected() == 1)
 }
 

@@ -197,3 +197,27 @@ pub async fn drain(store: &Store, secs: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Posts signed, unique `issue_comment` deliveries (`{prefix}-{n}`) back to back until the server
+/// stops answering; returns the GUIDs answered 2xx. Any other answer fails the test.
+pub async fn post_until_refused(client: &reqwest::Client, base: &str, prefix: &str) -> Vec<String> {
+    let mut acked = Vec::new();
+    for i in 0u64.. {
+        let guid = format!("{prefix}-{i}");
+        let body = comment_body(i, "/orch status");
+        let r = client
+            .post(format!("{base}/webhook"))
+            .header("x-github-event", "issue_comment")
+            .header("x-github-delivery", &guid)
+            .header("x-hub-signature-256", sign(SECRET, &body))
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => acked.push(guid),
+            Ok(r) => panic!("unexpected answer {} for {guid}", r.status()),
+            Err(_) => break,
+        }
+    }
+    acked
+}
