@@ -21,7 +21,7 @@ cargo build --release --locked --quiet --manifest-path "$root/Cargo.toml"
 bin=$CARGO_TARGET_DIR/release/orch
 sig=$(openssl dgst -sha256 -hmac "$secret" "$body" | sed 's/.*= //')
 
-run_orch() { # $1 label, $2 database url
+run_orch() { # $1 label, $2 database url (ORCH_* variables in the environment pass through)
   local label=$1 url=$2 dir
   dir=$(mktemp -d /tmp/orch-bench.XXXXXX)
   ORCH_BIND=127.0.0.1:$port ORCH_DATABASE_URL=$url ORCH_WEBHOOK_SECRET=$secret ORCH_PAYLOAD_DIR=$dir/payloads \
@@ -62,6 +62,9 @@ if [ -z "${SKIP_PG:-}" ]; then
   echo "== orch on PostgreSQL"
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS orch_bench WITH (FORCE)" -c "CREATE DATABASE orch_bench"
   run_orch postgres "postgres://postgres@127.0.0.1:5432/orch_bench"
+  echo "== orch on PostgreSQL, raw bodies in the local archive (ORCH_PAYLOAD_STORE=archive)"
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS orch_bench WITH (FORCE)" -c "CREATE DATABASE orch_bench"
+  ORCH_PAYLOAD_STORE=archive run_orch postgres-archive "postgres://postgres@127.0.0.1:5432/orch_bench"
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS orch_bench WITH (FORCE)"
 fi
 python3 "$here/summarize.py" "$out"

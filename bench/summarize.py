@@ -25,9 +25,9 @@ def read(path):
     }
 
 out = pathlib.Path(sys.argv[1])
-rows = {name: read(out / f"{name}.txt") for name in ["probot", "ceiling", "sqlite", "postgres"]}
+rows = {name: read(out / f"{name}.txt") for name in ["probot", "ceiling", "sqlite", "postgres", "postgres-archive"]}
 peer = rows.get("probot")
-print(f"\n{'':10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'non-2xx':>8} {'vs Probot':>10} {'of ceiling':>10} {'drain s':>8}")
+print(f"\n{'':16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>7} {'non-2xx':>8} {'vs Probot':>10} {'of ceiling':>10} {'drain s':>8}")
 for name, r in rows.items():
     if not r or r["rps"] is None:
         continue
@@ -36,4 +36,4 @@ for name, r in rows.items():
     of_ceiling = f"{r['rps'] / ceil['rps']:.2f}" if ceil and ceil["rps"] else "-"
     rss = f"{r['rss_mb']:.1f}" if r["rss_mb"] is not None else "-"
     drain = f"{r['drain']:.1f}" if r["drain"] is not None else "-"
-    print(f"{name:10} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {rss:>7} {r['non2xx']:8d} {ratio:>10} {of_ceiling:>10} {drain:>8}")
+    print(f"{name:16} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {rss:>7} {r['non2xx']:8d} {ratio:>10} {of_ceiling:>10} {drain:>8}")
