@@ -183,7 +183,8 @@ pub async fn release_failed<'c, E: Executor<'c, Database = Db>>(
 
 /// Jobs waiting or running.
 pub async fn depth<'c, E: Executor<'c, Database = Db>>(conn: E) -> sqlx::Result<i64> {
-    sqlx::query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
+    // Two counts, each over its partial index: the finished jobs are never read.
+    sqlx::query("SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued') + (SELECT COUNT(*) FROM jobs WHERE status = 'running')")
         .fetch_one(conn)
         .await?
         .try_get(0)
