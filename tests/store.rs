@@ -675,7 +675,66 @@ async fn breaker_row_exists(backend: Backend) {
     store.close().await;
 }
 
+/// A store that cannot commit (another connection holds the write lock) is answered within the
+/// deadline instead of making GitHub time out; the delivery still commits once the store frees
+/// up, and its redelivery is then a duplicate.
+async fn a_stuck_store_answers_within_the_deadline(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let signals = Arc::new(orch::store::ingest::IngestSignals::default());
+    let (ingest, writer) = Ingest::start(store.clone(), None, signals).await.unwrap();
+    let ingest = ingest.with_deadline(Duration::from_millis(500));
+
+    // Hold the database's write lock from outside the writer.
+    enum Holder {
+        Sqlite(rusqlite::Connection),
+        Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    }
+    let holder = match backend {
+        Backend::Sqlite => {
+            let conn = rusqlite::Connection::open(db.dir.path().join("orch.db")).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            Holder::Sqlite(conn)
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            Holder::Postgres(tx)
+        }
+    };
+    let body = body_for("stuck-1");
+    let started = std::time::Instant::now();
+    let err = ingest
+        .submit(delivery("stuck-1", 1, "queued", &body), Bytes::from(body.clone()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not committed within"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+
+    match holder {
+        Holder::Sqlite(conn) => conn.execute_batch("COMMIT").unwrap(),
+        Holder::Postgres(tx) => tx.commit().await.unwrap(),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while deliveries::get(store.pool(), "stuck-1").await.unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the held-up delivery never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = ingest
+        .submit(delivery("stuck-1", 1, "queued", &body), Bytes::from(body))
+        .await
+        .unwrap();
+    assert_eq!(again, IngestOutcome::Duplicate);
+    drop(ingest);
+    writer.await.unwrap();
+}
+
 both_backends!(
+    a_stuck_store_answers_within_the_deadline,
     migrations_are_idempotent,
     insert_new_reports_only_fresh_guids,
     transaction_rollback_leaves_nothing,

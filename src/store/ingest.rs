@@ -89,7 +89,13 @@ struct Pending {
 #[derive(Clone)]
 pub struct Ingest {
     tx: mpsc::Sender<Pending>,
+    deadline: std::time::Duration,
 }
+
+/// GitHub gives up on a delivery after 10 s. A delivery not committed within this deadline is
+/// answered 503 while GitHub still listens, so the failure is recorded cleanly and the delivery
+/// can be redelivered; if it commits later after all, the redelivery is a duplicate.
+pub const DEFAULT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
 impl Ingest {
     /// Starts the writer. `archive: None` keeps bodies inline in the database. `signals` is told
@@ -107,17 +113,34 @@ impl Ingest {
                 tokio::spawn(postgres_writer(pool, archive, rx, signals))
             }
         };
-        Ok((Self { tx }, handle))
+        Ok((
+            Self {
+                tx,
+                deadline: DEFAULT_DEADLINE,
+            },
+            handle,
+        ))
     }
 
     /// Stores one delivery durably; returns once it is committed (or found to be a duplicate).
     pub async fn submit(&self, row: NewDelivery, body: Bytes) -> Result<IngestOutcome, IngestError> {
         let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Pending { row, body, reply })
+        let stored = async {
+            self.tx
+                .send(Pending { row, body, reply })
+                .await
+                .map_err(|_| IngestError("the writer has stopped".into()))?;
+            wait.await.map_err(|_| IngestError("the writer stopped before committing".into()))?
+        };
+        tokio::time::timeout(self.deadline, stored)
             .await
-            .map_err(|_| IngestError("the writer has stopped".into()))?;
-        wait.await.map_err(|_| IngestError("the writer stopped before committing".into()))?
+            .map_err(|_| IngestError(format!("not committed within {:?}", self.deadline)))?
+    }
+
+    /// The same writer with another commit deadline (tests; see [`DEFAULT_DEADLINE`]).
+    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 }
 
