@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod github;
 pub mod store;
 pub mod webhook;
 pub mod worker;

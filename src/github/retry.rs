@@ -1,0 +1,239 @@
+//! The one retry layer orch owns for GitHub (octocrab's own retries stay off): a timeout per
+//! request, backoff for server errors, timeouts and dropped connections, `Retry-After` for 429
+//! and secondary rate limits, a bounded wait for the primary limit's reset, and no retry for
+//! permanent answers. Every failure names GitHub's request id.
+
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First backoff; doubled per attempt (with jitter), capped by `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+    /// The longest orch waits for a rate limit to lift before giving up with a clear error.
+    pub max_rate_limit_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            request_timeout: Duration::from_secs(15),
+            max_rate_limit_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a GitHub request failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum GithubError {
+    #[error("GitHub answered {status} (request id {request_id}): {message}")]
+    Permanent { status: u16, message: String, request_id: String },
+    #[error("GitHub's rate limit lifts in {wait:?}, longer than orch waits (request id {request_id})")]
+    RateLimited { wait: Duration, request_id: String },
+    #[error("GitHub request failed after {attempts} attempts; last: {last}")]
+    Exhausted { attempts: u32, last: String },
+}
+
+/// What to do with one answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    /// Transient: retry after this long (from `Retry-After`, a rate-limit reset, or backoff when None).
+    Retry(Option<Duration>),
+    /// The rate limit lifts only after this long (beyond what orch is willing to wait).
+    RateLimitedFor(Duration),
+    Permanent,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// `Retry-After` as seconds (GitHub sends seconds; an HTTP date is not used by its API).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    header(headers, "retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Time until `x-ratelimit-reset` when `x-ratelimit-remaining` is 0.
+fn primary_limit_wait(headers: &HeaderMap, now_unix: u64) -> Option<Duration> {
+    if header(headers, "x-ratelimit-remaining")? != "0" {
+        return None;
+    }
+    let reset = header(headers, "x-ratelimit-reset")?.parse::<u64>().ok()?;
+    // One second more: GitHub's reset is a whole second and clocks differ a little.
+    Some(Duration::from_secs(reset.saturating_sub(now_unix) + 1))
+}
+
+/// Classifies an answer. Pure: the clock is passed in.
+pub fn classify(status: StatusCode, headers: &HeaderMap, now_unix: u64, policy: &RetryPolicy) -> Verdict {
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        return Verdict::Success;
+    }
+    let limited = |wait: Duration| {
+        if wait <= policy.max_rate_limit_wait {
+            Verdict::Retry(Some(wait))
+        } else {
+            Verdict::RateLimitedFor(wait)
+        }
+    };
+    match status.as_u16() {
+        429 | 403 => {
+            if let Some(wait) = retry_after(headers) {
+                // Secondary rate limit (403 or 429 with Retry-After).
+                limited(wait)
+            } else if let Some(wait) = primary_limit_wait(headers, now_unix) {
+                limited(wait)
+            } else if status.as_u16() == 429 {
+                Verdict::Retry(None)
+            } else {
+                // A 403 without rate-limit headers is a real refusal.
+                Verdict::Permanent
+            }
+        }
+        408 | 500..=599 => Verdict::Retry(retry_after(headers)),
+        _ => Verdict::Permanent,
+    }
+}
+
+/// Backoff before attempt `attempt + 1` (attempt counts from 1): base · 2^(attempt-1), capped,
+/// with up to 25 % jitter so that many workers do not retry in step.
+pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exp = policy.base_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let capped = exp.min(policy.max_backoff);
+    let mut b = [0u8; 2];
+    let jitter = match getrandom::getrandom(&mut b) {
+        Ok(()) => u16::from_le_bytes(b) as f64 / u16::MAX as f64 * 0.25,
+        Err(_) => 0.0,
+    };
+    capped.mul_f64(1.0 + jitter)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    header(headers, "x-github-request-id").unwrap_or("none").to_string()
+}
+
+/// Sends the request `build` makes (once per attempt) under `policy`.
+pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> Result<Response, GithubError> {
+    let mut last = String::new();
+    for attempt in 1..=policy.max_attempts {
+        let wait = match build().timeout(policy.request_timeout).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let headers = response.headers().clone();
+                match classify(status, &headers, now_unix(), policy) {
+                    Verdict::Success => return Ok(response),
+                    Verdict::Permanent => {
+                        let message = response.text().await.unwrap_or_default();
+                        let message: String = message.chars().take(300).collect();
+                        tracing::warn!(status = status.as_u16(), request_id = %request_id(&headers), "GitHub refused a request");
+                        return Err(GithubError::Permanent {
+                            status: status.as_u16(),
+                            message,
+                            request_id: request_id(&headers),
+                        });
+                    }
+                    Verdict::RateLimitedFor(wait) => {
+                        tracing::warn!(?wait, request_id = %request_id(&headers), "GitHub rate limit beyond the wait bound");
+                        return Err(GithubError::RateLimited {
+                            wait,
+                            request_id: request_id(&headers),
+                        });
+                    }
+                    Verdict::Retry(wait) => {
+                        last = format!("HTTP {} (request id {})", status.as_u16(), request_id(&headers));
+                        wait.unwrap_or_else(|| backoff(policy, attempt))
+                    }
+                }
+            }
+            Err(e) => {
+                // Timeouts, refused and dropped connections are transient; a request that
+                // cannot even be built is not.
+                if e.is_builder() {
+                    return Err(GithubError::Exhausted {
+                        attempts: attempt,
+                        last: e.to_string(),
+                    });
+                }
+                last = format!("transport: {e}");
+                backoff(policy, attempt)
+            }
+        };
+        if attempt < policy.max_attempts {
+            tracing::info!(attempt, ?wait, reason = %last, "retrying a GitHub request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+    tracing::warn!(attempts = policy.max_attempts, reason = %last, "GitHub request failed");
+    Err(GithubError::Exhausted {
+        attempts: policy.max_attempts,
+        last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn answers_are_classified_like_github_documents_them() {
+        let p = RetryPolicy::default();
+        let c = |status: u16, h: &[(&str, &str)]| classify(StatusCode::from_u16(status).unwrap(), &headers(h), 1_000, &p);
+        assert_eq!(c(200, &[]), Verdict::Success);
+        assert_eq!(c(304, &[]), Verdict::Success);
+        assert_eq!(c(502, &[]), Verdict::Retry(None));
+        assert_eq!(c(503, &[("retry-after", "2")]), Verdict::Retry(Some(Duration::from_secs(2))));
+        assert_eq!(c(429, &[("retry-after", "1")]), Verdict::Retry(Some(Duration::from_secs(1))));
+        // Secondary limit: 403 with Retry-After.
+        assert_eq!(c(403, &[("retry-after", "30")]), Verdict::Retry(Some(Duration::from_secs(30))));
+        // Primary limit: wait until the reset (+1 s), bounded.
+        assert_eq!(
+            c(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1005")]),
+            Verdict::Retry(Some(Duration::from_secs(6)))
+        );
+        assert_eq!(
+            c(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5000")]),
+            Verdict::RateLimitedFor(Duration::from_secs(4001))
+        );
+        assert_eq!(c(403, &[("x-ratelimit-remaining", "12")]), Verdict::Permanent);
+        for permanent in [400, 401, 404, 410, 422] {
+            assert_eq!(c(permanent, &[]), Verdict::Permanent, "{permanent}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let p = RetryPolicy {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+            ..RetryPolicy::default()
+        };
+        let within = |d: Duration, lo: u64| d >= Duration::from_millis(lo) && d <= Duration::from_millis(lo * 5 / 4 + 1);
+        assert!(within(backoff(&p, 1), 100));
+        assert!(within(backoff(&p, 2), 200));
+        assert!(within(backoff(&p, 3), 350));
+        assert!(within(backoff(&p, 30), 350));
+    }
+}
