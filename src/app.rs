@@ -42,6 +42,11 @@ pub struct Server {
 impl Server {
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
         config.require_serve()?;
+        // A configured App must have a usable key: a bad one is a start-up error, not a
+        // failure at the first GitHub write.
+        if config.github_app_id.is_some() || config.github_private_key_path.is_some() || config.github_private_key.is_some() {
+            crate::github::auth::AppCredentials::from_config(config)?;
+        }
         let store = open_store(config).await?;
         // SQLite serves one instance, so its raw bodies go to the local archive by default; on
         // Postgres they stay in the shared database by default, where every replica reads them.

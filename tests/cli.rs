@@ -42,6 +42,43 @@ fn malformed_settings_name_their_variable() {
 }
 
 #[test]
+fn a_bad_app_key_stops_serve_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a key").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let common: [(&str, &str); 3] = [
+        ("ORCH_WEBHOOK_SECRET", "x"),
+        ("ORCH_DATABASE_URL", &db),
+        ("ORCH_BIND", "127.0.0.1:0"),
+    ];
+    let bad_path = bad.display().to_string();
+    for (extra, var) in [
+        (
+            vec![("ORCH_GITHUB_APP_ID", "12"), ("ORCH_GITHUB_PRIVATE_KEY_PATH", bad_path.as_str())],
+            "ORCH_GITHUB_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![
+                ("ORCH_GITHUB_APP_ID", "12"),
+                ("ORCH_GITHUB_PRIVATE_KEY_PATH", "/nonexistent/key.pem"),
+            ],
+            "ORCH_GITHUB_PRIVATE_KEY_PATH",
+        ),
+        (
+            vec![("ORCH_GITHUB_APP_ID", "12"), ("ORCH_GITHUB_PRIVATE_KEY", "garbage")],
+            "ORCH_GITHUB_PRIVATE_KEY",
+        ),
+        (vec![("ORCH_GITHUB_PRIVATE_KEY_PATH", bad_path.as_str())], "ORCH_GITHUB_APP_ID"),
+    ] {
+        let env: Vec<(&str, &str)> = common.iter().copied().chain(extra).collect();
+        let (ok, _, err) = orch(&["serve"], &env);
+        assert!(!ok, "{var}");
+        assert!(err.contains(var), "{var}: {err}");
+    }
+}
+
+#[test]
 fn migrate_prepares_a_fresh_sqlite_database_and_is_repeatable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fresh.db");

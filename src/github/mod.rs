@@ -1,3 +1,4 @@
-//! Access to GitHub. Today: the retry layer every GitHub request goes through.
+//! Access to GitHub: App authentication and the retry layer every GitHub request goes through.
 
+pub mod auth;
 pub mod retry;
