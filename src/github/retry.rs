@@ -19,6 +19,18 @@ pub struct RetryPolicy {
     pub max_rate_limit_wait: Duration,
 }
 
+impl RetryPolicy {
+    /// The same limits with one attempt: for requests that create something, which orch must
+    /// not repeat blindly (the first may have been applied with its answer lost); the caller
+    /// checks what happened before it tries again.
+    pub fn single_attempt(&self) -> Self {
+        Self {
+            max_attempts: 1,
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {

@@ -3,6 +3,7 @@
 //! that they compose inside transactions. Times are unix milliseconds in BIGINT columns, the one
 //! representation both backends agree on.
 
+pub mod actions;
 pub mod archive;
 pub mod deliveries;
 pub mod health;

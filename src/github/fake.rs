@@ -1,0 +1,335 @@
+//! A stateful fake GitHub served over real HTTP, for tests and the demo: it keeps issue comments
+//! per repository, checks the App JWT and installation tokens the way GitHub does, answers with
+//! GitHub's status codes and headers, validates request bodies, and injects faults on request.
+//! It grows with the operations orch uses.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What a fault does to a matching request.
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Answer with this status (and `Retry-After` seconds, if given) without applying anything.
+    Status { code: u16, retry_after: Option<u64> },
+    /// Apply the request, then wait this long before answering: with a shorter client timeout,
+    /// the change is made and its answer lost.
+    ApplyThenStall(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub method: Method,
+    /// Matches when the request path contains this.
+    pub path_contains: String,
+    /// How many matching requests it affects.
+    pub times: u32,
+    pub kind: FaultKind,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakeComment {
+    pub id: i64,
+    pub body: String,
+    pub author: String,
+}
+
+#[derive(Default)]
+struct Model {
+    /// Installation tokens: token → (installation, expiry unix seconds).
+    tokens: HashMap<String, (i64, u64)>,
+    /// (owner/repo, issue number) → comments.
+    comments: BTreeMap<(String, i64), Vec<FakeComment>>,
+    faults: Vec<Fault>,
+    /// Every request: (method, path).
+    log: Vec<(String, String)>,
+}
+
+pub struct FakeState {
+    app_id: u64,
+    public_key: DecodingKey,
+    token_lifetime: Duration,
+    next_id: AtomicI64,
+    model: Mutex<Model>,
+}
+
+/// A running fake GitHub.
+pub struct FakeGithub {
+    pub addr: SocketAddr,
+    pub state: Arc<FakeState>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn format_timestamp(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+fn answer(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    let h = r.headers_mut();
+    h.insert("x-github-request-id", HeaderValue::from_static("FAKE:0001"));
+    h.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+    h.insert("x-ratelimit-remaining", HeaderValue::from_static("4999"));
+    r
+}
+
+fn message(status: StatusCode, text: &str) -> Response {
+    answer(
+        status,
+        json!({ "message": text, "documentation_url": "https://docs.github.com/rest" }),
+    )
+}
+
+impl FakeState {
+    /// Records the request and takes the fault that applies to it, if any.
+    fn arrive(&self, method: &Method, path: &str) -> Option<FaultKind> {
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.log.push((method.to_string(), path.to_string()));
+        let i = m
+            .faults
+            .iter()
+            .position(|f| f.method == *method && path.contains(&f.path_contains) && f.times > 0)?;
+        m.faults[i].times -= 1;
+        let kind = m.faults[i].kind.clone();
+        if m.faults[i].times == 0 {
+            m.faults.remove(i);
+        }
+        Some(kind)
+    }
+
+    /// The installation a request's token belongs to, or the 401 GitHub would give.
+    fn installation(&self, headers: &HeaderMap) -> Result<i64, Response> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")))
+            .ok_or_else(|| message(StatusCode::UNAUTHORIZED, "Requires authentication"))?;
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        match m.tokens.get(token) {
+            Some((installation, expiry)) if *expiry > unix_now() => Ok(*installation),
+            _ => Err(message(StatusCode::UNAUTHORIZED, "Bad credentials")),
+        }
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).faults.push(fault);
+    }
+
+    /// Comments of an issue as the fake holds them.
+    pub fn comments(&self, repo: &str, issue: i64) -> Vec<FakeComment> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.comments.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
+    }
+
+    /// Requests received, as (method, path).
+    pub fn log(&self) -> Vec<(String, String)> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
+    }
+
+    /// Expires every installation token now (as if GitHub revoked them).
+    pub fn revoke_tokens(&self) {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).tokens.clear();
+    }
+}
+
+async fn stall_or_status(kind: Option<FaultKind>) -> Result<Option<Duration>, Response> {
+    match kind {
+        None => Ok(None),
+        Some(FaultKind::Status { code, retry_after }) => {
+            let mut r = message(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "injected fault",
+            );
+            if let Some(secs) = retry_after {
+                r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            }
+            Err(r)
+        }
+        Some(FaultKind::ApplyThenStall(d)) => Ok(Some(d)),
+    }
+}
+
+async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
+    if let Err(r) = stall_or_status(s.arrive(&Method::POST, &format!("/app/installations/{installation}/access_tokens"))).await {
+        return r;
+    }
+    let Some(jwt) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return message(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded");
+    };
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[s.app_id.to_string()]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    validation.leeway = 0;
+    let claims = match jsonwebtoken::decode::<super::auth::AppClaims>(jwt, &s.public_key, &validation) {
+        Ok(d) => d.claims,
+        Err(e) => return message(StatusCode::UNAUTHORIZED, &format!("A JSON web token could not be decoded: {e}")),
+    };
+    if claims.exp.saturating_sub(claims.iat) > 600 || claims.iat > unix_now() {
+        return message(StatusCode::UNAUTHORIZED, "'Expiration time' claim ('exp') is too far in the future");
+    }
+    let mut random = [0u8; 16];
+    getrandom::getrandom(&mut random).expect("system randomness");
+    let token = format!("ghs_{}", hex::encode(random));
+    let expires = unix_now() + s.token_lifetime.as_secs();
+    s.model
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .tokens
+        .insert(token.clone(), (installation, expires));
+    answer(
+        StatusCode::CREATED,
+        json!({ "token": token, "expires_at": format_timestamp(expires) }),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Paging {
+    per_page: Option<usize>,
+    page: Option<usize>,
+}
+
+async fn list_comments(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, issue)): Path<(String, String, i64)>,
+    Query(paging): Query<Paging>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = stall_or_status(s.arrive(&Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"))).await {
+        return r;
+    }
+    if let Err(r) = s.installation(&headers) {
+        return r;
+    }
+    let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
+    let page = paging.page.unwrap_or(1).max(1);
+    let all = s.comments(&format!("{owner}/{repo}"), issue);
+    let items: Vec<_> = all
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|c| json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "type": "Bot" } }))
+        .collect();
+    answer(StatusCode::OK, json!(items))
+}
+
+async fn create_comment(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, issue)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let stall = match stall_or_status(s.arrive(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"))).await {
+        Ok(stall) => stall,
+        Err(r) => return r,
+    };
+    if let Err(r) = s.installation(&headers) {
+        return r;
+    }
+    // The reference description: an object with a required string `body`, nothing else.
+    let text = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(o)) if o.len() == 1 => match o.get("body") {
+            Some(serde_json::Value::String(t)) => t.clone(),
+            _ => return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: `body` must be a string"),
+        },
+        Ok(_) => return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: expected an object with `body`"),
+        Err(_) => return message(StatusCode::BAD_REQUEST, "Problems parsing JSON"),
+    };
+    if text.chars().count() > super::actions::COMMENT_LIMIT {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: body is too long (maximum is 65536 characters)",
+        );
+    }
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let comment = FakeComment {
+        id,
+        body: text,
+        author: "orch[bot]".into(),
+    };
+    s.model
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .comments
+        .entry((format!("{owner}/{repo}"), issue))
+        .or_default()
+        .push(comment.clone());
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    answer(
+        StatusCode::CREATED,
+        json!({ "id": comment.id, "body": comment.body, "user": { "login": comment.author, "type": "Bot" } }),
+    )
+}
+
+impl FakeGithub {
+    /// Starts the fake on a free local port for the App `app_id` whose public key is `public_pem`.
+    pub async fn start(app_id: u64, public_pem: &[u8], token_lifetime: Duration) -> anyhow::Result<Self> {
+        let state = Arc::new(FakeState {
+            app_id,
+            public_key: DecodingKey::from_rsa_pem(public_pem)?,
+            token_lifetime,
+            next_id: AtomicI64::new(1_000_001),
+            model: Mutex::new(Model::default()),
+        });
+        let app = Router::new()
+            .route("/app/installations/{id}/access_tokens", post(access_tokens))
+            .route(
+                "/repos/{owner}/{repo}/issues/{issue}/comments",
+                get(list_comments).post(create_comment),
+            )
+            .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, state })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_round_trip_with_the_parser() {
+        for t in [0u64, 1_468_275_250, 1_709_208_000, 4_102_444_800] {
+            assert_eq!(super::super::auth::parse_timestamp(&super::format_timestamp(t)), Some(t));
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The GitHub client and exactly-once writes against the stateful fake GitHub over HTTP.
+
+mod common;
+
+use common::{Backend, TestDb};
+use orch::github::actions::{comment_once, marker, Sent, COMMENT_LIMIT};
+use orch::github::auth::{AppCredentials, TokenCache};
+use orch::github::client::GithubClient;
+use orch::github::fake::{FakeGithub, Fault, FaultKind};
+use orch::github::retry::RetryPolicy;
+use reqwest::Method;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+const REPO: &str = "acme/widgets";
+
+struct Env {
+    _keys: tempfile::TempDir,
+    fake: FakeGithub,
+    client: GithubClient,
+}
+
+async fn env(policy: RetryPolicy) -> Env {
+    let keys = tempfile::tempdir().unwrap();
+    let private = keys.path().join("app.pem");
+    let public = keys.path().join("app.pub.pem");
+    assert!(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let fake = FakeGithub::start(77, &std::fs::read(&public).unwrap(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let credentials = AppCredentials::from_pem(77, &std::fs::read(&private).unwrap(), "ORCH_GITHUB_PRIVATE_KEY").unwrap();
+    let http = reqwest::Client::new();
+    let tokens = Arc::new(TokenCache::new(credentials, &fake.url(), http.clone(), policy.clone()));
+    let client = GithubClient::new(http, &fake.url(), tokens, policy);
+    Env { _keys: keys, fake, client }
+}
+
+fn quick() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(500),
+        max_rate_limit_wait: Duration::from_secs(5),
+    }
+}
+
+fn count(log: &[(String, String)], method: &str, path_part: &str) -> usize {
+    log.iter().filter(|(m, p)| m == method && p.contains(path_part)).count()
+}
+
+async fn a_comment_is_posted_once_per_key(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let first = comment_once(&store, Some(&e.client), "wf-1/proposal", 5, REPO, 12, "Proposed labels: bug")
+        .await
+        .unwrap();
+    let Sent::Done { action_id, github_id } = first else {
+        panic!("{first:?}")
+    };
+    let comments = e.fake.state.comments(REPO, 12);
+    assert_eq!(comments.len(), 1);
+    assert_eq!(comments[0].id, github_id);
+    assert!(comments[0].body.starts_with("Proposed labels: bug"));
+    assert!(comments[0].body.ends_with(&marker(action_id)));
+    // The same key again: answered from the store, nothing sent.
+    let requests = e.fake.state.log().len();
+    let again = comment_once(&store, Some(&e.client), "wf-1/proposal", 5, REPO, 12, "Proposed labels: bug")
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(e.fake.state.log().len(), requests);
+    assert_eq!(e.fake.state.comments(REPO, 12).len(), 1);
+}
+
+async fn a_create_whose_answer_was_lost_is_not_repeated(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    // GitHub applies the comment, but its answer never arrives (the client times out).
+    e.fake.state.inject(Fault {
+        method: Method::POST,
+        path_contains: "/issues/12/comments".into(),
+        times: 1,
+        kind: FaultKind::ApplyThenStall(Duration::from_secs(3)),
+    });
+    let sent = comment_once(&store, Some(&e.client), "wf-2/proposal", 5, REPO, 12, "Plan")
+        .await
+        .unwrap();
+    let Sent::Done { github_id, .. } = sent else { panic!("{sent:?}") };
+    let comments = e.fake.state.comments(REPO, 12);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(comments[0].id, github_id);
+    assert_eq!(
+        count(&e.fake.state.log(), "POST", "/issues/12/comments"),
+        1,
+        "the create was not repeated"
+    );
+}
+
+async fn a_crash_between_create_and_record_is_recovered_by_marker(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(RetryPolicy {
+        max_attempts: 1,
+        ..quick()
+    })
+    .await;
+    e.fake.state.inject(Fault {
+        method: Method::POST,
+        path_contains: "/issues/3/comments".into(),
+        times: 1,
+        kind: FaultKind::ApplyThenStall(Duration::from_secs(3)),
+    });
+    // One attempt only: the call fails and the action stays pending, as after a crash.
+    assert!(comment_once(&store, Some(&e.client), "wf-3/done", 5, REPO, 3, "Done")
+        .await
+        .is_err());
+    assert_eq!(e.fake.state.comments(REPO, 3).len(), 1);
+    // The next run finds the comment by its marker instead of posting again.
+    let sent = comment_once(&store, Some(&e.client), "wf-3/done", 5, REPO, 3, "Done")
+        .await
+        .unwrap();
+    assert!(matches!(sent, Sent::Done { .. }));
+    assert_eq!(e.fake.state.comments(REPO, 3).len(), 1);
+    assert_eq!(count(&e.fake.state.log(), "POST", "/issues/3/comments"), 1);
+}
+
+async fn dry_run_sends_nothing(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let sent = comment_once(&store, None, "wf-4/proposal", 5, REPO, 4, "Would post this")
+        .await
+        .unwrap();
+    assert!(matches!(sent, Sent::DryRun { .. }));
+    assert!(e.fake.state.log().is_empty());
+    // Recorded as dry_run, and stays so.
+    assert_eq!(
+        comment_once(&store, None, "wf-4/proposal", 5, REPO, 4, "Would post this")
+            .await
+            .unwrap(),
+        sent
+    );
+}
+
+async fn long_bodies_are_truncated_to_the_limit(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let long = "ü".repeat(COMMENT_LIMIT + 5_000);
+    comment_once(&store, Some(&e.client), "wf-5/long", 5, REPO, 5, &long).await.unwrap();
+    let c = &e.fake.state.comments(REPO, 5)[0];
+    assert_eq!(c.body.chars().count(), COMMENT_LIMIT);
+    assert!(c.body.contains("truncated"));
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refreshed_once() {
+    let e = env(quick()).await;
+    e.client.list_issue_comments(5, REPO, 1).await.unwrap();
+    e.fake.state.revoke_tokens();
+    e.client.list_issue_comments(5, REPO, 1).await.unwrap();
+    let log = e.fake.state.log();
+    assert_eq!(count(&log, "POST", "/access_tokens"), 2);
+    assert_eq!(count(&log, "GET", "/issues/1/comments"), 3, "{log:?}");
+}
+
+#[tokio::test]
+async fn reads_survive_bad_gateways_and_rate_limits() {
+    let e = env(quick()).await;
+    e.fake.state.inject(Fault {
+        method: Method::GET,
+        path_contains: "/issues/2/comments".into(),
+        times: 2,
+        kind: FaultKind::Status {
+            code: 502,
+            retry_after: None,
+        },
+    });
+    e.client.list_issue_comments(5, REPO, 2).await.unwrap();
+    e.fake.state.inject(Fault {
+        method: Method::GET,
+        path_contains: "/issues/2/comments".into(),
+        times: 1,
+        kind: FaultKind::Status {
+            code: 429,
+            retry_after: Some(1),
+        },
+    });
+    let started = std::time::Instant::now();
+    e.client.list_issue_comments(5, REPO, 2).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(990));
+    assert_eq!(count(&e.fake.state.log(), "GET", "/issues/2/comments"), 5);
+}
+
+both_backends!(
+    a_comment_is_posted_once_per_key,
+    a_create_whose_answer_was_lost_is_not_repeated,
+    a_crash_between_create_and_record_is_recovered_by_marker,
+    dry_run_sends_nothing,
+    long_bodies_are_truncated_to_the_limit,
+);
