@@ -124,17 +124,17 @@ impl FakeState {
         Some(kind)
     }
 
-    /// The installation a request's token belongs to, or the 401 GitHub would give.
-    fn installation(&self, headers: &HeaderMap) -> Result<i64, Response> {
+    /// The installation a request's token belongs to, or the message of the 401 GitHub would give.
+    fn installation(&self, headers: &HeaderMap) -> Result<i64, &'static str> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")))
-            .ok_or_else(|| message(StatusCode::UNAUTHORIZED, "Requires authentication"))?;
+            .ok_or("Requires authentication")?;
         let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
         match m.tokens.get(token) {
             Some((installation, expiry)) if *expiry > unix_now() => Ok(*installation),
-            _ => Err(message(StatusCode::UNAUTHORIZED, "Bad credentials")),
+            _ => Err("Bad credentials"),
         }
     }
 
@@ -228,8 +228,8 @@ async fn list_comments(
     if let Err(r) = stall_or_status(s.arrive(&Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"))).await {
         return r;
     }
-    if let Err(r) = s.installation(&headers) {
-        return r;
+    if let Err(text) = s.installation(&headers) {
+        return message(StatusCode::UNAUTHORIZED, text);
     }
     let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
     let page = paging.page.unwrap_or(1).max(1);
@@ -253,8 +253,8 @@ async fn create_comment(
         Ok(stall) => stall,
         Err(r) => return r,
     };
-    if let Err(r) = s.installation(&headers) {
-        return r;
+    if let Err(text) = s.installation(&headers) {
+        return message(StatusCode::UNAUTHORIZED, text);
     }
     // The reference description: an object with a required string `body`, nothing else.
     let text = match serde_json::from_slice::<serde_json::Value>(&body) {
