@@ -5,7 +5,7 @@ mod common;
 use common::{Backend, TestDb};
 use orch::github::actions::{comment_once, marker, Sent, COMMENT_LIMIT};
 use orch::github::auth::{AppCredentials, TokenCache};
-use orch::github::client::GithubClient;
+use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient};
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
 use orch::github::retry::RetryPolicy;
 use reqwest::Method;
@@ -210,6 +210,86 @@ async fn reads_survive_bad_gateways_and_rate_limits() {
     e.client.list_issue_comments(5, REPO, 2).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(990));
     assert_eq!(count(&e.fake.state.log(), "GET", "/issues/2/comments"), 5);
+}
+
+#[tokio::test]
+async fn labels_are_added_listed_and_removed() {
+    let e = env(quick()).await;
+    let all = e
+        .client
+        .add_labels(5, REPO, 8, &["bug".into(), "priority: p1".into()])
+        .await
+        .unwrap();
+    assert_eq!(all, vec!["bug", "priority: p1"]);
+    // Adding again changes nothing.
+    e.client.add_labels(5, REPO, 8, &["bug".into()]).await.unwrap();
+    assert_eq!(e.client.list_labels(5, REPO, 8).await.unwrap(), vec!["bug", "priority: p1"]);
+    e.client.remove_label(5, REPO, 8, "priority: p1").await.unwrap();
+    // Removing a label that is not there is already done.
+    e.client.remove_label(5, REPO, 8, "priority: p1").await.unwrap();
+    assert_eq!(e.fake.state.labels(REPO, 8), vec!["bug"]);
+}
+
+#[tokio::test]
+async fn permissions_are_cached_briefly() {
+    let e = env(quick()).await;
+    e.fake.state.set_permission(REPO, "mara", "write");
+    assert_eq!(e.client.collaborator_permission(5, REPO, "mara").await.unwrap(), "write");
+    e.fake.state.set_permission(REPO, "mara", "read");
+    // Within the cache's lifetime the first answer stands; GitHub is not asked again.
+    assert_eq!(e.client.collaborator_permission(5, REPO, "mara").await.unwrap(), "write");
+    assert_eq!(count(&e.fake.state.log(), "GET", "/collaborators/mara/permission"), 1);
+    // Not a collaborator at all.
+    assert_eq!(e.client.collaborator_permission(5, REPO, "stranger").await.unwrap(), "none");
+}
+
+#[tokio::test]
+async fn check_run_annotations_go_in_batches_of_fifty() {
+    let e = env(quick()).await;
+    let spec = CheckRunSpec {
+        name: "orch/patch".into(),
+        head_sha: "6f1c2a9b0d3e4f5a6b7c8d9e0f1a2b3c4d5e6f70".into(),
+        status: "completed".into(),
+        conclusion: Some("action_required".into()),
+        external_id: Some("wf-9".into()),
+        title: "Patch proposal".into(),
+        summary: "s".repeat(70_000),
+        text: Some("t".repeat(10)),
+        annotations: (0..120)
+            .map(|i| Annotation {
+                path: format!("src/f{i}.rs"),
+                start_line: 1,
+                end_line: 2,
+                annotation_level: "notice".into(),
+                message: format!("change {i}"),
+            })
+            .collect(),
+        actions: vec![
+            CheckAction {
+                label: "Approve".into(),
+                description: "Apply this patch".into(),
+                identifier: "approve".into(),
+            },
+            CheckAction {
+                label: "Reject".into(),
+                description: "Discard this patch".into(),
+                identifier: "reject".into(),
+            },
+        ],
+    };
+    let id = e.client.create_check_run(5, REPO, &spec).await.unwrap();
+    let run = e.fake.state.check_run(id).unwrap();
+    assert_eq!(run.annotation_batches, vec![50, 50, 20]);
+    assert_eq!(run.annotations.len(), 120);
+    assert_eq!(run.summary.chars().count(), 65_535);
+    assert_eq!(run.actions.len(), 2);
+    assert_eq!(run.conclusion.as_deref(), Some("action_required"));
+    // Buttons beyond GitHub's limits are refused before anything is sent.
+    let mut bad = spec.clone();
+    bad.actions[0].label = "A label far too long for GitHub".into();
+    let before = e.fake.state.log().len();
+    assert!(e.client.create_check_run(5, REPO, &bad).await.is_err());
+    assert_eq!(e.fake.state.log().len(), before);
 }
 
 both_backends!(

@@ -5,8 +5,49 @@ use super::auth::{AuthError, TokenCache};
 use super::retry::{self, GithubError, RetryPolicy};
 use reqwest::{Method, Response};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a collaborator's permission is trusted before asking GitHub again.
+pub const PERMISSION_TTL: Duration = Duration::from_secs(60);
+/// GitHub accepts at most this many annotations per check-run request.
+pub const ANNOTATIONS_PER_REQUEST: usize = 50;
+
+/// A check run to create: what orch shows on a commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRunSpec {
+    pub name: String,
+    pub head_sha: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    pub title: String,
+    pub summary: String,
+    pub text: Option<String>,
+    pub annotations: Vec<Annotation>,
+    pub actions: Vec<CheckAction>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Annotation {
+    pub path: String,
+    pub start_line: u32,
+    pub end_line: u32,
+    pub annotation_level: String,
+    pub message: String,
+}
+
+/// A check-run button (GitHub: at most 3; label ≤ 20, identifier ≤ 20, description ≤ 40 characters).
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckAction {
+    pub label: String,
+    pub description: String,
+    pub identifier: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -41,6 +82,23 @@ pub struct GithubClient {
     api_url: String,
     tokens: Arc<TokenCache>,
     policy: RetryPolicy,
+    /// (repository, login) → (permission, when GitHub said so).
+    permissions: Arc<Mutex<HashMap<(String, String), (String, Instant)>>>,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct Permission {
+    permission: String,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: i64,
 }
 
 impl GithubClient {
@@ -50,6 +108,7 @@ impl GithubClient {
             api_url: api_url.trim_end_matches('/').to_string(),
             tokens,
             policy,
+            permissions: Arc::default(),
         }
     }
 
@@ -128,5 +187,129 @@ impl GithubClient {
             .json()
             .await
             .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(response: Response) -> Result<T, ClientError> {
+        response.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn list_labels(&self, installation: i64, repo: &str, issue: i64) -> Result<Vec<String>, ClientError> {
+        let path = format!("/repos/{repo}/issues/{issue}/labels?per_page=100");
+        let labels: Vec<Label> = Self::json(self.request(installation, Method::GET, &path, None, false).await?).await?;
+        Ok(labels.into_iter().map(|l| l.name).collect())
+    }
+
+    /// Adds labels (adding one that is there already changes nothing, so this is idempotent).
+    pub async fn add_labels(&self, installation: i64, repo: &str, issue: i64, labels: &[String]) -> Result<Vec<String>, ClientError> {
+        let path = format!("/repos/{repo}/issues/{issue}/labels");
+        let body = serde_json::json!({ "labels": labels });
+        let labels: Vec<Label> = Self::json(self.request(installation, Method::POST, &path, Some(&body), false).await?).await?;
+        Ok(labels.into_iter().map(|l| l.name).collect())
+    }
+
+    /// Removes a label; one that is not there is already removed.
+    pub async fn remove_label(&self, installation: i64, repo: &str, issue: i64, label: &str) -> Result<(), ClientError> {
+        let path = format!("/repos/{repo}/issues/{issue}/labels/{}", encode_path_segment(label));
+        match self.request(installation, Method::DELETE, &path, None, false).await {
+            Ok(_) | Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A user's permission on a repository (`admin`, `maintain`, `write`, `triage`, `read` or
+    /// `none`), cached for [`PERMISSION_TTL`].
+    pub async fn collaborator_permission(&self, installation: i64, repo: &str, login: &str) -> Result<String, ClientError> {
+        let key = (repo.to_string(), login.to_string());
+        if let Some((permission, at)) = self.permissions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if at.elapsed() < PERMISSION_TTL {
+                return Ok(permission.clone());
+            }
+        }
+        let path = format!("/repos/{repo}/collaborators/{}/permission", encode_path_segment(login));
+        let permission = match self.request(installation, Method::GET, &path, None, false).await {
+            Ok(r) => Self::json::<Permission>(r).await?.permission,
+            // Not a collaborator at all.
+            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => "none".to_string(),
+            Err(e) => return Err(e),
+        };
+        self.permissions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (permission.clone(), Instant::now()));
+        Ok(permission)
+    }
+
+    /// Creates a check run; annotations beyond the first 50 follow in updates of 50 each.
+    /// Texts are cut at GitHub's limits and buttons checked against GitHub's.
+    pub async fn create_check_run(&self, installation: i64, repo: &str, spec: &CheckRunSpec) -> Result<i64, ClientError> {
+        use super::actions::{truncate, CHECK_RUN_TEXT_LIMIT};
+        if spec.actions.len() > 3
+            || spec
+                .actions
+                .iter()
+                .any(|a| a.label.chars().count() > 20 || a.identifier.chars().count() > 20 || a.description.chars().count() > 40)
+        {
+            return Err(ClientError::Decode(
+                "check-run buttons exceed GitHub's limits (3 buttons; 20/20/40 characters)".into(),
+            ));
+        }
+        let mut batches = spec.annotations.chunks(ANNOTATIONS_PER_REQUEST);
+        let output = |annotations: &[Annotation]| {
+            let mut o = serde_json::json!({
+                "title": spec.title,
+                "summary": truncate(&spec.summary, CHECK_RUN_TEXT_LIMIT, 0),
+                "annotations": annotations,
+            });
+            if let Some(text) = &spec.text {
+                o["text"] = serde_json::json!(truncate(text, CHECK_RUN_TEXT_LIMIT, 0));
+            }
+            o
+        };
+        let mut body = serde_json::json!({
+            "name": spec.name,
+            "head_sha": spec.head_sha,
+            "status": spec.status,
+            "output": output(batches.next().unwrap_or(&[])),
+        });
+        if let Some(c) = &spec.conclusion {
+            body["conclusion"] = serde_json::json!(c);
+        }
+        if let Some(e) = &spec.external_id {
+            body["external_id"] = serde_json::json!(e);
+        }
+        if !spec.actions.is_empty() {
+            body["actions"] = serde_json::json!(spec.actions);
+        }
+        let path = format!("/repos/{repo}/check-runs");
+        let created: Created = Self::json(self.request(installation, Method::POST, &path, Some(&body), true).await?).await?;
+        for batch in batches {
+            let path = format!("/repos/{repo}/check-runs/{}", created.id);
+            let body = serde_json::json!({ "output": output(batch) });
+            // Updating with the same annotations twice would duplicate them, so one attempt.
+            self.request(installation, Method::PATCH, &path, Some(&body), true).await?;
+        }
+        Ok(created.id)
+    }
+}
+
+/// Percent-encodes a value for one path segment (labels may hold spaces, colons, slashes).
+fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(super::encode_path_segment("priority: p1/x y"), "priority%3A%20p1%2Fx%20y");
+        assert_eq!(super::encode_path_segment("bug"), "bug");
     }
 }

@@ -49,9 +49,30 @@ struct Model {
     tokens: HashMap<String, (i64, u64)>,
     /// (owner/repo, issue number) → comments.
     comments: BTreeMap<(String, i64), Vec<FakeComment>>,
+    /// (owner/repo, issue number) → labels.
+    labels: BTreeMap<(String, i64), Vec<String>>,
+    /// (owner/repo, login) → permission.
+    permissions: HashMap<(String, String), String>,
+    check_runs: BTreeMap<i64, FakeCheckRun>,
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakeCheckRun {
+    pub id: i64,
+    pub repo: String,
+    pub name: String,
+    pub head_sha: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub summary: String,
+    pub text: Option<String>,
+    pub annotations: Vec<serde_json::Value>,
+    pub actions: Vec<serde_json::Value>,
+    /// Annotations received per request, in order.
+    pub annotation_batches: Vec<usize>,
 }
 
 pub struct FakeState {
@@ -151,6 +172,20 @@ impl FakeState {
     /// Requests received, as (method, path).
     pub fn log(&self) -> Vec<(String, String)> {
         self.model.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
+    }
+
+    pub fn labels(&self, repo: &str, issue: i64) -> Vec<String> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.labels.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
+    }
+
+    pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.permissions.insert((repo.to_string(), login.to_string()), permission.to_string());
+    }
+
+    pub fn check_run(&self, id: i64) -> Option<FakeCheckRun> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).check_runs.get(&id).cloned()
     }
 
     /// Expires every installation token now (as if GitHub revoked them).
@@ -293,6 +328,223 @@ async fn create_comment(
     )
 }
 
+/// The checks every label, permission and check-run handler starts with: record, faults, token.
+async fn admit(s: &FakeState, method: Method, path: &str, headers: &HeaderMap) -> Result<Option<Duration>, Response> {
+    let stall = stall_or_status(s.arrive(&method, path)).await?;
+    s.installation(headers).map_err(|text| message(StatusCode::UNAUTHORIZED, text))?;
+    Ok(stall)
+}
+
+fn labels_json(labels: &[String]) -> serde_json::Value {
+    json!(labels.iter().map(|l| json!({ "name": l })).collect::<Vec<_>>())
+}
+
+async fn list_labels(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, issue)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &headers).await {
+        return r;
+    }
+    answer(StatusCode::OK, labels_json(&s.labels(&format!("{owner}/{repo}"), issue)))
+}
+
+async fn add_labels(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, issue)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = admit(&s, Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &headers).await {
+        return r;
+    }
+    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid request: expected an object with `labels`",
+        );
+    };
+    let Some(serde_json::Value::Array(new)) = o.get("labels") else {
+        return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: `labels` must be an array");
+    };
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let labels = m.labels.entry((format!("{owner}/{repo}"), issue)).or_default();
+    for l in new {
+        let Some(name) = l.as_str() else {
+            return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: labels must be strings");
+        };
+        if !labels.iter().any(|x| x == name) {
+            labels.push(name.to_string());
+        }
+    }
+    let all = labels.clone();
+    drop(m);
+    answer(StatusCode::OK, labels_json(&all))
+}
+
+async fn remove_label(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, issue, name)): Path<(String, String, i64, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(
+        &s,
+        Method::DELETE,
+        &format!("/repos/{owner}/{repo}/issues/{issue}/labels/{name}"),
+        &headers,
+    )
+    .await
+    {
+        return r;
+    }
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let labels = m.labels.entry((format!("{owner}/{repo}"), issue)).or_default();
+    let Some(i) = labels.iter().position(|l| *l == name) else {
+        return message(StatusCode::NOT_FOUND, "Label does not exist");
+    };
+    labels.remove(i);
+    let all = labels.clone();
+    drop(m);
+    answer(StatusCode::OK, labels_json(&all))
+}
+
+async fn permission(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, login)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(
+        &s,
+        Method::GET,
+        &format!("/repos/{owner}/{repo}/collaborators/{login}/permission"),
+        &headers,
+    )
+    .await
+    {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    match m.permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
+        Some(p) => answer(StatusCode::OK, json!({ "permission": p, "user": { "login": login } })),
+        None => message(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// GitHub's limits on a check run's output and buttons; the first broken one, if any.
+fn check_run_problem(body: &serde_json::Value) -> Option<String> {
+    let text_len = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(|t| t.chars().count()).unwrap_or(0);
+    if let Some(output) = body.get("output") {
+        if !output.is_object() {
+            return Some("`output` must be an object".into());
+        }
+        if text_len(output.get("summary")) > 65_535 || text_len(output.get("text")) > 65_535 {
+            return Some("output summary and text are limited to 65535 characters".into());
+        }
+        if output.get("annotations").and_then(|a| a.as_array()).is_some_and(|a| a.len() > 50) {
+            return Some("at most 50 annotations per request".into());
+        }
+    }
+    if let Some(actions) = body.get("actions") {
+        let Some(actions) = actions.as_array() else {
+            return Some("`actions` must be an array".into());
+        };
+        if actions.len() > 3 {
+            return Some("at most 3 actions".into());
+        }
+        for a in actions {
+            if text_len(a.get("label")) > 20 || text_len(a.get("identifier")) > 20 || text_len(a.get("description")) > 40 {
+                return Some("action label, identifier or description too long".into());
+            }
+        }
+    }
+    None
+}
+
+async fn create_check_run(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let stall = match admit(&s, Method::POST, &format!("/repos/{owner}/{repo}/check-runs"), &headers).await {
+        Ok(stall) => stall,
+        Err(r) => return r,
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return message(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    };
+    let (Some(name), Some(head_sha)) = (
+        body.get("name").and_then(|v| v.as_str()),
+        body.get("head_sha").and_then(|v| v.as_str()),
+    ) else {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid request: `name` and `head_sha` are required",
+        );
+    };
+    if let Some(problem) = check_run_problem(&body) {
+        return message(StatusCode::UNPROCESSABLE_ENTITY, &format!("Invalid request: {problem}"));
+    }
+    let output = body.get("output").cloned().unwrap_or_default();
+    let annotations: Vec<serde_json::Value> = output.get("annotations").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    let run = FakeCheckRun {
+        id,
+        repo: format!("{owner}/{repo}"),
+        name: name.to_string(),
+        head_sha: head_sha.to_string(),
+        status: body.get("status").and_then(|v| v.as_str()).unwrap_or("queued").to_string(),
+        conclusion: body.get("conclusion").and_then(|v| v.as_str()).map(str::to_string),
+        summary: output.get("summary").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+        text: output.get("text").and_then(|v| v.as_str()).map(str::to_string),
+        annotation_batches: vec![annotations.len()],
+        annotations,
+        actions: body.get("actions").and_then(|a| a.as_array()).cloned().unwrap_or_default(),
+    };
+    s.model.lock().unwrap_or_else(|p| p.into_inner()).check_runs.insert(id, run);
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    answer(StatusCode::CREATED, json!({ "id": id, "name": name, "head_sha": head_sha }))
+}
+
+async fn update_check_run(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, id)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = admit(&s, Method::PATCH, &format!("/repos/{owner}/{repo}/check-runs/{id}"), &headers).await {
+        return r;
+    }
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return message(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    };
+    if let Some(problem) = check_run_problem(&body) {
+        return message(StatusCode::UNPROCESSABLE_ENTITY, &format!("Invalid request: {problem}"));
+    }
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(run) = m.check_runs.get_mut(&id) else {
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    if let Some(output) = body.get("output") {
+        let more: Vec<serde_json::Value> = output.get("annotations").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+        run.annotation_batches.push(more.len());
+        run.annotations.extend(more);
+        if let Some(summary) = output.get("summary").and_then(|v| v.as_str()) {
+            run.summary = summary.to_string();
+        }
+    }
+    if let Some(status) = body.get("status").and_then(|v| v.as_str()) {
+        run.status = status.to_string();
+    }
+    if let Some(conclusion) = body.get("conclusion").and_then(|v| v.as_str()) {
+        run.conclusion = Some(conclusion.to_string());
+    }
+    answer(StatusCode::OK, json!({ "id": id }))
+}
+
 impl FakeGithub {
     /// Starts the fake on a free local port for the App `app_id` whose public key is `public_pem`.
     pub async fn start(app_id: u64, public_pem: &[u8], token_lifetime: Duration) -> anyhow::Result<Self> {
@@ -309,6 +561,14 @@ impl FakeGithub {
                 "/repos/{owner}/{repo}/issues/{issue}/comments",
                 get(list_comments).post(create_comment),
             )
+            .route("/repos/{owner}/{repo}/issues/{issue}/labels", get(list_labels).post(add_labels))
+            .route(
+                "/repos/{owner}/{repo}/issues/{issue}/labels/{name}",
+                axum::routing::delete(remove_label),
+            )
+            .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
+            .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+            .route("/repos/{owner}/{repo}/check-runs/{id}", axum::routing::patch(update_check_run))
             .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
