@@ -76,14 +76,16 @@ pub struct IssueComment {
     pub body: String,
 }
 
+/// (repository, login) → (permission, when GitHub said so).
+type PermissionCache = HashMap<(String, String), (String, Instant)>;
+
 #[derive(Clone)]
 pub struct GithubClient {
     http: reqwest::Client,
     api_url: String,
     tokens: Arc<TokenCache>,
     policy: RetryPolicy,
-    /// (repository, login) → (permission, when GitHub said so).
-    permissions: Arc<Mutex<HashMap<(String, String), (String, Instant)>>>,
+    permissions: Arc<Mutex<PermissionCache>>,
 }
 
 #[derive(Deserialize)]
