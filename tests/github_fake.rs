@@ -1,6 +1,8 @@
 //! The GitHub client and exactly-once writes against the stateful fake GitHub over HTTP.
 
 mod common;
+#[path = "common/reference.rs"]
+mod reference;
 
 use common::{Backend, TestDb};
 use orch::github::actions::{comment_once, marker, Sent, COMMENT_LIMIT};
@@ -62,6 +64,13 @@ fn quick() -> RetryPolicy {
     }
 }
 
+/// Every body the test sent is valid for its operation in GitHub's description.
+fn bodies_valid(e: &Env) {
+    let bodies = e.fake.state.bodies();
+    assert!(!bodies.is_empty());
+    reference::assert_bodies_valid(&bodies);
+}
+
 fn count(log: &[(String, String)], method: &str, path_part: &str) -> usize {
     log.iter().filter(|(m, p)| m == method && p.contains(path_part)).count()
 }
@@ -89,6 +98,7 @@ async fn a_comment_is_posted_once_per_key(backend: Backend) {
     assert_eq!(again, first);
     assert_eq!(e.fake.state.log().len(), requests);
     assert_eq!(e.fake.state.comments(REPO, 12).len(), 1);
+    bodies_valid(&e);
 }
 
 async fn a_create_whose_answer_was_lost_is_not_repeated(backend: Backend) {
@@ -114,6 +124,7 @@ async fn a_create_whose_answer_was_lost_is_not_repeated(backend: Backend) {
         1,
         "the create was not repeated"
     );
+    bodies_valid(&e);
 }
 
 async fn a_crash_between_create_and_record_is_recovered_by_marker(backend: Backend) {
@@ -171,6 +182,7 @@ async fn long_bodies_are_truncated_to_the_limit(backend: Backend) {
     let c = &e.fake.state.comments(REPO, 5)[0];
     assert_eq!(c.body.chars().count(), COMMENT_LIMIT);
     assert!(c.body.contains("truncated"));
+    bodies_valid(&e);
 }
 
 #[tokio::test]
@@ -228,6 +240,7 @@ async fn labels_are_added_listed_and_removed() {
     // Removing a label that is not there is already done.
     e.client.remove_label(5, REPO, 8, "priority: p1").await.unwrap();
     assert_eq!(e.fake.state.labels(REPO, 8), vec!["bug"]);
+    bodies_valid(&e);
 }
 
 #[tokio::test]
@@ -290,6 +303,7 @@ async fn check_run_annotations_go_in_batches_of_fifty() {
     let before = e.fake.state.log().len();
     assert!(e.client.create_check_run(5, REPO, &bad).await.is_err());
     assert_eq!(e.fake.state.log().len(), before);
+    bodies_valid(&e);
 }
 
 both_backends!(
@@ -299,3 +313,35 @@ both_backends!(
     dry_run_sends_nothing,
     long_bodies_are_truncated_to_the_limit,
 );
+
+/// The body check itself refuses what GitHub's description does not allow.
+#[test]
+fn the_reference_check_refuses_bad_bodies() {
+    let bad = [
+        ("POST", "/repos/o/r/issues/1/comments", serde_json::json!({})),
+        ("POST", "/repos/o/r/issues/1/comments", serde_json::json!({"body": 5})),
+        ("POST", "/repos/o/r/issues/1/comments", serde_json::json!({"body": "x", "bogus": 1})),
+        (
+            "POST",
+            "/repos/o/r/check-runs",
+            serde_json::json!({"name": "n", "head_sha": "s", "status": "done"}),
+        ),
+        ("POST", "/repos/o/r/nowhere", serde_json::json!({"body": "x"})),
+    ];
+    for (method, path, body) in bad {
+        let one = vec![(method.to_string(), path.to_string(), body.clone())];
+        let refused = std::panic::catch_unwind(|| reference::assert_bodies_valid(&one)).is_err();
+        // Outside CI without the reference file the check is skipped, and so is this assertion.
+        let reference = std::env::var("ORCH_REFERENCE_REST")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/github-rest-subset.json").to_string());
+        if std::path::Path::new(&reference).exists() {
+            assert!(refused, "{method} {path} {body} was accepted");
+        }
+    }
+    let good = vec![(
+        "POST".to_string(),
+        "/repos/o/r/issues/1/comments".to_string(),
+        serde_json::json!({"body": "fine"}),
+    )];
+    reference::assert_bodies_valid(&good);
+}

@@ -57,6 +57,8 @@ struct Model {
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
+    /// Every JSON body received: (method, path, body), for checks against GitHub's description.
+    bodies: Vec<(String, String, serde_json::Value)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -167,6 +169,18 @@ impl FakeState {
     pub fn comments(&self, repo: &str, issue: i64) -> Vec<FakeComment> {
         let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
         m.comments.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
+    }
+
+    fn record_body(&self, method: &Method, path: &str, body: &[u8]) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+            m.bodies.push((method.to_string(), path.to_string(), v));
+        }
+    }
+
+    /// JSON bodies received, as (method, path, body).
+    pub fn bodies(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).bodies.clone()
     }
 
     /// Requests received, as (method, path).
@@ -284,6 +298,7 @@ async fn create_comment(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"), &body);
     let stall = match stall_or_status(s.arrive(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"))).await {
         Ok(stall) => stall,
         Err(r) => return r,
@@ -356,6 +371,7 @@ async fn add_labels(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &body);
     if let Err(r) = admit(&s, Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &headers).await {
         return r;
     }
@@ -467,6 +483,7 @@ async fn create_check_run(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/check-runs"), &body);
     let stall = match admit(&s, Method::POST, &format!("/repos/{owner}/{repo}/check-runs"), &headers).await {
         Ok(stall) => stall,
         Err(r) => return r,
@@ -515,6 +532,7 @@ async fn update_check_run(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    s.record_body(&Method::PATCH, &format!("/repos/{owner}/{repo}/check-runs/{id}"), &body);
     if let Err(r) = admit(&s, Method::PATCH, &format!("/repos/{owner}/{repo}/check-runs/{id}"), &headers).await {
         return r;
     }
