@@ -7,7 +7,7 @@ mod reference;
 use common::{Backend, TestDb};
 use orch::github::actions::{comment_once, marker, Sent, COMMENT_LIMIT};
 use orch::github::auth::{AppCredentials, TokenCache};
-use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient};
+use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, Reactions};
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
 use orch::github::retry::RetryPolicy;
 use reqwest::Method;
@@ -313,6 +313,51 @@ both_backends!(
     dry_run_sends_nothing,
     long_bodies_are_truncated_to_the_limit,
 );
+
+#[tokio::test]
+async fn reactions_are_polled_with_etags_that_cost_nothing_when_unchanged() {
+    let e = env(quick()).await;
+    e.fake.state.react(555, "mara", "User", "+1");
+    let Reactions::Changed { etag, reactions } = e.client.comment_reactions(5, REPO, 555, None).await.unwrap() else {
+        panic!("first read")
+    };
+    assert_eq!(reactions.len(), 1);
+    assert_eq!((reactions[0].content.as_str(), reactions[0].user.login.as_str()), ("+1", "mara"));
+    let etag = etag.expect("GitHub sends an ETag");
+    let used = e.fake.state.rate_used();
+    for _ in 0..3 {
+        assert_eq!(
+            e.client.comment_reactions(5, REPO, 555, Some(&etag)).await.unwrap(),
+            Reactions::NotModified
+        );
+    }
+    assert_eq!(e.fake.state.rate_used(), used, "304s are free");
+    e.fake.state.react(555, "lee", "User", "-1");
+    let Reactions::Changed { reactions, .. } = e.client.comment_reactions(5, REPO, 555, Some(&etag)).await.unwrap() else {
+        panic!("a new reaction changes the ETag")
+    };
+    assert_eq!(reactions.len(), 2);
+    // orch's 👀 acknowledgement: reacting twice leaves one reaction.
+    e.client.react_to_comment(5, REPO, 555, "eyes").await.unwrap();
+    e.client.react_to_comment(5, REPO, 555, "eyes").await.unwrap();
+    let Reactions::Changed { reactions, .. } = e.client.comment_reactions(5, REPO, 555, None).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(reactions.iter().filter(|r| r.content == "eyes").count(), 1);
+    bodies_valid(&e);
+}
+
+#[tokio::test]
+async fn files_are_read_from_the_default_branch() {
+    let e = env(quick()).await;
+    let policy = "phase: 1\napprovals:\n  required: 2\n# ünïcødé comment\n".repeat(20);
+    e.fake.state.set_file(REPO, ".github/orch.yml", &policy);
+    assert_eq!(
+        e.client.file(5, REPO, ".github/orch.yml", None).await.unwrap().as_deref(),
+        Some(policy.as_str())
+    );
+    assert_eq!(e.client.file(5, REPO, ".github/missing.yml", None).await.unwrap(), None);
+}
 
 /// The body check itself refuses what GitHub's description does not allow.
 #[test]

@@ -103,6 +103,40 @@ struct Created {
     id: i64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReactionUser {
+    pub login: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Reaction {
+    pub id: i64,
+    /// `+1`, `-1`, `laugh`, `confused`, `heart`, `hooray`, `rocket` or `eyes`.
+    pub content: String,
+    pub user: ReactionUser,
+}
+
+/// The reactions of a comment, read with a conditional request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reactions {
+    /// Nothing changed since the ETag given (GitHub does not count this against the rate limit).
+    NotModified,
+    Changed {
+        etag: Option<String>,
+        reactions: Vec<Reaction>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    encoding: String,
+}
+
 impl GithubClient {
     pub fn new(http: reqwest::Client, api_url: &str, tokens: Arc<TokenCache>, policy: RetryPolicy) -> Self {
         Self {
@@ -128,6 +162,18 @@ impl GithubClient {
         body: Option<&serde_json::Value>,
         creates: bool,
     ) -> Result<Response, ClientError> {
+        self.request_with(installation, method, path, body, creates, None).await
+    }
+
+    async fn request_with(
+        &self,
+        installation: i64,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        creates: bool,
+        if_none_match: Option<&str>,
+    ) -> Result<Response, ClientError> {
         let url = format!("{}{path}", self.api_url);
         let policy = if creates {
             self.policy.single_attempt()
@@ -147,6 +193,9 @@ impl GithubClient {
                         .header("user-agent", "orch");
                     if let Some(b) = body {
                         r = r.json(b);
+                    }
+                    if let Some(etag) = if_none_match {
+                        r = r.header("if-none-match", etag);
                     }
                     r
                 },
@@ -291,6 +340,64 @@ impl GithubClient {
             self.request(installation, Method::PATCH, &path, Some(&body), true).await?;
         }
         Ok(created.id)
+    }
+}
+
+impl GithubClient {
+    /// The reactions of an issue comment; with the ETag of the previous read, a conditional
+    /// request that costs no rate limit when nothing changed (orch polls these: GitHub sends no
+    /// webhook for reactions).
+    pub async fn comment_reactions(
+        &self,
+        installation: i64,
+        repo: &str,
+        comment_id: i64,
+        etag: Option<&str>,
+    ) -> Result<Reactions, ClientError> {
+        let path = format!("/repos/{repo}/issues/comments/{comment_id}/reactions?per_page=100");
+        let response = self.request_with(installation, Method::GET, &path, None, false, etag).await?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(Reactions::NotModified);
+        }
+        let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(Reactions::Changed {
+            etag,
+            reactions: Self::json(response).await?,
+        })
+    }
+
+    /// Adds a reaction to an issue comment (GitHub answers 200 if it was there: idempotent).
+    pub async fn react_to_comment(&self, installation: i64, repo: &str, comment_id: i64, content: &str) -> Result<(), ClientError> {
+        let path = format!("/repos/{repo}/issues/comments/{comment_id}/reactions");
+        let body = serde_json::json!({ "content": content });
+        self.request(installation, Method::POST, &path, Some(&body), false).await?;
+        Ok(())
+    }
+
+    /// A file's text at `git_ref` (the default branch when None); None when there is no such file.
+    pub async fn file(&self, installation: i64, repo: &str, path: &str, git_ref: Option<&str>) -> Result<Option<String>, ClientError> {
+        use base64::Engine;
+        let encoded: Vec<String> = path.split('/').map(encode_path_segment).collect();
+        let mut url = format!("/repos/{repo}/contents/{}", encoded.join("/"));
+        if let Some(r) = git_ref {
+            url.push_str(&format!("?ref={}", encode_path_segment(r)));
+        }
+        let response = match self.request(installation, Method::GET, &url, None, false).await {
+            Ok(r) => r,
+            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let content: Content = Self::json(response).await?;
+        if content.encoding != "base64" {
+            return Err(ClientError::Decode(format!("{path}: unexpected encoding {:?}", content.encoding)));
+        }
+        let compact: String = content.content.split_whitespace().collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| ClientError::Decode(format!("{path} is not UTF-8 text")))
     }
 }
 

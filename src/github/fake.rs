@@ -54,6 +54,12 @@ struct Model {
     /// (owner/repo, login) → permission.
     permissions: HashMap<(String, String), String>,
     check_runs: BTreeMap<i64, FakeCheckRun>,
+    /// comment id → reactions as (id, content, login, user type).
+    reactions: BTreeMap<i64, Vec<(i64, String, String, String)>>,
+    /// (owner/repo, path) → text on the default branch.
+    files: HashMap<(String, String), String>,
+    /// Authenticated requests that count against the rate limit (a 304 does not).
+    rate_used: u64,
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
@@ -196,6 +202,26 @@ impl FakeState {
     pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
         let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
         m.permissions.insert((repo.to_string(), login.to_string()), permission.to_string());
+    }
+
+    /// A user reacts on GitHub (there is no webhook for it; orch polls).
+    pub fn react(&self, comment_id: i64, login: &str, user_type: &str, content: &str) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.reactions
+            .entry(comment_id)
+            .or_default()
+            .push((id, content.to_string(), login.to_string(), user_type.to_string()));
+    }
+
+    pub fn set_file(&self, repo: &str, path: &str, text: &str) {
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.files.insert((repo.to_string(), path.to_string()), text.to_string());
+    }
+
+    /// Requests counted against the rate limit so far.
+    pub fn rate_used(&self) -> u64 {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).rate_used
     }
 
     pub fn check_run(&self, id: i64) -> Option<FakeCheckRun> {
@@ -347,6 +373,7 @@ async fn create_comment(
 async fn admit(s: &FakeState, method: Method, path: &str, headers: &HeaderMap) -> Result<Option<Duration>, Response> {
     let stall = stall_or_status(s.arrive(&method, path)).await?;
     s.installation(headers).map_err(|text| message(StatusCode::UNAUTHORIZED, text))?;
+    s.model.lock().unwrap_or_else(|p| p.into_inner()).rate_used += 1;
     Ok(stall)
 }
 
@@ -563,6 +590,116 @@ async fn update_check_run(
     answer(StatusCode::OK, json!({ "id": id }))
 }
 
+fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
+    json!(list
+        .iter()
+        .map(|(id, content, login, kind)| json!({ "id": id, "content": content, "user": { "login": login, "type": kind } }))
+        .collect::<Vec<_>>())
+}
+
+async fn list_reactions(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, comment)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(
+        &s,
+        Method::GET,
+        &format!("/repos/{owner}/{repo}/issues/comments/{comment}/reactions"),
+        &headers,
+    )
+    .await
+    {
+        return r;
+    }
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let body = reactions_json(m.reactions.get(&comment).map(Vec::as_slice).unwrap_or_default());
+    let etag = format!("W/\"{:08x}\"", crc32fast::hash(body.to_string().as_bytes()));
+    if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        // GitHub does not count a 304 against the rate limit.
+        m.rate_used -= 1;
+        drop(m);
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert("etag", HeaderValue::from_str(&etag).expect("ascii"));
+        return r;
+    }
+    drop(m);
+    let mut r = answer(StatusCode::OK, body);
+    r.headers_mut().insert("etag", HeaderValue::from_str(&etag).expect("ascii"));
+    r
+}
+
+async fn create_reaction(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, comment)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    s.record_body(
+        &Method::POST,
+        &format!("/repos/{owner}/{repo}/issues/comments/{comment}/reactions"),
+        &body,
+    );
+    if let Err(r) = admit(
+        &s,
+        Method::POST,
+        &format!("/repos/{owner}/{repo}/issues/comments/{comment}/reactions"),
+        &headers,
+    )
+    .await
+    {
+        return r;
+    }
+    const CONTENTS: [&str; 8] = ["+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"];
+    let content = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("content").and_then(|c| c.as_str()).map(str::to_string));
+    let Some(content) = content.filter(|c| CONTENTS.contains(&c.as_str())) else {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: content is not a valid reaction",
+        );
+    };
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let list = m.reactions.entry(comment).or_default();
+    // The App reacts as its bot user; the same reaction twice is answered 200 and not added.
+    if let Some((id, ..)) = list.iter().find(|(_, c, login, _)| *c == content && login == "orch[bot]") {
+        let id = *id;
+        drop(m);
+        return answer(StatusCode::OK, json!({ "id": id, "content": content }));
+    }
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    list.push((id, content.clone(), "orch[bot]".into(), "Bot".into()));
+    drop(m);
+    answer(StatusCode::CREATED, json!({ "id": id, "content": content }))
+}
+
+async fn get_content(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, path)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    use base64::Engine;
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/contents/{path}"), &headers).await {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(text) = m.files.get(&(format!("{owner}/{repo}"), path.clone())) else {
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    // GitHub wraps the base64 at 60 characters.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+    let wrapped: Vec<String> = encoded
+        .as_bytes()
+        .chunks(60)
+        .map(|c| String::from_utf8_lossy(c).to_string())
+        .collect();
+    answer(
+        StatusCode::OK,
+        json!({ "type": "file", "encoding": "base64", "path": path, "size": text.len(), "content": wrapped.join("\n") + "\n" }),
+    )
+}
+
 impl FakeGithub {
     /// Starts the fake on a free local port for the App `app_id` whose public key is `public_pem`.
     pub async fn start(app_id: u64, public_pem: &[u8], token_lifetime: Duration) -> anyhow::Result<Self> {
@@ -586,6 +723,11 @@ impl FakeGithub {
             )
             .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+            .route(
+                "/repos/{owner}/{repo}/issues/comments/{comment}/reactions",
+                get(list_reactions).post(create_reaction),
+            )
+            .route("/repos/{owner}/{repo}/contents/{*path}", get(get_content))
             .route("/repos/{owner}/{repo}/check-runs/{id}", axum::routing::patch(update_check_run))
             .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
             .with_state(state.clone());
