@@ -50,7 +50,8 @@ async fn env(policy: RetryPolicy) -> Env {
     let credentials = AppCredentials::from_pem(77, &std::fs::read(&private).unwrap(), "ORCH_GITHUB_PRIVATE_KEY").unwrap();
     let http = reqwest::Client::new();
     let tokens = Arc::new(TokenCache::new(credentials, &fake.url(), http.clone(), policy.clone()));
-    let client = GithubClient::new(http, &fake.url(), tokens, policy);
+    // Pacing is tested on its own; elsewhere it would only slow the tests down.
+    let client = GithubClient::new(http, &fake.url(), tokens, policy).with_pace(Duration::ZERO);
     Env { _keys: keys, fake, client }
 }
 
@@ -357,6 +358,25 @@ async fn files_are_read_from_the_default_branch() {
         Some(policy.as_str())
     );
     assert_eq!(e.client.file(5, REPO, ".github/missing.yml", None).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn content_creating_requests_are_paced_per_installation() {
+    let e = env(quick()).await;
+    let client = e.client.clone().with_pace(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    for i in 0..3 {
+        client.create_issue_comment(5, REPO, 20, &format!("comment {i}")).await.unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
+    // Reads are not paced, and another installation has its own pace.
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        client.list_issue_comments(5, REPO, 20).await.unwrap();
+    }
+    client.create_issue_comment(6, REPO, 21, "other installation").await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
+    bodies_valid(&e);
 }
 
 /// The body check itself refuses what GitHub's description does not allow.

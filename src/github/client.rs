@@ -86,7 +86,14 @@ pub struct GithubClient {
     tokens: Arc<TokenCache>,
     policy: RetryPolicy,
     permissions: Arc<Mutex<PermissionCache>>,
+    /// Content-creating requests of one installation are spaced by at least this much
+    /// (GitHub asks for a second between them to stay clear of its secondary limits).
+    pace: Duration,
+    last_write: Arc<tokio::sync::Mutex<HashMap<i64, Instant>>>,
 }
+
+/// The default spacing of content-creating requests per installation.
+pub const DEFAULT_PACE: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 struct Label {
@@ -145,7 +152,29 @@ impl GithubClient {
             tokens,
             policy,
             permissions: Arc::default(),
+            pace: DEFAULT_PACE,
+            last_write: Arc::default(),
         }
+    }
+
+    /// The same client with another spacing of content-creating requests.
+    pub fn with_pace(mut self, pace: Duration) -> Self {
+        self.pace = pace;
+        self
+    }
+
+    /// Waits until this installation may send its next content-creating request.
+    async fn pace_write(&self, installation: i64) {
+        // Held across the wait: writes of one installation leave in order, one pace apart.
+        let mut last = self.last_write.lock().await;
+        if let Some(previous) = last.get(&installation) {
+            let next = *previous + self.pace;
+            let now = Instant::now();
+            if next > now {
+                tokio::time::sleep(next - now).await;
+            }
+        }
+        last.insert(installation, Instant::now());
     }
 
     pub fn policy(&self) -> &RetryPolicy {
@@ -180,6 +209,9 @@ impl GithubClient {
         } else {
             self.policy.clone()
         };
+        if method != Method::GET {
+            self.pace_write(installation).await;
+        }
         for refreshed in [false, true] {
             let token = self.tokens.token(installation).await?;
             let result = retry::send(
