@@ -5,7 +5,7 @@ mod common;
 mod reference;
 
 use common::{Backend, TestDb};
-use orch::github::actions::{comment_once, marker, Sent, COMMENT_LIMIT};
+use orch::github::actions::{check_run_once, comment_once, marker, Sent, COMMENT_LIMIT};
 use orch::github::auth::{AppCredentials, TokenCache};
 use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, Reactions};
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
@@ -307,7 +307,64 @@ async fn check_run_annotations_go_in_batches_of_fifty() {
     bodies_valid(&e);
 }
 
+fn patch_run(sha: &str) -> CheckRunSpec {
+    CheckRunSpec {
+        name: "orch/patch".into(),
+        head_sha: sha.into(),
+        status: "completed".into(),
+        conclusion: Some("action_required".into()),
+        external_id: Some("wf-7".into()),
+        title: "Patch proposal".into(),
+        summary: "Two files change.".into(),
+        text: None,
+        annotations: vec![],
+        actions: vec![CheckAction {
+            label: "Approve".into(),
+            description: "Apply this patch".into(),
+            identifier: "approve".into(),
+        }],
+    }
+}
+
+async fn a_check_run_whose_answer_was_lost_is_not_repeated(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let sha = "0a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
+    e.fake.state.inject(Fault {
+        method: Method::POST,
+        path_contains: "/check-runs".into(),
+        times: 1,
+        kind: FaultKind::ApplyThenStall(Duration::from_secs(3)),
+    });
+    let sent = check_run_once(&store, Some(&e.client), "wf-7/patch", 5, REPO, &patch_run(sha))
+        .await
+        .unwrap();
+    let Sent::Done { action_id, github_id } = sent else {
+        panic!("{sent:?}")
+    };
+    let runs = e.client.check_runs_for_ref(5, REPO, sha).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].id, github_id);
+    assert!(runs[0].summary.ends_with(&marker(action_id)));
+    assert_eq!(count(&e.fake.state.log(), "POST", "/check-runs"), 1);
+    // Asked again: answered from the action row.
+    assert_eq!(
+        check_run_once(&store, Some(&e.client), "wf-7/patch", 5, REPO, &patch_run(sha))
+            .await
+            .unwrap(),
+        sent
+    );
+    // Dry-run records and sends nothing.
+    let before = e.fake.state.log().len();
+    let dry = check_run_once(&store, None, "wf-8/patch", 5, REPO, &patch_run(sha)).await.unwrap();
+    assert!(matches!(dry, Sent::DryRun { .. }));
+    assert_eq!(e.fake.state.log().len(), before);
+    bodies_valid(&e);
+}
+
 both_backends!(
+    a_check_run_whose_answer_was_lost_is_not_repeated,
     a_comment_is_posted_once_per_key,
     a_create_whose_answer_was_lost_is_not_repeated,
     a_crash_between_create_and_record_is_recovered_by_marker,

@@ -3,7 +3,7 @@
 //! marker, so a write whose answer was lost (a crash, a timeout after GitHub applied it) is found
 //! and recorded instead of being made twice. In dry-run the action is recorded and nothing sent.
 
-use super::client::{ClientError, GithubClient};
+use super::client::{CheckRunSpec, ClientError, GithubClient};
 use crate::store::{actions, now_ms, Store};
 
 /// GitHub's limit for a comment body, in characters.
@@ -45,19 +45,38 @@ pub enum ActionError {
     Store(#[from] sqlx::Error),
 }
 
-/// Posts `body` as a comment on `issue` at most once for `key`. `client: None` is dry-run.
-pub async fn comment_once(
-    store: &Store,
-    client: Option<&GithubClient>,
-    key: &str,
+/// One GitHub write made at most once: its action row, and how to find and make it.
+struct Write<'a> {
+    key: &'a str,
     installation: i64,
-    repo: &str,
-    issue: i64,
-    body: &str,
-) -> Result<Sent, ActionError> {
+    repo: &'a str,
+    kind: &'static str,
+    target: String,
+}
+
+/// The exactly-once protocol shared by every kind of write: the action row answers repeats;
+/// dry-run records and sends nothing; otherwise, before each attempt to `create`, `find` looks
+/// for the write's marker, since an earlier attempt (this call's or a crashed process's) may
+/// have reached GitHub with its answer lost. `find` and `create` get the action's marker.
+async fn once<F, FF, C, CF>(store: &Store, client: Option<&GithubClient>, write: Write<'_>, find: F, create: C) -> Result<Sent, ActionError>
+where
+    F: Fn(String) -> FF,
+    FF: std::future::Future<Output = Result<Option<i64>, ClientError>>,
+    C: Fn(String) -> CF,
+    CF: std::future::Future<Output = Result<i64, ClientError>>,
+{
     let action = {
         let _write = store.write_guard().await;
-        actions::get_or_create(store.pool(), key, installation, repo, "comment", &issue.to_string(), now_ms()).await?
+        actions::get_or_create(
+            store.pool(),
+            write.key,
+            write.installation,
+            write.repo,
+            write.kind,
+            &write.target,
+            now_ms(),
+        )
+        .await?
     };
     match (action.status.as_str(), action.github_id) {
         ("done", Some(github_id)) => {
@@ -74,35 +93,35 @@ pub async fn comment_once(
         actions::finish(store.pool(), action.id, status, github_id, error.as_deref(), now_ms()).await
     };
     let Some(client) = client else {
-        tracing::info!(action = action.id, %repo, issue, chars = body.chars().count(), "dry-run: comment recorded, not sent");
+        tracing::info!(action = action.id, kind = write.kind, repo = %write.repo, target = %write.target, "dry-run: write recorded, not sent");
         finish("dry_run", None, None).await?;
         return Ok(Sent::DryRun { action_id: action.id });
     };
-    let mark = marker(action.id);
-    let full = format!("{}\n\n{mark}", truncate(body, COMMENT_LIMIT, mark.chars().count() + 2));
     let attempts = client.policy().max_attempts.max(1);
     for attempt in 1..=attempts {
-        // A previous attempt (this call's or a crashed process's) may have reached GitHub even
-        // though its answer never came back: look for the marker before creating.
-        let existing = client.list_issue_comments(installation, repo, issue).await?;
-        if let Some(found) = existing.iter().find(|c| c.body.contains(&mark)) {
-            tracing::info!(action = action.id, comment = found.id, "comment already made by an earlier attempt");
-            finish("done", Some(found.id), None).await?;
+        if let Some(found) = find(marker(action.id)).await? {
+            tracing::info!(
+                action = action.id,
+                kind = write.kind,
+                github_id = found,
+                "write already made by an earlier attempt"
+            );
+            finish("done", Some(found), None).await?;
             return Ok(Sent::Done {
                 action_id: action.id,
-                github_id: found.id,
+                github_id: found,
             });
         }
-        match client.create_issue_comment(installation, repo, issue, &full).await {
-            Ok(created) => {
-                finish("done", Some(created.id), None).await?;
+        match create(marker(action.id)).await {
+            Ok(github_id) => {
+                finish("done", Some(github_id), None).await?;
                 return Ok(Sent::Done {
                     action_id: action.id,
-                    github_id: created.id,
+                    github_id,
                 });
             }
             Err(e) if e.is_transient() && attempt < attempts => {
-                tracing::info!(action = action.id, attempt, error = %e, "comment not confirmed; checking before trying again");
+                tracing::info!(action = action.id, attempt, error = %e, "write not confirmed; checking before trying again");
                 tokio::time::sleep(super::retry::backoff(client.policy(), attempt)).await;
             }
             Err(e) => {
@@ -115,6 +134,80 @@ pub async fn comment_once(
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// Posts `body` as a comment on `issue` at most once for `key`. `client: None` is dry-run.
+pub async fn comment_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    issue: i64,
+    body: &str,
+) -> Result<Sent, ActionError> {
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "comment",
+        target: issue.to_string(),
+    };
+    once(
+        store,
+        client,
+        write,
+        |mark| async move {
+            let client = client.expect("only called when sending");
+            let existing = client.list_issue_comments(installation, repo, issue).await?;
+            Ok(existing.iter().find(|c| c.body.contains(&mark)).map(|c| c.id))
+        },
+        |mark| async move {
+            let client = client.expect("only called when sending");
+            let full = format!("{}\n\n{mark}", truncate(body, COMMENT_LIMIT, mark.chars().count() + 2));
+            Ok(client.create_issue_comment(installation, repo, issue, &full).await?.id)
+        },
+    )
+    .await
+}
+
+/// Creates the check run `spec` at most once for `key`; its marker goes at the end of the
+/// summary, where it is looked for among the commit's check runs. `client: None` is dry-run.
+pub async fn check_run_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    spec: &CheckRunSpec,
+) -> Result<Sent, ActionError> {
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "check_run",
+        target: format!("{}@{}", spec.name, spec.head_sha),
+    };
+    once(
+        store,
+        client,
+        write,
+        |mark| async move {
+            let client = client.expect("only called when sending");
+            let runs = client.check_runs_for_ref(installation, repo, &spec.head_sha).await?;
+            Ok(runs.iter().find(|r| r.name == spec.name && r.summary.contains(&mark)).map(|r| r.id))
+        },
+        |mark| async move {
+            let client = client.expect("only called when sending");
+            let mut marked = spec.clone();
+            marked.summary = format!(
+                "{}\n\n{mark}",
+                truncate(&spec.summary, CHECK_RUN_TEXT_LIMIT, mark.chars().count() + 2)
+            );
+            client.create_check_run(installation, repo, &marked).await
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

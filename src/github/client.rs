@@ -136,6 +136,36 @@ pub enum Reactions {
     },
 }
 
+/// A check run as listed for a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRunSummary {
+    pub id: i64,
+    pub name: String,
+    pub status: String,
+    pub summary: String,
+}
+
+#[derive(Deserialize)]
+struct CheckRunList {
+    check_runs: Vec<ListedCheckRun>,
+}
+
+#[derive(Deserialize)]
+struct ListedCheckRun {
+    id: i64,
+    name: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    output: Option<ListedOutput>,
+}
+
+#[derive(Deserialize)]
+struct ListedOutput {
+    #[serde(default)]
+    summary: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Content {
     #[serde(default)]
@@ -396,6 +426,22 @@ impl GithubClient {
             etag,
             reactions: Self::json(response).await?,
         })
+    }
+
+    /// The check runs of a commit (orch's and others'), newest first as GitHub lists them.
+    pub async fn check_runs_for_ref(&self, installation: i64, repo: &str, git_ref: &str) -> Result<Vec<CheckRunSummary>, ClientError> {
+        let path = format!("/repos/{repo}/commits/{}/check-runs?per_page=100", encode_path_segment(git_ref));
+        let list: CheckRunList = Self::json(self.request(installation, Method::GET, &path, None, false).await?).await?;
+        Ok(list
+            .check_runs
+            .into_iter()
+            .map(|r| CheckRunSummary {
+                id: r.id,
+                name: r.name,
+                status: r.status,
+                summary: r.output.and_then(|o| o.summary).unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// Adds a reaction to an issue comment (GitHub answers 200 if it was there: idempotent).

@@ -590,6 +590,36 @@ async fn update_check_run(
     answer(StatusCode::OK, json!({ "id": id }))
 }
 
+async fn check_runs_for_ref(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, git_ref)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(
+        &s,
+        Method::GET,
+        &format!("/repos/{owner}/{repo}/commits/{git_ref}/check-runs"),
+        &headers,
+    )
+    .await
+    {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let full = format!("{owner}/{repo}");
+    let runs: Vec<serde_json::Value> = m
+        .check_runs
+        .values()
+        .rev()
+        .filter(|r| r.repo == full && r.head_sha == git_ref)
+        .map(|r| {
+            json!({ "id": r.id, "name": r.name, "head_sha": r.head_sha, "status": r.status, "conclusion": r.conclusion,
+                    "output": { "summary": r.summary, "text": r.text, "annotations_count": r.annotations.len() } })
+        })
+        .collect();
+    answer(StatusCode::OK, json!({ "total_count": runs.len(), "check_runs": runs }))
+}
+
 fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
     json!(list
         .iter()
@@ -723,6 +753,7 @@ impl FakeGithub {
             )
             .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+            .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route(
                 "/repos/{owner}/{repo}/issues/comments/{comment}/reactions",
                 get(list_reactions).post(create_reaction),
