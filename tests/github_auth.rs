@@ -2,6 +2,8 @@
 //! does (RS256 signature with the App's public key, `iss`, lifetime at most 10 minutes, not
 //! expired) and issues tokens with an expiry.
 
+mod common;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -13,30 +15,6 @@ use serde_json::json;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A fresh RSA key pair as (private PEM, public PEM), made by openssl.
-fn key_pair(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
-    let private = dir.join("app.pem");
-    let public = dir.join("app.pub.pem");
-    assert!(Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&private)
-        .arg("2048")
-        .output()
-        .unwrap()
-        .status
-        .success());
-    assert!(Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .output()
-        .unwrap()
-        .status
-        .success());
-    (std::fs::read(private).unwrap(), std::fs::read(public).unwrap())
-}
 
 struct Issuer {
     public: DecodingKey,
@@ -101,7 +79,7 @@ async fn access_tokens(
 
 async fn setup(lifetime: Duration) -> (tempfile::TempDir, Arc<Issuer>, TokenCache) {
     let dir = tempfile::tempdir().unwrap();
-    let (private, public) = key_pair(dir.path());
+    let (private, public) = common::key_pair(dir.path());
     let issuer = Arc::new(Issuer {
         public: DecodingKey::from_rsa_pem(&public).unwrap(),
         app_id: 4242,
@@ -164,7 +142,7 @@ async fn an_invalidated_token_is_fetched_again() {
 async fn a_jwt_signed_with_another_key_is_refused() {
     let (_dir, issuer, _) = setup(Duration::from_secs(3600)).await;
     let other = tempfile::tempdir().unwrap();
-    let (private, _) = key_pair(other.path());
+    let (private, _) = common::key_pair(other.path());
     let forged = AppCredentials::from_pem(4242, &private, "ORCH_GITHUB_PRIVATE_KEY").unwrap();
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_issuer(&["4242"]);

@@ -11,7 +11,6 @@ use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, 
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
 use orch::github::retry::RetryPolicy;
 use reqwest::Method;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,29 +24,9 @@ struct Env {
 
 async fn env(policy: RetryPolicy) -> Env {
     let keys = tempfile::tempdir().unwrap();
-    let private = keys.path().join("app.pem");
-    let public = keys.path().join("app.pub.pem");
-    assert!(Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&private)
-        .arg("2048")
-        .output()
-        .unwrap()
-        .status
-        .success());
-    assert!(Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let fake = FakeGithub::start(77, &std::fs::read(&public).unwrap(), Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let credentials = AppCredentials::from_pem(77, &std::fs::read(&private).unwrap(), "ORCH_GITHUB_PRIVATE_KEY").unwrap();
+    let (private, public) = common::key_pair(keys.path());
+    let fake = FakeGithub::start(77, &public, Duration::from_secs(3600)).await.unwrap();
+    let credentials = AppCredentials::from_pem(77, &private, "ORCH_GITHUB_PRIVATE_KEY").unwrap();
     let http = reqwest::Client::new();
     let tokens = Arc::new(TokenCache::new(credentials, &fake.url(), http.clone(), policy.clone()));
     // Pacing is tested on its own; elsewhere it would only slow the tests down.

@@ -221,3 +221,27 @@ pub async fn post_until_refused(client: &reqwest::Client, base: &str, prefix: &s
     }
     acked
 }
+
+/// A fresh RSA key pair for a test App, as (private PEM, public PEM), made by openssl in `dir`.
+pub fn key_pair(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    use std::process::Command;
+    let private = dir.join("app.pem");
+    let public = dir.join("app.pub.pem");
+    assert!(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let pubout = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(pubout.status.success());
+    (std::fs::read(private).unwrap(), std::fs::read(public).unwrap())
+}
