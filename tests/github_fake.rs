@@ -415,6 +415,38 @@ async fn content_creating_requests_are_paced_per_installation() {
     bodies_valid(&e);
 }
 
+#[tokio::test]
+async fn orch_finds_and_edits_its_own_comment() {
+    let e = env(quick()).await;
+    e.client.create_issue_comment(5, REPO, 30, "someone else").await.unwrap();
+    let mine = e
+        .client
+        .create_issue_comment(5, REPO, 30, "Status: waiting\n<!-- orch:status:wf-1 -->")
+        .await
+        .unwrap();
+    let found = e
+        .client
+        .find_comment_with_marker(5, REPO, 30, "<!-- orch:status:wf-1 -->")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, mine.id);
+    e.client
+        .update_issue_comment(5, REPO, found.id, "Status: approved\n<!-- orch:status:wf-1 -->")
+        .await
+        .unwrap();
+    let comments = e.fake.state.comments(REPO, 30);
+    assert_eq!(comments.len(), 2);
+    assert!(comments[1].body.starts_with("Status: approved"));
+    assert!(e
+        .client
+        .find_comment_with_marker(5, REPO, 30, "<!-- orch:status:wf-2 -->")
+        .await
+        .unwrap()
+        .is_none());
+    bodies_valid(&e);
+}
+
 /// The body check itself refuses what GitHub's description does not allow.
 #[test]
 fn the_reference_check_refuses_bad_bodies() {

@@ -159,8 +159,10 @@ pub async fn comment_once(
         write,
         |mark| async move {
             let client = client.expect("only called when sending");
-            let existing = client.list_issue_comments(installation, repo, issue).await?;
-            Ok(existing.iter().find(|c| c.body.contains(&mark)).map(|c| c.id))
+            Ok(client
+                .find_comment_with_marker(installation, repo, issue, &mark)
+                .await?
+                .map(|c| c.id))
         },
         |mark| async move {
             let client = client.expect("only called when sending");

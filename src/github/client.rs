@@ -312,6 +312,45 @@ impl GithubClient {
         Ok(labels.into_iter().map(|l| l.name).collect())
     }
 
+    /// Replaces the body of an existing comment (orch edits its own proposal comments in place).
+    pub async fn update_issue_comment(
+        &self,
+        installation: i64,
+        repo: &str,
+        comment_id: i64,
+        body: &str,
+    ) -> Result<IssueComment, ClientError> {
+        let path = format!("/repos/{repo}/issues/comments/{comment_id}");
+        let body = super::actions::truncate(body, super::actions::COMMENT_LIMIT, 0);
+        // Setting the same body twice leaves the same comment: safe to retry.
+        Self::json(
+            self.request(
+                installation,
+                Method::PATCH,
+                &path,
+                Some(&serde_json::json!({ "body": body })),
+                false,
+            )
+            .await?,
+        )
+        .await
+    }
+
+    /// orch's own comment that carries `marker` (a hidden `<!-- orch:… -->` line), if any.
+    pub async fn find_comment_with_marker(
+        &self,
+        installation: i64,
+        repo: &str,
+        issue: i64,
+        marker: &str,
+    ) -> Result<Option<IssueComment>, ClientError> {
+        Ok(self
+            .list_issue_comments(installation, repo, issue)
+            .await?
+            .into_iter()
+            .find(|c| c.body.contains(marker)))
+    }
+
     /// Adds labels (adding one that is there already changes nothing, so this is idempotent).
     pub async fn add_labels(&self, installation: i64, repo: &str, issue: i64, labels: &[String]) -> Result<Vec<String>, ClientError> {
         let path = format!("/repos/{repo}/issues/{issue}/labels");

@@ -620,6 +620,58 @@ async fn check_runs_for_ref(
     answer(StatusCode::OK, json!({ "total_count": runs.len(), "check_runs": runs }))
 }
 
+async fn update_comment(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, comment)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    s.record_body(&Method::PATCH, &format!("/repos/{owner}/{repo}/issues/comments/{comment}"), &body);
+    if let Err(r) = admit(
+        &s,
+        Method::PATCH,
+        &format!("/repos/{owner}/{repo}/issues/comments/{comment}"),
+        &headers,
+    )
+    .await
+    {
+        return r;
+    }
+    let text = match serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("body").and_then(|b| b.as_str()).map(str::to_string))
+    {
+        Some(t) if t.chars().count() <= super::actions::COMMENT_LIMIT => t,
+        Some(_) => {
+            return message(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Validation Failed: body is too long (maximum is 65536 characters)",
+            )
+        }
+        None => return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: `body` must be a string"),
+    };
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let full = format!("{owner}/{repo}");
+    let found = m
+        .comments
+        .iter_mut()
+        .filter(|((r, _), _)| *r == full)
+        .flat_map(|(_, list)| list.iter_mut())
+        .find(|c| c.id == comment);
+    match found {
+        Some(c) => {
+            c.body = text;
+            let c = c.clone();
+            drop(m);
+            answer(
+                StatusCode::OK,
+                json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "type": "Bot" } }),
+            )
+        }
+        None => message(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
 fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
     json!(list
         .iter()
@@ -752,6 +804,10 @@ impl FakeGithub {
                 axum::routing::delete(remove_label),
             )
             .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
+            .route(
+                "/repos/{owner}/{repo}/issues/comments/{comment}",
+                axum::routing::patch(update_comment),
+            )
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
             .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route(
