@@ -447,6 +447,22 @@ async fn orch_finds_and_edits_its_own_comment() {
     bodies_valid(&e);
 }
 
+#[tokio::test]
+async fn an_exhausted_rate_limit_is_waited_out_until_its_reset() {
+    let e = env(quick()).await;
+    e.client.list_issue_comments(5, REPO, 40).await.unwrap();
+    e.fake.state.exhaust_rate_limit(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    e.client.list_issue_comments(5, REPO, 40).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    // Beyond the bound orch waits, it gives up at once with a clear error.
+    e.fake.state.exhaust_rate_limit(Duration::from_secs(3600));
+    let started = std::time::Instant::now();
+    let err = e.client.list_issue_comments(5, REPO, 40).await.unwrap_err();
+    assert!(err.to_string().contains("rate limit"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
 /// The body check itself refuses what GitHub's description does not allow.
 #[test]
 fn the_reference_check_refuses_bad_bodies() {

@@ -60,6 +60,8 @@ struct Model {
     files: HashMap<(String, String), String>,
     /// Authenticated requests that count against the rate limit (a 304 does not).
     rate_used: u64,
+    /// While set and in the future, the primary rate limit is used up until then (unix seconds).
+    rate_reset_at: Option<u64>,
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
@@ -219,6 +221,13 @@ impl FakeState {
         m.files.insert((repo.to_string(), path.to_string()), text.to_string());
     }
 
+    /// Uses up the primary rate limit until `for_` from now (rounded up to whole seconds, as
+    /// GitHub's reset is).
+    pub fn exhaust_rate_limit(&self, for_: Duration) {
+        let reset = unix_now() + for_.as_secs_f64().ceil() as u64;
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).rate_reset_at = Some(reset);
+    }
+
     /// Requests counted against the rate limit so far.
     pub fn rate_used(&self) -> u64 {
         self.model.lock().unwrap_or_else(|p| p.into_inner()).rate_used
@@ -300,11 +309,8 @@ async fn list_comments(
     Query(paging): Query<Paging>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = stall_or_status(s.arrive(&Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"))).await {
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"), &headers).await {
         return r;
-    }
-    if let Err(text) = s.installation(&headers) {
-        return message(StatusCode::UNAUTHORIZED, text);
     }
     let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
     let page = paging.page.unwrap_or(1).max(1);
@@ -325,13 +331,17 @@ async fn create_comment(
     body: axum::body::Bytes,
 ) -> Response {
     s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"), &body);
-    let stall = match stall_or_status(s.arrive(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"))).await {
+    let stall = match admit(
+        &s,
+        Method::POST,
+        &format!("/repos/{owner}/{repo}/issues/{issue}/comments"),
+        &headers,
+    )
+    .await
+    {
         Ok(stall) => stall,
         Err(r) => return r,
     };
-    if let Err(text) = s.installation(&headers) {
-        return message(StatusCode::UNAUTHORIZED, text);
-    }
     // The reference description: an object with a required string `body`, nothing else.
     let text = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(o)) if o.len() == 1 => match o.get("body") {
@@ -373,7 +383,18 @@ async fn create_comment(
 async fn admit(s: &FakeState, method: Method, path: &str, headers: &HeaderMap) -> Result<Option<Duration>, Response> {
     let stall = stall_or_status(s.arrive(&method, path)).await?;
     s.installation(headers).map_err(|text| message(StatusCode::UNAUTHORIZED, text))?;
-    s.model.lock().unwrap_or_else(|p| p.into_inner()).rate_used += 1;
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(reset) = m.rate_reset_at {
+        if unix_now() < reset {
+            drop(m);
+            let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
+            r.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            r.headers_mut().insert("x-ratelimit-reset", HeaderValue::from(reset));
+            return Err(r);
+        }
+        m.rate_reset_at = None;
+    }
+    m.rate_used += 1;
     Ok(stall)
 }
 
