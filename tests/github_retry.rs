@@ -189,3 +189,16 @@ async fn dropped_connections_are_retried() {
     assert_eq!(r.text().await.unwrap(), "ok");
     assert_eq!(*accepted.lock().unwrap(), 3);
 }
+
+/// GitHub is reached over https: the client must speak TLS (a build without it fails here with
+/// "scheme is not http" instead of a connection error).
+#[tokio::test]
+async fn https_urls_are_supported() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = reqwest::Client::new()
+        .get(format!("https://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+}
