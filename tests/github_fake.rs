@@ -7,7 +7,7 @@ mod reference;
 use common::{Backend, TestDb};
 use orch::github::actions::{check_run_once, comment_once, marker, Sent, COMMENT_LIMIT};
 use orch::github::auth::{AppCredentials, TokenCache};
-use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, Reactions};
+use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, Reactions, TreeChange};
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
 use orch::github::retry::RetryPolicy;
 use reqwest::Method;
@@ -461,6 +461,71 @@ async fn an_exhausted_rate_limit_is_waited_out_until_its_reset() {
     let err = e.client.list_issue_comments(5, REPO, 40).await.unwrap_err();
     assert!(err.to_string().contains("rate limit"), "{err}");
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn a_patch_becomes_a_branch_a_commit_and_a_pull_request() {
+    let e = env(quick()).await;
+    let base = e.fake.state.init_repo(
+        REPO,
+        "main",
+        &[("src/lib.rs", "fn old() {}\n"), ("README.md", "hello\n"), ("old.txt", "bye\n")],
+    );
+    let c = &e.client;
+    let head = c.ref_sha(5, REPO, "heads/main").await.unwrap().unwrap();
+    assert_eq!(head, base);
+    assert_eq!(c.ref_sha(5, REPO, "heads/nope").await.unwrap(), None);
+    let tree = c.commit_tree(5, REPO, &head).await.unwrap();
+    let blob = c.create_blob(5, REPO, "fn new() {}\n").await.unwrap();
+    // The same content is the same blob: repeating is harmless.
+    assert_eq!(c.create_blob(5, REPO, "fn new() {}\n").await.unwrap(), blob);
+    let changes = [
+        TreeChange {
+            path: "src/lib.rs".into(),
+            blob: Some(blob),
+        },
+        TreeChange {
+            path: "old.txt".into(),
+            blob: None,
+        },
+    ];
+    let new_tree = c.create_tree(5, REPO, &tree, &changes).await.unwrap();
+    let commit = c
+        .create_commit(5, REPO, "orch: apply wf-9 (approved by mara)", &new_tree, &head)
+        .await
+        .unwrap();
+    c.create_branch(5, REPO, "orch/wf-9", &commit).await.unwrap();
+    let number = c
+        .create_pull(5, REPO, "Fix the parser", "orch/wf-9", "main", "Closes #12")
+        .await
+        .unwrap();
+
+    let files = e.fake.state.files_at(REPO, "orch/wf-9").unwrap();
+    let expected: std::collections::BTreeMap<String, String> = [("README.md", "hello\n"), ("src/lib.rs", "fn new() {}\n")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(files, expected, "exactly the patch's files on top of the base");
+    let (parents, message) = e.fake.state.tip(REPO, "orch/wf-9").unwrap();
+    assert_eq!(parents, vec![head.clone()]);
+    assert!(message.contains("approved by mara"));
+    let pulls = e.fake.state.pulls(REPO);
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(
+        (pulls[0].number, pulls[0].head.as_str(), pulls[0].base.as_str()),
+        (number, "orch/wf-9", "main")
+    );
+    // The branch name is the write's identity: GitHub refuses a second branch or PR for it.
+    assert!(c.create_branch(5, REPO, "orch/wf-9", &commit).await.is_err());
+    assert!(c.create_pull(5, REPO, "again", "orch/wf-9", "main", "").await.is_err());
+    assert_eq!(e.fake.state.pulls(REPO).len(), 1);
+    // main did not move; a later push to main moves it without touching the branch.
+    assert_eq!(e.fake.state.files_at(REPO, "main").unwrap().len(), 3);
+    let pushed = e.fake.state.push(REPO, "main", &[("README.md", Some("hello again\n"))]);
+    assert_eq!(c.ref_sha(5, REPO, "heads/main").await.unwrap().as_deref(), Some(pushed.as_str()));
+    assert_eq!(e.fake.state.files_at(REPO, "main").unwrap()["README.md"], "hello again\n");
+    assert_eq!(e.fake.state.files_at(REPO, "orch/wf-9").unwrap()["README.md"], "hello\n");
+    bodies_valid(&e);
 }
 
 /// The body check itself refuses what GitHub's description does not allow.

@@ -518,6 +518,128 @@ impl GithubClient {
     }
 }
 
+/// One entry of a new tree: a file's new blob, or `None` to delete the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeChange {
+    pub path: String,
+    pub blob: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Sha {
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct RefObject {
+    object: Sha,
+}
+
+#[derive(Deserialize)]
+struct CommitTree {
+    tree: Sha,
+}
+
+#[derive(Deserialize)]
+struct PullNumber {
+    number: i64,
+}
+
+/// Git data and pull requests: what applying an approved patch needs.
+impl GithubClient {
+    /// The commit a ref points at (`heads/main`); None when there is no such ref.
+    pub async fn ref_sha(&self, installation: i64, repo: &str, git_ref: &str) -> Result<Option<String>, ClientError> {
+        let path = format!("/repos/{repo}/git/ref/{git_ref}");
+        match self.request(installation, Method::GET, &path, None, false).await {
+            Ok(r) => Ok(Some(Self::json::<RefObject>(r).await?.object.sha)),
+            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tree of a commit.
+    pub async fn commit_tree(&self, installation: i64, repo: &str, commit: &str) -> Result<String, ClientError> {
+        let path = format!("/repos/{repo}/git/commits/{commit}");
+        Ok(
+            Self::json::<CommitTree>(self.request(installation, Method::GET, &path, None, false).await?)
+                .await?
+                .tree
+                .sha,
+        )
+    }
+
+    /// Stores file content; the same content gives the same blob, so this is safe to repeat.
+    pub async fn create_blob(&self, installation: i64, repo: &str, content: &str) -> Result<String, ClientError> {
+        let path = format!("/repos/{repo}/git/blobs");
+        let body = serde_json::json!({ "content": content, "encoding": "utf-8" });
+        Ok(
+            Self::json::<Sha>(self.request(installation, Method::POST, &path, Some(&body), false).await?)
+                .await?
+                .sha,
+        )
+    }
+
+    /// A tree: `base_tree` with `changes` applied (content-addressed: safe to repeat).
+    pub async fn create_tree(&self, installation: i64, repo: &str, base_tree: &str, changes: &[TreeChange]) -> Result<String, ClientError> {
+        let path = format!("/repos/{repo}/git/trees");
+        let entries: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| serde_json::json!({ "path": c.path, "mode": "100644", "type": "blob", "sha": c.blob }))
+            .collect();
+        let body = serde_json::json!({ "base_tree": base_tree, "tree": entries });
+        Ok(
+            Self::json::<Sha>(self.request(installation, Method::POST, &path, Some(&body), false).await?)
+                .await?
+                .sha,
+        )
+    }
+
+    /// A commit of `tree` on `parent`.
+    pub async fn create_commit(
+        &self,
+        installation: i64,
+        repo: &str,
+        message: &str,
+        tree: &str,
+        parent: &str,
+    ) -> Result<String, ClientError> {
+        let path = format!("/repos/{repo}/git/commits");
+        let body = serde_json::json!({ "message": message, "tree": tree, "parents": [parent] });
+        Ok(
+            Self::json::<Sha>(self.request(installation, Method::POST, &path, Some(&body), true).await?)
+                .await?
+                .sha,
+        )
+    }
+
+    /// Creates `refs/heads/<branch>` at `sha`.
+    pub async fn create_branch(&self, installation: i64, repo: &str, branch: &str, sha: &str) -> Result<(), ClientError> {
+        let path = format!("/repos/{repo}/git/refs");
+        let body = serde_json::json!({ "ref": format!("refs/heads/{branch}"), "sha": sha });
+        self.request(installation, Method::POST, &path, Some(&body), true).await?;
+        Ok(())
+    }
+
+    /// Opens a pull request from `head` into `base`; returns its number.
+    pub async fn create_pull(
+        &self,
+        installation: i64,
+        repo: &str,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<i64, ClientError> {
+        let path = format!("/repos/{repo}/pulls");
+        let body = serde_json::json!({ "title": title, "head": head, "base": base, "body": super::actions::truncate(body, super::actions::COMMENT_LIMIT, 0) });
+        Ok(
+            Self::json::<PullNumber>(self.request(installation, Method::POST, &path, Some(&body), true).await?)
+                .await?
+                .number,
+        )
+    }
+}
+
 /// Percent-encodes a value for one path segment (labels may hold spaces, colons, slashes).
 fn encode_path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

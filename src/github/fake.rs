@@ -62,11 +62,60 @@ struct Model {
     rate_used: u64,
     /// While set and in the future, the primary rate limit is used up until then (unix seconds).
     rate_reset_at: Option<u64>,
+    git: Git,
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
     /// Every JSON body received: (method, path, body), for checks against GitHub's description.
     bodies: Vec<(String, String, serde_json::Value)>,
+}
+
+/// Git objects, content-addressed, and refs and pull requests per repository. Trees are kept
+/// flat (full path → blob), which is all orch's use of the Git Data API needs.
+#[derive(Default)]
+struct Git {
+    blobs: HashMap<String, String>,
+    trees: HashMap<String, BTreeMap<String, String>>,
+    /// sha → (tree, parents, message)
+    commits: HashMap<String, (String, Vec<String>, String)>,
+    /// (owner/repo, "heads/main") → commit
+    refs: BTreeMap<(String, String), String>,
+    /// (owner/repo, number) → pull request
+    pulls: BTreeMap<(String, i64), FakePull>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakePull {
+    pub number: i64,
+    pub title: String,
+    pub head: String,
+    pub base: String,
+    pub body: String,
+}
+
+fn object_sha(kind: &str, content: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(format!("{kind}\0{content}")))[..40].to_string()
+}
+
+impl Git {
+    fn blob(&mut self, content: &str) -> String {
+        let sha = object_sha("blob", content);
+        self.blobs.insert(sha.clone(), content.to_string());
+        sha
+    }
+
+    fn tree(&mut self, entries: BTreeMap<String, String>) -> String {
+        let sha = object_sha("tree", &serde_json::to_string(&entries).expect("strings"));
+        self.trees.insert(sha.clone(), entries);
+        sha
+    }
+
+    fn commit(&mut self, tree: &str, parents: Vec<String>, message: &str) -> String {
+        let sha = object_sha("commit", &format!("{tree}|{}|{message}", parents.join(",")));
+        self.commits.insert(sha.clone(), (tree.to_string(), parents, message.to_string()));
+        sha
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -219,6 +268,59 @@ impl FakeState {
     pub fn set_file(&self, repo: &str, path: &str, text: &str) {
         let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
         m.files.insert((repo.to_string(), path.to_string()), text.to_string());
+    }
+
+    /// Creates `repo` with one commit holding `files` on `branch`; returns the commit.
+    pub fn init_repo(&self, repo: &str, branch: &str, files: &[(&str, &str)]) -> String {
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = files.iter().map(|(path, text)| (path.to_string(), m.git.blob(text))).collect();
+        let tree = m.git.tree(entries);
+        let commit = m.git.commit(&tree, vec![], "initial");
+        m.git.refs.insert((repo.to_string(), format!("heads/{branch}")), commit.clone());
+        commit
+    }
+
+    /// A commit on top of `branch` that sets or (with None) deletes files, as a push would.
+    pub fn push(&self, repo: &str, branch: &str, changes: &[(&str, Option<&str>)]) -> String {
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let head = m.git.refs[&(repo.to_string(), format!("heads/{branch}"))].clone();
+        let mut entries = m.git.trees[&m.git.commits[&head].0].clone();
+        for (path, text) in changes {
+            match text {
+                Some(t) => {
+                    let blob = m.git.blob(t);
+                    entries.insert(path.to_string(), blob);
+                }
+                None => {
+                    entries.remove(*path);
+                }
+            }
+        }
+        let tree = m.git.tree(entries);
+        let commit = m.git.commit(&tree, vec![head], "push");
+        m.git.refs.insert((repo.to_string(), format!("heads/{branch}")), commit.clone());
+        commit
+    }
+
+    /// The files at the tip of `branch`, path → text; None when there is no such branch.
+    pub fn files_at(&self, repo: &str, branch: &str) -> Option<BTreeMap<String, String>> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let head = m.git.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
+        let tree = &m.git.trees[&m.git.commits[head].0];
+        Some(tree.iter().map(|(p, b)| (p.clone(), m.git.blobs[b].clone())).collect())
+    }
+
+    /// The parents and message of a branch's tip commit.
+    pub fn tip(&self, repo: &str, branch: &str) -> Option<(Vec<String>, String)> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let head = m.git.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
+        let (_, parents, message) = &m.git.commits[head];
+        Some((parents.clone(), message.clone()))
+    }
+
+    pub fn pulls(&self, repo: &str) -> Vec<FakePull> {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        m.git.pulls.iter().filter(|((r, _), _)| r == repo).map(|(_, p)| p.clone()).collect()
     }
 
     /// Uses up the primary rate limit until `for_` from now (rounded up to whole seconds, as
@@ -693,6 +795,204 @@ async fn update_comment(
     }
 }
 
+fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
+    serde_json::from_slice(body).map_err(|_| message(StatusCode::BAD_REQUEST, "Problems parsing JSON"))
+}
+
+async fn get_ref(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, git_ref)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/git/ref/{git_ref}"), &headers).await {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    match m.git.refs.get(&(format!("{owner}/{repo}"), git_ref.clone())) {
+        Some(sha) => answer(
+            StatusCode::OK,
+            json!({ "ref": format!("refs/{git_ref}"), "object": { "sha": sha, "type": "commit" } }),
+        ),
+        None => message(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+async fn get_commit(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/git/commits/{sha}"), &headers).await {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    match m.git.commits.get(&sha) {
+        Some((tree, parents, msg)) => answer(
+            StatusCode::OK,
+            json!({ "sha": sha, "tree": { "sha": tree }, "message": msg, "parents": parents.iter().map(|p| json!({ "sha": p })).collect::<Vec<_>>() }),
+        ),
+        None => message(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+/// The part of a Git Data write done under the model's lock.
+fn apply_git_write(s: &FakeState, full: &str, kind: &str, body: &serde_json::Value) -> Result<serde_json::Value, Response> {
+    let refuse = |text: &str| Err(message(StatusCode::UNPROCESSABLE_ENTITY, text));
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    match kind {
+        "blobs" => match body.get("content").and_then(|c| c.as_str()) {
+            Some(content) => Ok(json!({ "sha": m.git.blob(content) })),
+            None => refuse("Invalid request: `content` is required"),
+        },
+        "trees" => {
+            let mut entries = match body.get("base_tree").and_then(|b| b.as_str()) {
+                Some(base) => match m.git.trees.get(base) {
+                    Some(t) => t.clone(),
+                    None => return refuse("base_tree is not a valid tree"),
+                },
+                None => BTreeMap::new(),
+            };
+            for entry in body.get("tree").and_then(|t| t.as_array()).into_iter().flatten() {
+                let Some(path) = entry.get("path").and_then(|p| p.as_str()) else {
+                    return refuse("tree entries need a path");
+                };
+                match entry.get("sha") {
+                    Some(serde_json::Value::Null) => {
+                        entries.remove(path);
+                    }
+                    Some(serde_json::Value::String(sha)) if m.git.blobs.contains_key(sha) => {
+                        entries.insert(path.to_string(), sha.clone());
+                    }
+                    _ => return refuse(&format!("tree entry {path}: not a valid blob sha")),
+                }
+            }
+            Ok(json!({ "sha": m.git.tree(entries) }))
+        }
+        "commits" => {
+            let tree = body.get("tree").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+            if !m.git.trees.contains_key(&tree) {
+                return refuse("tree is not a valid tree");
+            }
+            let parents: Vec<String> = body
+                .get("parents")
+                .and_then(|p| p.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect();
+            if parents.iter().any(|p| !m.git.commits.contains_key(p)) {
+                return refuse("parents must be commits");
+            }
+            let msg = body.get("message").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+            Ok(json!({ "sha": m.git.commit(&tree, parents, &msg) }))
+        }
+        "refs" => {
+            let (Some(name), Some(sha)) = (body.get("ref").and_then(|r| r.as_str()), body.get("sha").and_then(|r| r.as_str())) else {
+                return refuse("Invalid request: `ref` and `sha` are required");
+            };
+            let Some(short) = name.strip_prefix("refs/") else {
+                return refuse("Reference name must start with refs/");
+            };
+            if !m.git.commits.contains_key(sha) {
+                return refuse("Object does not exist");
+            }
+            let key = (full.to_string(), short.to_string());
+            if m.git.refs.contains_key(&key) {
+                return refuse("Reference already exists");
+            }
+            m.git.refs.insert(key, sha.to_string());
+            Ok(json!({ "ref": name, "object": { "sha": sha, "type": "commit" } }))
+        }
+        _ => Err(message(StatusCode::NOT_FOUND, "Not Found")),
+    }
+}
+
+async fn git_write(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, kind)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/repos/{owner}/{repo}/git/{kind}");
+    s.record_body(&Method::POST, &path, &body);
+    let stall = match admit(&s, Method::POST, &path, &headers).await {
+        Ok(stall) => stall,
+        Err(r) => return r,
+    };
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let created = match apply_git_write(&s, &format!("{owner}/{repo}"), &kind, &body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    answer(StatusCode::CREATED, created)
+}
+
+/// Opens a pull request under the model's lock; its number, or GitHub's refusal.
+fn apply_pull(s: &FakeState, owner: &str, repo: &str, body: &serde_json::Value) -> Result<i64, Response> {
+    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let (head, base) = (text("head"), text("base"));
+    let full = format!("{owner}/{repo}");
+    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    for branch in [&head, &base] {
+        if !m.git.refs.contains_key(&(full.clone(), format!("heads/{branch}"))) {
+            return Err(message(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("Validation Failed: no branch {branch}"),
+            ));
+        }
+    }
+    if m.git.pulls.iter().any(|((r, _), p)| *r == full && p.head == head) {
+        return Err(message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("Validation Failed: A pull request already exists for {owner}:{head}."),
+        ));
+    }
+    let number = m.git.pulls.keys().filter(|(r, _)| *r == full).map(|(_, n)| *n).max().unwrap_or(100) + 1;
+    m.git.pulls.insert(
+        (full, number),
+        FakePull {
+            number,
+            title: text("title"),
+            head,
+            base,
+            body: text("body"),
+        },
+    );
+    Ok(number)
+}
+
+async fn create_pull(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/repos/{owner}/{repo}/pulls");
+    s.record_body(&Method::POST, &path, &body);
+    let stall = match admit(&s, Method::POST, &path, &headers).await {
+        Ok(stall) => stall,
+        Err(r) => return r,
+    };
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let number = match apply_pull(&s, &owner, &repo, &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    if let Some(d) = stall {
+        tokio::time::sleep(d).await;
+    }
+    answer(StatusCode::CREATED, json!({ "number": number, "state": "open" }))
+}
+
 fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
     json!(list
         .iter()
@@ -829,6 +1129,10 @@ impl FakeGithub {
                 "/repos/{owner}/{repo}/issues/comments/{comment}",
                 axum::routing::patch(update_comment),
             )
+            .route("/repos/{owner}/{repo}/git/ref/{*git_ref}", get(get_ref))
+            .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
+            .route("/repos/{owner}/{repo}/git/{kind}", post(git_write))
+            .route("/repos/{owner}/{repo}/pulls", post(create_pull))
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
             .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route(
