@@ -515,6 +515,24 @@ async fn a_patch_becomes_a_branch_a_commit_and_a_pull_request() {
         (pulls[0].number, pulls[0].head.as_str(), pulls[0].base.as_str()),
         (number, "orch/wf-9", "main")
     );
+    // Read back as orch reads a pull request.
+    let info = c.pull(5, REPO, number).await.unwrap();
+    assert_eq!(
+        (info.head.name.as_str(), info.head.sha.as_str(), info.base.sha.as_str()),
+        ("orch/wf-9", commit.as_str(), head.as_str())
+    );
+    let mut changed: Vec<(String, String)> = c
+        .pull_files(5, REPO, number)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.filename, f.status))
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        vec![("old.txt".into(), "removed".into()), ("src/lib.rs".into(), "modified".into())]
+    );
     // The branch name is the write's identity: GitHub refuses a second branch or PR for it.
     assert!(c.create_branch(5, REPO, "orch/wf-9", &commit).await.is_err());
     assert!(c.create_pull(5, REPO, "again", "orch/wf-9", "main", "").await.is_err());

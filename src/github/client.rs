@@ -545,6 +545,37 @@ struct PullNumber {
     number: i64,
 }
 
+/// A pull request as orch reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullInfo {
+    pub number: i64,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub state: String,
+    pub head: PullRef,
+    pub base: PullRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullRef {
+    #[serde(rename = "ref")]
+    pub name: String,
+    pub sha: String,
+}
+
+/// A file a pull request changes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullFile {
+    pub filename: String,
+    /// `added`, `removed`, `modified`, `renamed`, …
+    pub status: String,
+    #[serde(default)]
+    pub previous_filename: Option<String>,
+    #[serde(default)]
+    pub patch: Option<String>,
+}
+
 /// Git data and pull requests: what applying an approved patch needs.
 impl GithubClient {
     /// The commit a ref points at (`heads/main`); None when there is no such ref.
@@ -618,6 +649,26 @@ impl GithubClient {
         let body = serde_json::json!({ "ref": format!("refs/heads/{branch}"), "sha": sha });
         self.request(installation, Method::POST, &path, Some(&body), true).await?;
         Ok(())
+    }
+
+    pub async fn pull(&self, installation: i64, repo: &str, number: i64) -> Result<PullInfo, ClientError> {
+        let path = format!("/repos/{repo}/pulls/{number}");
+        Self::json(self.request(installation, Method::GET, &path, None, false).await?).await
+    }
+
+    /// Every file a pull request changes (GitHub lists at most 3,000).
+    pub async fn pull_files(&self, installation: i64, repo: &str, number: i64) -> Result<Vec<PullFile>, ClientError> {
+        let mut all = Vec::new();
+        for page in 1..=30 {
+            let path = format!("/repos/{repo}/pulls/{number}/files?per_page=100&page={page}");
+            let batch: Vec<PullFile> = Self::json(self.request(installation, Method::GET, &path, None, false).await?).await?;
+            let last = batch.len() < 100;
+            all.extend(batch);
+            if last {
+                break;
+            }
+        }
+        Ok(all)
     }
 
     /// Opens a pull request from `head` into `base`; returns its number.

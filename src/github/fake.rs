@@ -971,6 +971,67 @@ fn apply_pull(s: &FakeState, owner: &str, repo: &str, body: &serde_json::Value) 
     Ok(number)
 }
 
+/// The files of a branch's tip: path → blob.
+fn tip_tree(m: &Model, repo: &str, branch: &str) -> Option<(String, BTreeMap<String, String>)> {
+    let head = m.git.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
+    Some((head.clone(), m.git.trees[&m.git.commits[head].0].clone()))
+}
+
+async fn get_pull(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/pulls/{number}"), &headers).await {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let full = format!("{owner}/{repo}");
+    let Some(pull) = m.git.pulls.get(&(full.clone(), number)) else {
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let sha = |branch: &str| tip_tree(&m, &full, branch).map(|(sha, _)| sha).unwrap_or_default();
+    answer(
+        StatusCode::OK,
+        json!({ "number": number, "title": pull.title, "state": "open", "body": pull.body,
+                "head": { "ref": pull.head, "sha": sha(&pull.head) }, "base": { "ref": pull.base, "sha": sha(&pull.base) } }),
+    )
+}
+
+async fn pull_files(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    Query(paging): Query<Paging>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/pulls/{number}/files"), &headers).await {
+        return r;
+    }
+    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let full = format!("{owner}/{repo}");
+    let Some(pull) = m.git.pulls.get(&(full.clone(), number)) else {
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let (Some((_, base)), Some((_, head))) = (tip_tree(&m, &full, &pull.base), tip_tree(&m, &full, &pull.head)) else {
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let mut files = Vec::new();
+    for (path, blob) in &head {
+        match base.get(path) {
+            None => files.push(json!({ "filename": path, "status": "added" })),
+            Some(old) if old != blob => files.push(json!({ "filename": path, "status": "modified" })),
+            _ => {}
+        }
+    }
+    for path in base.keys().filter(|p| !head.contains_key(*p)) {
+        files.push(json!({ "filename": path, "status": "removed" }));
+    }
+    let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
+    let page = paging.page.unwrap_or(1).max(1);
+    let items: Vec<_> = files.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+    answer(StatusCode::OK, json!(items))
+}
+
 async fn create_pull(
     State(s): State<Arc<FakeState>>,
     Path((owner, repo)): Path<(String, String)>,
@@ -1137,6 +1198,8 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
             .route("/repos/{owner}/{repo}/git/{kind}", post(git_write))
             .route("/repos/{owner}/{repo}/pulls", post(create_pull))
+            .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
+            .route("/repos/{owner}/{repo}/pulls/{number}/files", get(pull_files))
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
             .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route(
