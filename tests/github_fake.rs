@@ -202,6 +202,32 @@ async fn reads_survive_bad_gateways_and_rate_limits() {
     e.client.list_issue_comments(5, REPO, 2).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(990));
     assert_eq!(count(&e.fake.state.log(), "GET", "/issues/2/comments"), 5);
+    // A secondary rate limit: 403 with Retry-After.
+    e.fake.state.inject(Fault {
+        method: Method::GET,
+        path_contains: "/issues/2/comments".into(),
+        times: 1,
+        kind: FaultKind::Status {
+            code: 403,
+            retry_after: Some(1),
+        },
+    });
+    let started = std::time::Instant::now();
+    e.client.list_issue_comments(5, REPO, 2).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(990));
+    // A 404 is not retried.
+    e.fake.state.inject(Fault {
+        method: Method::GET,
+        path_contains: "/issues/2/comments".into(),
+        times: 1,
+        kind: FaultKind::Status {
+            code: 404,
+            retry_after: None,
+        },
+    });
+    let before = count(&e.fake.state.log(), "GET", "/issues/2/comments");
+    assert!(e.client.list_issue_comments(5, REPO, 2).await.is_err());
+    assert_eq!(count(&e.fake.state.log(), "GET", "/issues/2/comments"), before + 1);
 }
 
 #[tokio::test]
