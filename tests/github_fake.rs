@@ -369,6 +369,7 @@ async fn a_check_run_whose_answer_was_lost_is_not_repeated(backend: Backend) {
 }
 
 both_backends!(
+    a_dry_run_client_records_writes_as_dry_run,
     a_check_run_whose_answer_was_lost_is_not_repeated,
     a_comment_is_posted_once_per_key,
     a_create_whose_answer_was_lost_is_not_repeated,
@@ -570,6 +571,36 @@ async fn a_patch_becomes_a_branch_a_commit_and_a_pull_request() {
     assert_eq!(e.fake.state.files_at(REPO, "main").unwrap()["README.md"], "hello again\n");
     assert_eq!(e.fake.state.files_at(REPO, "orch/wf-9").unwrap()["README.md"], "hello\n");
     bodies_valid(&e);
+}
+
+#[tokio::test]
+async fn a_dry_run_client_sends_no_write_at_all() {
+    let e = env(quick()).await;
+    let dry = e.client.clone().with_dry_run(true);
+    assert!(matches!(
+        dry.add_labels(5, REPO, 9, &["bug".into()]).await,
+        Err(orch::github::client::ClientError::DryRun { .. })
+    ));
+    assert!(dry.create_issue_comment(5, REPO, 9, "x").await.is_err());
+    assert!(dry.react_to_comment(5, REPO, 1, "eyes").await.is_err());
+    assert!(dry.create_blob(5, REPO, "x").await.is_err());
+    // Reads still work; nothing but reads (and the token) reached the fake.
+    dry.list_labels(5, REPO, 9).await.unwrap();
+    let log = e.fake.state.log();
+    assert!(log.iter().all(|(m, p)| m == "GET" || p.ends_with("/access_tokens")), "{log:?}");
+    assert!(e.fake.state.labels(REPO, 9).is_empty());
+}
+
+async fn a_dry_run_client_records_writes_as_dry_run(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let dry = e.client.clone().with_dry_run(true);
+    let sent = comment_once(&store, Some(&dry), "wf-10/proposal", 5, REPO, 10, "would post")
+        .await
+        .unwrap();
+    assert!(matches!(sent, Sent::DryRun { .. }), "{sent:?}");
+    assert!(e.fake.state.comments(REPO, 10).is_empty());
 }
 
 /// The body check itself refuses what GitHub's description does not allow.

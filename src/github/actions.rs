@@ -120,6 +120,10 @@ where
                     github_id,
                 });
             }
+            Err(ClientError::DryRun { .. }) => {
+                finish("dry_run", None, None).await?;
+                return Ok(Sent::DryRun { action_id: action.id });
+            }
             Err(e) if e.is_transient() && attempt < attempts => {
                 tracing::info!(action = action.id, attempt, error = %e, "write not confirmed; checking before trying again");
                 tokio::time::sleep(super::retry::backoff(client.policy(), attempt)).await;

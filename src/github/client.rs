@@ -57,6 +57,9 @@ pub enum ClientError {
     Auth(#[from] AuthError),
     #[error("GitHub's answer could not be read: {0}")]
     Decode(String),
+    /// `ORCH_GITHUB_DRY_RUN`: the write was logged and not sent.
+    #[error("dry-run: {method} {path} was not sent")]
+    DryRun { method: String, path: String },
 }
 
 impl ClientError {
@@ -90,6 +93,8 @@ pub struct GithubClient {
     /// (GitHub asks for a second between them to stay clear of its secondary limits).
     pace: Duration,
     last_write: Arc<tokio::sync::Mutex<HashMap<i64, Instant>>>,
+    /// Writes are logged and refused before they leave (reads still go out).
+    dry_run: bool,
 }
 
 /// The default spacing of content-creating requests per installation.
@@ -184,7 +189,14 @@ impl GithubClient {
             permissions: Arc::default(),
             pace: DEFAULT_PACE,
             last_write: Arc::default(),
+            dry_run: false,
         }
+    }
+
+    /// The same client in dry-run: no write reaches GitHub, whichever code path asks for it.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 
     /// The same client with another spacing of content-creating requests.
@@ -240,6 +252,13 @@ impl GithubClient {
             self.policy.clone()
         };
         if method != Method::GET {
+            if self.dry_run {
+                tracing::info!(%method, %path, installation, "dry-run: GitHub write not sent");
+                return Err(ClientError::DryRun {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                });
+            }
             self.pace_write(installation).await;
         }
         for refreshed in [false, true] {
