@@ -264,6 +264,8 @@ async fn health_reports_store_figures(backend: Backend) {
     drain(&server.store, 10).await;
     let h: serde_json::Value = client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(h["deliveries"]["processed"], 3, "{h}");
+    assert_eq!(h["received"]["issue_comment"]["queued"], 3, "{h}");
+    assert_eq!(h["received"]["ping"]["pong"], 1, "{h}");
     assert_eq!(h["deliveries"]["ignored"], 1, "{h}");
     assert_eq!(h["queueDepth"], 0);
     let r = client.get(format!("{base}/nope")).send().await.unwrap();

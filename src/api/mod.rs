@@ -77,6 +77,12 @@ async fn health_handler(State(state): State<AppState>) -> Result<Json<serde_json
         .map_err(|e| ApiError::internal("health: deliveries", e))?;
     let depth = jobs::depth(pool).await.map_err(|e| ApiError::internal("health: jobs", e))?;
     let by_status: serde_json::Map<String, serde_json::Value> = counts.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    // Answers given by this process since it started, by event and outcome.
+    let mut received = serde_json::Map::new();
+    for (event, outcome, n) in state.metrics.deliveries() {
+        let entry = received.entry(event).or_insert_with(|| json!({}));
+        entry[outcome] = json!(n);
+    }
     Ok(Json(json!({
         "status": "ok",
         "phase": format!("phase{}", state.info.max_phase),
@@ -90,6 +96,7 @@ async fn health_handler(State(state): State<AppState>) -> Result<Json<serde_json
             "totalCostUsd": format!("{:.4}", breaker.total_cost_usd),
         },
         "deliveries": by_status,
+        "received": received,
         "queueDepth": depth,
     })))
 }
