@@ -9,6 +9,7 @@ use crate::store::ingest::IngestSignals;
 use crate::store::{Backend, Store, SyncMode};
 use crate::webhook::SignatureVerifier;
 use crate::worker::{self, WorkerConfig};
+use crate::workflow::engine::Engine;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct Server {
     writer: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
     checkpoints: JoinHandle<()>,
+    /// Asks GitHub to redeliver missed deliveries (only with a GitHub App configured).
+    reconcile: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -44,10 +47,20 @@ impl Server {
         config.require_serve()?;
         // A configured App must have a usable key: a bad one is a start-up error, not a
         // failure at the first GitHub write.
-        if config.github_app_id.is_some() || config.github_private_key_path.is_some() || config.github_private_key.is_some() {
-            crate::github::auth::AppCredentials::from_config(config)?;
-        }
+        let credentials =
+            if config.github_app_id.is_some() || config.github_private_key_path.is_some() || config.github_private_key.is_some() {
+                Some(crate::github::auth::AppCredentials::from_config(config)?)
+            } else {
+                None
+            };
         let store = open_store(config).await?;
+        let engine = match credentials {
+            Some(credentials) => Some(Arc::new(engine(config, store.clone(), credentials)?)),
+            None => None,
+        };
+        if engine.is_none() {
+            tracing::warn!("no GitHub App configured (ORCH_GITHUB_APP_ID and a private key): deliveries are stored, nothing acts on them");
+        }
         // SQLite serves one instance, so its raw bodies go to the local archive by default; on
         // Postgres they stay in the shared database by default, where every replica reads them.
         let payload_store = config.payload_store.unwrap_or(match store.backend() {
@@ -72,9 +85,11 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             info: Arc::new(ServerInfo {
                 version: VERSION,
-                max_phase: 4,
+                max_phase: config.max_phase,
                 dry_run: config.github_dry_run,
             }),
+            engine: engine.clone(),
+            admin_token: config.admin_token.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
@@ -89,8 +104,18 @@ impl Server {
                 })
                 .await
         });
+        let reconcile = match &engine {
+            Some(engine) if !config.reconcile_every.is_zero() => Some(tokio::spawn(crate::github::redeliver::reconcile_loop(
+                engine.github.clone(),
+                store.clone(),
+                config.reconcile_every,
+                stop_rx.clone(),
+            ))),
+            _ => None,
+        };
         let workers = worker::spawn(
             store.clone(),
+            engine,
             WorkerConfig::new(config.job_lease, config.workers),
             signals,
             stop_rx.clone(),
@@ -105,6 +130,7 @@ impl Server {
             writer,
             workers,
             checkpoints,
+            reconcile,
         })
     }
 
@@ -120,10 +146,43 @@ impl Server {
             w.await.context("worker task")?;
         }
         self.checkpoints.await.context("checkpoint task")?;
+        if let Some(reconcile) = self.reconcile {
+            reconcile.await.context("missed-delivery task")?;
+        }
         self.store.close().await;
         tracing::info!("orch stopped");
         Ok(())
     }
+}
+
+/// The workflow engine over a GitHub client for the configured App. octocrab is not used: one
+/// retry layer (ours) and a small reqwest client cover the operations orch needs.
+fn engine(config: &Config, store: Store, credentials: crate::github::auth::AppCredentials) -> anyhow::Result<Engine> {
+    use crate::github::{auth::TokenCache, client::GithubClient, retry::RetryPolicy};
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("orch/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("TLS backend");
+    let policy = RetryPolicy {
+        request_timeout: config.github_request_timeout,
+        base_backoff: config.github_retry_backoff,
+        max_rate_limit_wait: config.github_max_rate_limit_wait,
+        ..RetryPolicy::default()
+    };
+    let tokens = Arc::new(TokenCache::new(credentials, &config.github_api_url, http.clone(), policy.clone()));
+    let github = GithubClient::new(http, &config.github_api_url, tokens, policy)
+        .with_dry_run(config.github_dry_run)
+        .with_pace(config.github_write_pace)
+        .with_permission_ttl(config.permission_cache);
+    Ok(Engine {
+        store,
+        github,
+        llm: crate::llm::Llm::from_config(config)?,
+        bot_login: config.bot_login.clone(),
+        reaction_poll: config.reaction_poll,
+        caps: config.policy_caps.clone(),
+        compiled: Default::default(),
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -124,4 +124,44 @@ fn demo_plays_the_bundled_scenario() {
         out.contains("Installation 77 (acme) recorded with repositories: acme/widgets"),
         "{out}"
     );
+    // Part two: the product's paths against the fake GitHub, end to end.
+    assert!(out.contains("orch comments: ### orch · triage proposal (workflow 1)"), "{out}");
+    assert!(out.contains("labels on #1 now: orch:triage, bug, priority:p1"), "{out}");
+    assert!(out.contains("with buttons Approve / Reject"), "{out}");
+    assert!(out.contains("orch opens pull request #3"), "{out}");
+    assert!(out.contains("workflow 2: INGESTED → CONTEXT_LOADED → PATCHES_PROPOSED → WAITING_USER_APPROVAL → APPROVED → APPLYING_CHANGES → PR_CREATED → DONE"), "{out}");
+    assert!(out.contains("chain intact"), "{out}");
+}
+
+#[test]
+fn the_circuit_breaker_is_reset_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("orch.db").display());
+    let env = [("ORCH_DATABASE_URL", url.as_str())];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = orch::store::Store::connect(&url, orch::store::SyncMode::Full).await.unwrap();
+        store.migrate().await.unwrap();
+        for _ in 0..4 {
+            let mut tx = store.begin().await.unwrap();
+            orch::workflow::guard::record_task(&mut tx, true, 0.0, 0.5, 1).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        store.close().await;
+    });
+    let (ok, out, err) = orch(&["circuit", "status"], &env);
+    assert!(ok && out.contains("circuit breaker OPEN: 4 failed of 4"), "{out}{err}");
+    let (ok, out, err) = orch(&["circuit", "reset"], &env);
+    assert!(
+        ok && out.contains("circuit breaker closed") && out.contains("closed: 0 failed of 0"),
+        "{out}{err}"
+    );
+    let verdict = rt.block_on(async {
+        let store = orch::store::Store::connect(&url, orch::store::SyncMode::Full).await.unwrap();
+        let rows = orch::audit::page(store.pool(), 0, 10, &orch::audit::Filter::default())
+            .await
+            .unwrap();
+        rows.iter().any(|r| r.kind == "operator" && r.actor == "operator:cli")
+    });
+    assert!(verdict, "the reset is audited");
 }

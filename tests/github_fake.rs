@@ -5,7 +5,9 @@ mod common;
 mod reference;
 
 use common::{Backend, TestDb};
-use orch::github::actions::{check_run_once, comment_once, marker, Sent, COMMENT_LIMIT};
+use orch::github::actions::{
+    check_run_once, comment_once, labels_once, marker, pull_once, reaction_once, remove_label_once, PullSpec, Sent, COMMENT_LIMIT,
+};
 use orch::github::auth::{AppCredentials, TokenCache};
 use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, Reactions, TreeChange};
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
@@ -368,7 +370,125 @@ async fn a_check_run_whose_answer_was_lost_is_not_repeated(backend: Backend) {
     bodies_valid(&e);
 }
 
+/// The action rows of a store, as (kind, status, github_id).
+async fn action_rows(store: &orch::store::Store) -> Vec<(String, String, Option<i64>)> {
+    use sqlx::Row;
+    sqlx::query("SELECT kind, status, github_id FROM actions ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn spec(head: &str) -> PullSpec {
+    PullSpec {
+        title: "Fix the parser".into(),
+        head: head.into(),
+        base: "main".into(),
+        body: "Closes #12".into(),
+    }
+}
+
+async fn a_pull_request_whose_answer_was_lost_is_found_by_its_branch(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(RetryPolicy {
+        max_attempts: 1,
+        ..quick()
+    })
+    .await;
+    e.fake.state.init_repo(REPO, "main", &[("a.txt", "a\n")]);
+    e.fake.state.push(REPO, "orch/41", &[("a.txt", Some("b\n"))]);
+    // GitHub opens the pull request, then the connection drops before the answer: with one
+    // attempt the call fails and the action stays pending, as if orch had crashed there.
+    e.fake.state.inject(Fault::new(
+        Method::POST,
+        &format!("/repos/{REPO}/pulls"),
+        1,
+        FaultKind::ApplyThenDrop,
+    ));
+    assert!(pull_once(&store, Some(&e.client), "wf-41/pull", 5, REPO, &spec("orch/41"))
+        .await
+        .is_err());
+    assert_eq!(e.fake.state.pulls(REPO).len(), 1);
+    assert_eq!(action_rows(&store).await, vec![("pull_request".into(), "pending".into(), None)]);
+    // The next run finds it by its branch and records its number instead of opening another.
+    let sent = pull_once(&store, Some(&e.client), "wf-41/pull", 5, REPO, &spec("orch/41"))
+        .await
+        .unwrap();
+    let pulls = e.fake.state.pulls(REPO);
+    assert_eq!(pulls.len(), 1);
+    assert!(
+        matches!(sent, Sent::Done { github_id, .. } if github_id == pulls[0].number),
+        "{sent:?}"
+    );
+    assert_eq!(count(&e.fake.state.log(), "POST", "/pulls"), 1);
+    assert!(pulls[0].body.starts_with("Closes #12") && pulls[0].body.contains("<!-- orch:action:"));
+    // A pull request that exists under another key (say, a lost action row) is not duplicated:
+    // GitHub's refusal leads to the existing one.
+    let other = pull_once(&store, Some(&e.client), "wf-41/pull-again", 5, REPO, &spec("orch/41"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(other, Sent::Done { github_id, .. } if github_id == pulls[0].number),
+        "{other:?}"
+    );
+    assert_eq!(e.fake.state.pulls(REPO).len(), 1);
+    bodies_valid(&e);
+}
+
+async fn label_and_reaction_writes_are_actions_too(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let labels = vec!["bug".to_string(), "priority: high".to_string()];
+    // The label request's answer is lost after GitHub applied it. Adding labels is idempotent,
+    // so the retry layer may repeat it: the labels end up there once each.
+    e.fake
+        .state
+        .inject(Fault::new(Method::POST, "/issues/20/labels", 1, FaultKind::ApplyThenDrop));
+    let sent = labels_once(&store, Some(&e.client), "wf-20/labels", 5, REPO, 20, &labels)
+        .await
+        .unwrap();
+    assert!(matches!(sent, Sent::Done { github_id: 20, .. }), "{sent:?}");
+    assert_eq!(e.fake.state.labels(REPO, 20), labels);
+    let removed = remove_label_once(&store, Some(&e.client), "wf-20/unlabel", 5, REPO, 20, "priority: high")
+        .await
+        .unwrap();
+    assert!(matches!(removed, Sent::Done { .. }));
+    assert_eq!(e.fake.state.labels(REPO, 20), vec!["bug".to_string()]);
+    let comment = e.fake.state.user_comment(REPO, 20, "mara", "User", "/orch status");
+    reaction_once(&store, Some(&e.client), "cmd-1/eyes", 5, REPO, comment, "eyes")
+        .await
+        .unwrap();
+    // Repeating by key sends nothing.
+    let before = e.fake.state.log().len();
+    reaction_once(&store, Some(&e.client), "cmd-1/eyes", 5, REPO, comment, "eyes")
+        .await
+        .unwrap();
+    assert_eq!(e.fake.state.log().len(), before);
+    assert_eq!(e.fake.state.reactions(comment), vec![("eyes".to_string(), "orch[bot]".to_string())]);
+    // Dry-run: recorded, nothing sent.
+    let dry = labels_once(&store, None, "wf-21/labels", 5, REPO, 21, &labels).await.unwrap();
+    assert!(matches!(dry, Sent::DryRun { .. }));
+    assert!(e.fake.state.labels(REPO, 21).is_empty());
+    assert_eq!(
+        action_rows(&store).await,
+        vec![
+            ("labels".into(), "done".into(), Some(20)),
+            ("label_removal".into(), "done".into(), Some(20)),
+            ("reaction".into(), "done".into(), Some(comment)),
+            ("labels".into(), "dry_run".into(), None),
+        ]
+    );
+    bodies_valid(&e);
+}
+
 both_backends!(
+    a_pull_request_whose_answer_was_lost_is_found_by_its_branch,
+    label_and_reaction_writes_are_actions_too,
     a_dry_run_client_records_writes_as_dry_run,
     a_check_run_whose_answer_was_lost_is_not_repeated,
     a_comment_is_posted_once_per_key,
@@ -633,4 +753,155 @@ fn the_reference_check_refuses_bad_bodies() {
         serde_json::json!({"body": "fine"}),
     )];
     reference::assert_bodies_valid(&good);
+}
+
+#[tokio::test]
+async fn dropped_connections_and_slow_answers() {
+    let e = env(quick()).await;
+    // A read whose connection drops is retried.
+    e.fake
+        .state
+        .inject(Fault::new(Method::GET, "/issues/30/labels", 2, FaultKind::Drop));
+    e.fake.state.set_labels(REPO, 30, &["bug"]);
+    assert_eq!(e.client.list_labels(5, REPO, 30).await.unwrap(), vec!["bug".to_string()]);
+    assert_eq!(count(&e.fake.state.log(), "GET", "/issues/30/labels"), 3);
+    // A slow answer within the timeout is waited for, and measured as slow.
+    e.fake.state.inject(Fault::new(
+        Method::GET,
+        "/issues/30/labels",
+        1,
+        FaultKind::Delay(Duration::from_millis(300)),
+    ));
+    let started = std::time::Instant::now();
+    e.client.list_labels(5, REPO, 30).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(count(&e.fake.state.log(), "GET", "/issues/30/labels"), 4);
+    // Slower than the timeout: retried, and the next attempt answers.
+    e.fake.state.inject(Fault::new(
+        Method::GET,
+        "/issues/30/labels",
+        1,
+        FaultKind::Delay(Duration::from_secs(2)),
+    ));
+    e.client.list_labels(5, REPO, 30).await.unwrap();
+    assert_eq!(count(&e.fake.state.log(), "GET", "/issues/30/labels"), 6);
+}
+
+#[tokio::test]
+async fn issues_pull_requests_and_repositories_are_modelled() {
+    let e = env(quick()).await;
+    e.fake.state.add_repo(REPO, 5, "trunk");
+    e.fake.state.add_repo("other/private", 6, "main");
+    e.fake.state.init_repo(REPO, "trunk", &[(".github/orch.yml", "version: 1\n")]);
+    let repo = e.client.repository(5, REPO).await.unwrap();
+    assert_eq!((repo.full_name.as_str(), repo.default_branch.as_str()), (REPO, "trunk"));
+    // The policy file is read from the default branch's tip.
+    assert_eq!(
+        e.client.file(5, REPO, ".github/orch.yml", None).await.unwrap().as_deref(),
+        Some("version: 1\n")
+    );
+    let issue = e.fake.state.open_issue(REPO, "Crash on start", "It crashes.", "lee");
+    e.fake.state.set_labels(REPO, issue, &["orch:triage"]);
+    let read = e.client.issue(5, REPO, issue).await.unwrap();
+    assert_eq!(
+        (read.title.as_str(), read.body.as_deref(), read.user.login.as_str()),
+        ("Crash on start", Some("It crashes."), "lee")
+    );
+    assert_eq!(read.labels.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), vec!["orch:triage"]);
+    assert!(read.pull_request.is_none());
+    // Pull requests share the issues' numbering and are issues too.
+    e.fake.state.push(REPO, "feature", &[("x.rs", Some("x"))]);
+    let pr = e.fake.state.open_pull(REPO, "Add x", "feature", "trunk", "lee");
+    assert_eq!(pr, issue + 1);
+    assert!(e.client.issue(5, REPO, pr).await.unwrap().pull_request.is_some());
+    assert_eq!(
+        e.client.pull_for_branch(5, REPO, "feature").await.unwrap().map(|p| p.number),
+        Some(pr)
+    );
+    assert_eq!(e.client.pull_for_branch(5, REPO, "nope").await.unwrap(), None);
+    // A user's comment reads back with its author and type.
+    let c = e.fake.state.user_comment(REPO, issue, "dependabot[bot]", "Bot", "hi");
+    assert_eq!(e.client.issue_comment(5, REPO, c).await.unwrap().body, "hi");
+    // An installation sees only its repositories (GitHub answers 404), and unknown
+    // installations get no token.
+    let err = e.client.issue(5, "other/private", 1).await.unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    assert!(e.client.issue(99, REPO, issue).await.is_err());
+}
+
+/// The fake refuses what GitHub refuses, over HTTP: App JWTs without a valid RS256 signature by
+/// the App's key, with another `iss`, expired, issued in the future or living longer than 10
+/// minutes; installation tokens that are unknown or expired. (The other tests show it accepts
+/// what orch sends; this one shows the check could fail.)
+#[tokio::test]
+async fn the_fake_refuses_bad_jwts_and_expired_tokens() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = common::key_pair(keys.path());
+    let other_dir = tempfile::tempdir().unwrap();
+    let (other_private, _) = common::key_pair(other_dir.path());
+    // Tokens live 2 s here, so their expiry can be seen.
+    let fake = FakeGithub::start(77, &public, Duration::from_secs(2)).await.unwrap();
+    fake.state.add_repo(REPO, 7, "main");
+    let issue = fake.state.open_issue(REPO, "Crash", "It crashes.", "lee");
+    let http = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let jwt = |key: &[u8], iss: &str, iat: i64, exp: i64| {
+        let claims = serde_json::json!({ "iss": iss, "iat": iat, "exp": exp });
+        encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+    };
+    let token_url = format!("{}/app/installations/7/access_tokens", fake.url());
+    let ask = |auth: Option<String>| {
+        let mut request = http.post(&token_url).header("user-agent", "orch-test");
+        if let Some(a) = auth {
+            request = request.header("authorization", a);
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let refused = [
+        ("no credentials", None),
+        ("not a JWT", Some("Bearer nonsense".to_string())),
+        (
+            "signed by another key",
+            Some(format!("Bearer {}", jwt(&other_private, "77", now - 60, now + 540))),
+        ),
+        (
+            "another App's id",
+            Some(format!("Bearer {}", jwt(&private, "78", now - 60, now + 540))),
+        ),
+        ("expired", Some(format!("Bearer {}", jwt(&private, "77", now - 700, now - 100)))),
+        (
+            "issued in the future",
+            Some(format!("Bearer {}", jwt(&private, "77", now + 120, now + 500))),
+        ),
+        (
+            "living over 10 minutes",
+            Some(format!("Bearer {}", jwt(&private, "77", now - 60, now + 900))),
+        ),
+    ];
+    for (what, auth) in refused {
+        let (status, body) = ask(auth).await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+    let (status, body) = ask(Some(format!("Bearer {}", jwt(&private, "77", now - 60, now + 540)))).await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    let read = |token: String| {
+        let request = http
+            .get(format!("{}/repos/{REPO}/issues/{issue}/comments", fake.url()))
+            .header("user-agent", "orch-test")
+            .header("authorization", format!("Bearer {token}"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(read(token.clone()).await, 200, "a fresh token works");
+    assert_eq!(read("ghs_unknown".into()).await, 401, "an unknown token");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(read(token).await, 401, "an expired token");
 }

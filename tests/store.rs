@@ -8,7 +8,7 @@ use common::{Backend, TestDb};
 use orch::store::archive::PayloadArchive;
 use orch::store::deliveries::{self, DeliveryRecord, NewDelivery, PayloadLocation};
 use orch::store::ingest::{Ingest, IngestOutcome};
-use orch::store::{health, installations, jobs, Store};
+use orch::store::{health, installations, jobs, Store, SyncMode};
 use orch::webhook::event::RepoName;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -733,8 +733,48 @@ async fn a_stuck_store_answers_within_the_deadline(backend: Backend) {
     writer.await.unwrap();
 }
 
+/// Two stores on one database (two orch processes, or `orch circuit reset` beside `orch serve`):
+/// a write transaction that reads first and writes after the other store committed must wait for
+/// the lock, never fail. On SQLite a deferred transaction failed here with SQLITE_BUSY_SNAPSHOT
+/// ("database is locked"), which the busy timeout does not cover.
+async fn write_transactions_of_two_stores_wait_for_each_other(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let first = db.store().await;
+    let second = Store::connect(&db.url, SyncMode::Normal).await.unwrap();
+    for round in 0..20 {
+        let mut tx = first.begin().await.unwrap();
+        let before: i64 = sqlx::query_scalar("SELECT total_tasks FROM circuit_breaker WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        // The other store commits a write while this transaction is open (or waits for it).
+        let other = second.clone();
+        let racer = tokio::spawn(async move {
+            let mut tx = other.begin().await.unwrap();
+            sqlx::query("UPDATE circuit_breaker SET failed_tasks = failed_tasks + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sqlx::query("UPDATE circuit_breaker SET total_tasks = $1 WHERE id = 1")
+            .bind(before + 1)
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the write after the read failed: {e}"));
+        tx.commit().await.unwrap();
+        racer.await.unwrap();
+    }
+    let row = health::breaker(first.pool()).await.unwrap();
+    assert_eq!((row.total_tasks, row.failed_tasks), (20, 20), "no update was lost");
+    second.close().await;
+    first.close().await;
+}
+
 both_backends!(
     a_stuck_store_answers_within_the_deadline,
+    write_transactions_of_two_stores_wait_for_each_other,
     migrations_are_idempotent,
     insert_new_reports_only_fresh_guids,
     transaction_rollback_leaves_nothing,

@@ -1,6 +1,9 @@
 //! HTTP surface: the router, shared state, JSON errors and the public `/health`.
 
+pub mod admin;
 pub mod metrics;
+pub mod openapi;
+pub mod ui;
 
 use crate::store::ingest::Ingest;
 use crate::store::{deliveries, health, jobs, Store};
@@ -22,6 +25,10 @@ pub struct AppState {
     pub verifier: Arc<SignatureVerifier>,
     pub metrics: Arc<Metrics>,
     pub info: Arc<ServerInfo>,
+    /// The workflow engine, when a GitHub App is configured (operator actions need it).
+    pub engine: Option<Arc<crate::workflow::engine::Engine>>,
+    /// `ORCH_ADMIN_TOKEN`: the admin API and the dashboard are closed without it.
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 /// Static facts `/health` reports.
@@ -65,6 +72,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhook", post(crate::webhook::handler::receive))
         .route("/health", get(health_handler))
+        .route("/metrics", get(metrics::handler))
+        .merge(ui::router())
+        .merge(openapi::router(&state))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }

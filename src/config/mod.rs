@@ -75,6 +75,32 @@ pub struct Config {
     /// How long a worker holds a job before another worker may take it over.
     pub job_lease: Duration,
     pub workers: usize,
+    /// Spacing of content-creating GitHub requests per installation.
+    pub github_write_pace: Duration,
+    /// How often open proposals' reactions are polled (GitHub sends no reaction webhook).
+    pub reaction_poll: Duration,
+    /// How long a collaborator's permission is trusted before GitHub is asked again.
+    pub permission_cache: Duration,
+    /// orch's own GitHub login (`<app-slug>[bot]`): its comments never run commands or approve.
+    pub bot_login: String,
+    /// The highest phase any repository may opt into (SPEC §7: the server caps it); the
+    /// smaller of `ORCH_MAX_PHASE` and the caps file's `max_phase`.
+    pub max_phase: u8,
+    /// The server's caps on every repository's policy (`ORCH_POLICY_CAPS`, with `max_phase`).
+    pub policy_caps: crate::policy::Caps,
+    /// How often the App's recent hook deliveries are checked for missed ones (SPEC §11); zero
+    /// turns the check off.
+    pub reconcile_every: Duration,
+    /// Per-request timeout of GitHub calls.
+    pub github_request_timeout: Duration,
+    /// First backoff of the GitHub retry layer (doubled per attempt).
+    pub github_retry_backoff: Duration,
+    /// The longest wait for a GitHub rate limit to lift before a request is given up.
+    pub github_max_rate_limit_wait: Duration,
+    /// Per-request timeout of model calls.
+    pub llm_request_timeout: Duration,
+    /// First backoff of the model's retry layer (doubled per retry).
+    pub llm_retry_backoff: Duration,
 }
 
 /// Names of every variable orch reads; the TOML file may use the same names (or lower-case
@@ -101,6 +127,18 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_DURABILITY",
     "ORCH_JOB_LEASE_SECS",
     "ORCH_WORKERS",
+    "ORCH_GITHUB_WRITE_PACE_MS",
+    "ORCH_REACTION_POLL_MS",
+    "ORCH_BOT_LOGIN",
+    "ORCH_PERMISSION_CACHE_SECS",
+    "ORCH_MAX_PHASE",
+    "ORCH_POLICY_CAPS",
+    "ORCH_RECONCILE_SECS",
+    "ORCH_GITHUB_TIMEOUT_MS",
+    "ORCH_GITHUB_RETRY_BACKOFF_MS",
+    "ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS",
+    "ORCH_LLM_TIMEOUT_MS",
+    "ORCH_LLM_RETRY_BACKOFF_MS",
 ];
 
 /// Raw key/value source: the environment over the file.
@@ -256,7 +294,61 @@ impl Config {
             });
         }
         let workers = src.parse::<usize>("ORCH_WORKERS", "a whole number")?.unwrap_or(4).min(64);
+        let github_write_pace = src
+            .parse::<u64>("ORCH_GITHUB_WRITE_PACE_MS", "a whole number of milliseconds")?
+            .unwrap_or(1000);
+        let reaction_poll = src
+            .parse::<u64>("ORCH_REACTION_POLL_MS", "a whole number of milliseconds")?
+            .unwrap_or(30_000);
+        if reaction_poll < 100 {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_REACTION_POLL_MS",
+                problem: "must be at least 100".into(),
+            });
+        }
+        let max_phase = src.parse::<u8>("ORCH_MAX_PHASE", "a phase from 0 to 4")?.unwrap_or(4);
+        if max_phase > 4 {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_MAX_PHASE",
+                problem: format!("expected a phase from 0 to 4, got {max_phase}"),
+            });
+        }
+        let mut policy_caps = match src.get("ORCH_POLICY_CAPS").filter(|p| !p.is_empty()) {
+            None => crate::policy::Caps::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    var: "ORCH_POLICY_CAPS",
+                    problem: format!("cannot read {path}: {e}"),
+                })?;
+                crate::policy::Caps::parse(&text).map_err(|problem| ConfigError::Invalid {
+                    var: "ORCH_POLICY_CAPS",
+                    problem: format!("{path}: {problem}"),
+                })?
+            }
+        };
+        let max_phase = max_phase.min(policy_caps.max_phase);
+        policy_caps.max_phase = max_phase;
+        let millis = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            let ms = src.parse::<u64>(var, "a whole number of milliseconds")?.unwrap_or(default);
+            if ms == 0 {
+                return Err(ConfigError::Invalid {
+                    var,
+                    problem: "must be at least 1".into(),
+                });
+            }
+            Ok(Duration::from_millis(ms))
+        };
+        let github_request_timeout = millis("ORCH_GITHUB_TIMEOUT_MS", 15_000)?;
+        let github_retry_backoff = millis("ORCH_GITHUB_RETRY_BACKOFF_MS", 500)?;
+        let github_max_rate_limit_wait = millis("ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS", 60_000)?;
+        let llm_request_timeout = millis("ORCH_LLM_TIMEOUT_MS", 120_000)?;
+        let llm_retry_backoff = millis("ORCH_LLM_RETRY_BACKOFF_MS", 1_000)?;
         Ok(Config {
+            github_request_timeout,
+            github_retry_backoff,
+            github_max_rate_limit_wait,
+            llm_request_timeout,
+            llm_retry_backoff,
             bind,
             payload_dir: src
                 .get("ORCH_PAYLOAD_DIR")
@@ -281,6 +373,19 @@ impl Config {
             durability,
             job_lease: Duration::from_secs(job_lease_secs),
             workers,
+            github_write_pace: Duration::from_millis(github_write_pace),
+            reaction_poll: Duration::from_millis(reaction_poll),
+            permission_cache: Duration::from_secs(
+                src.parse::<u64>("ORCH_PERMISSION_CACHE_SECS", "a whole number of seconds")?
+                    .unwrap_or(60),
+            ),
+            bot_login: src.get("ORCH_BOT_LOGIN").unwrap_or("orch[bot]").to_string(),
+            max_phase,
+            policy_caps,
+            reconcile_every: Duration::from_secs(
+                src.parse::<u64>("ORCH_RECONCILE_SECS", "a whole number of seconds (0 turns it off)")?
+                    .unwrap_or(600),
+            ),
         })
     }
 
@@ -438,5 +543,28 @@ mod tests {
         std::fs::write(&path, "bind = \n").unwrap();
         let err = Config::from_map(&env(&[("ORCH_CONFIG", p)])).unwrap_err().to_string();
         assert!(err.starts_with("ORCH_CONFIG"), "{err}");
+    }
+
+    #[test]
+    fn policy_caps_come_from_their_file_and_name_their_variable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let good = dir.join("caps.yml");
+        std::fs::write(&good, "max_phase: 2\nextra_forbidden_paths: [\"infra/**\"]\n").unwrap();
+        let c = Config::from_map(&env(&[("ORCH_POLICY_CAPS", good.to_str().unwrap()), ("ORCH_MAX_PHASE", "3")])).unwrap();
+        assert_eq!((c.max_phase, c.policy_caps.max_phase), (2, 2), "the smaller phase wins");
+        assert_eq!(c.policy_caps.extra_forbidden_paths, ["infra/**"]);
+        let c = Config::from_map(&env(&[("ORCH_POLICY_CAPS", good.to_str().unwrap()), ("ORCH_MAX_PHASE", "1")])).unwrap();
+        assert_eq!((c.max_phase, c.policy_caps.max_phase), (1, 1));
+        let bad = dir.join("bad.yml");
+        std::fs::write(&bad, "max_phase: 2\nmax_file: 3\n").unwrap();
+        let err = Config::from_map(&env(&[("ORCH_POLICY_CAPS", bad.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("ORCH_POLICY_CAPS") && err.contains("max_file"), "{err}");
+        let err = Config::from_map(&env(&[("ORCH_POLICY_CAPS", "/nonexistent/caps.yml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("ORCH_POLICY_CAPS") && err.contains("cannot read"), "{err}");
     }
 }

@@ -10,6 +10,9 @@ use crate::store::{actions, now_ms, Store};
 pub const COMMENT_LIMIT: usize = 65_536;
 /// GitHub's limit for a check run's `summary` and `text`, in characters.
 pub const CHECK_RUN_TEXT_LIMIT: usize = 65_535;
+/// How long a worker may hold an action while it makes it without confirming it; a maker that
+/// died holds it up this long. Errors give it back at once.
+const ACTION_LEASE_MS: i64 = 10_000;
 
 pub fn marker(action_id: i64) -> String {
     format!("<!-- orch:action:{action_id} -->")
@@ -88,9 +91,53 @@ where
         ("dry_run", _) => return Ok(Sent::DryRun { action_id: action.id }),
         _ => {}
     }
-    let finish = |status: &'static str, github_id: Option<i64>, error: Option<String>| async move {
-        let _write = store.write_guard().await;
-        actions::finish(store.pool(), action.id, status, github_id, error.as_deref(), now_ms()).await
+    // One maker at a time: another worker on the same action (the same comment processed twice
+    // at once) waits until it is made, or until the maker's lease runs out.
+    loop {
+        let leased = {
+            let _write = store.write_guard().await;
+            let now = now_ms();
+            actions::try_lease(store.pool(), action.id, now, now + ACTION_LEASE_MS).await?
+        };
+        if leased {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        match actions::status(store.pool(), action.id).await? {
+            (status, Some(github_id)) if status == "done" => {
+                return Ok(Sent::Done {
+                    action_id: action.id,
+                    github_id,
+                })
+            }
+            (status, _) if status == "dry_run" => return Ok(Sent::DryRun { action_id: action.id }),
+            (status, _) if status == "failed" => {
+                return Err(ActionError::Github(ClientError::Decode(format!(
+                    "action {} failed in another worker",
+                    action.id
+                ))))
+            }
+            _ => {}
+        }
+    }
+    // The outcome and its audit entry commit together.
+    let (kind, repo, target, key) = (write.kind, write.repo, write.target.clone(), write.key);
+    let finish = |status: &'static str, github_id: Option<i64>, error: Option<String>| {
+        let target = target.clone();
+        async move {
+            let now = now_ms();
+            let mut tx = store.begin().await.map_err(|e| sqlx::Error::Protocol(format!("{e:#}")))?;
+            actions::finish(&mut *tx, action.id, status, github_id, error.as_deref(), now).await?;
+            let entry = crate::audit::Entry {
+                kind: crate::audit::kind::GITHUB_WRITE,
+                actor: "orch",
+                subject: repo,
+                details: serde_json::json!({ "action": action.id, "kind": kind, "target": target, "key": key,
+                                             "status": status, "github_id": github_id, "error": error }),
+            };
+            crate::audit::append(&mut tx, store.backend(), &entry, now).await?;
+            tx.commit().await
+        }
     };
     let Some(client) = client else {
         tracing::info!(action = action.id, kind = write.kind, repo = %write.repo, target = %write.target, "dry-run: write recorded, not sent");
@@ -99,7 +146,15 @@ where
     };
     let attempts = client.policy().max_attempts.max(1);
     for attempt in 1..=attempts {
-        if let Some(found) = find(marker(action.id)).await? {
+        let found = match find(marker(action.id)).await {
+            Ok(found) => found,
+            Err(e) => {
+                let _write = store.write_guard().await;
+                actions::release(store.pool(), action.id).await?;
+                return Err(e.into());
+            }
+        };
+        if let Some(found) = found {
             tracing::info!(
                 action = action.id,
                 kind = write.kind,
@@ -130,7 +185,10 @@ where
             }
             Err(e) => {
                 // Transient failures stay pending: the next run looks for the marker first.
-                if !e.is_transient() {
+                if e.is_transient() {
+                    let _write = store.write_guard().await;
+                    actions::release(store.pool(), action.id).await?;
+                } else {
                     finish("failed", None, Some(e.to_string())).await?;
                 }
                 return Err(e.into());
@@ -211,6 +269,166 @@ pub async fn check_run_once(
                 truncate(&spec.summary, CHECK_RUN_TEXT_LIMIT, mark.chars().count() + 2)
             );
             client.create_check_run(installation, repo, &marked).await
+        },
+    )
+    .await
+}
+
+/// A pull request to open: the branch `head` (already pushed) into `base`.
+#[derive(Debug, Clone)]
+pub struct PullSpec {
+    pub title: String,
+    pub head: String,
+    pub base: String,
+    pub body: String,
+}
+
+/// Opens the pull request `spec` at most once for `key`. A pull request is found again by its
+/// branch, which orch names after the workflow, so one branch never gets a second pull request.
+pub async fn pull_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    spec: &PullSpec,
+) -> Result<Sent, ActionError> {
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "pull_request",
+        target: spec.head.clone(),
+    };
+    let find = || async move {
+        let client = client.expect("only called when sending");
+        Ok(client.pull_for_branch(installation, repo, &spec.head).await?.map(|p| p.number))
+    };
+    once(
+        store,
+        client,
+        write,
+        |_| find(),
+        |mark| async move {
+            let client = client.expect("only called when sending");
+            let body = format!("{}\n\n{mark}", truncate(&spec.body, COMMENT_LIMIT, mark.chars().count() + 2));
+            match client
+                .create_pull(installation, repo, &spec.title, &spec.head, &spec.base, &body)
+                .await
+            {
+                // GitHub refuses a second pull request for a branch: the first is the one.
+                Err(ClientError::Github(super::retry::GithubError::Permanent { status: 422, .. })) => match find().await? {
+                    Some(number) => Ok(number),
+                    None => Err(ClientError::Decode(format!(
+                        "GitHub refused a pull request for {} and none exists",
+                        spec.head
+                    ))),
+                },
+                other => other,
+            }
+        },
+    )
+    .await
+}
+
+/// Adds `labels` to `issue` at most once for `key`. Adding is idempotent on GitHub; the action
+/// row records the intent and its outcome like every other write. The recorded id is the issue.
+pub async fn labels_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    issue: i64,
+    labels: &[String],
+) -> Result<Sent, ActionError> {
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "labels",
+        target: format!("{issue}:+{}", labels.join(",")),
+    };
+    once(
+        store,
+        client,
+        write,
+        |_| async move {
+            let client = client.expect("only called when sending");
+            let present = client.list_labels(installation, repo, issue).await?;
+            Ok(labels.iter().all(|l| present.contains(l)).then_some(issue))
+        },
+        |_| async move {
+            let client = client.expect("only called when sending");
+            client.add_labels(installation, repo, issue, labels).await?;
+            Ok(issue)
+        },
+    )
+    .await
+}
+
+/// Removes `label` from `issue` at most once for `key`; a label already gone counts as removed.
+pub async fn remove_label_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    issue: i64,
+    label: &str,
+) -> Result<Sent, ActionError> {
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "label_removal",
+        target: format!("{issue}:-{label}"),
+    };
+    once(
+        store,
+        client,
+        write,
+        |_| async move {
+            let client = client.expect("only called when sending");
+            let present = client.list_labels(installation, repo, issue).await?;
+            Ok((!present.iter().any(|l| l == label)).then_some(issue))
+        },
+        |_| async move {
+            let client = client.expect("only called when sending");
+            client.remove_label(installation, repo, issue, label).await?;
+            Ok(issue)
+        },
+    )
+    .await
+}
+
+/// Reacts with `content` to a comment at most once for `key` (GitHub keeps one reaction of a
+/// kind per user, so a repeat after a lost answer changes nothing). The recorded id is the comment.
+pub async fn reaction_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    comment_id: i64,
+    content: &str,
+) -> Result<Sent, ActionError> {
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "reaction",
+        target: format!("{comment_id}:{content}"),
+    };
+    once(
+        store,
+        client,
+        write,
+        |_| async { Ok(None) },
+        |_| async move {
+            let client = client.expect("only called when sending");
+            client.react_to_comment(installation, repo, comment_id, content).await?;
+            Ok(comment_id)
         },
     )
     .await

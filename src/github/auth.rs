@@ -169,6 +169,11 @@ impl TokenCache {
         Ok(token)
     }
 
+    /// A fresh App JWT, for the requests GitHub accepts only from the App itself (`/app/...`).
+    pub fn app_jwt(&self) -> String {
+        self.credentials.jwt()
+    }
+
     /// Forgets the cached token (GitHub answered 401 with it); the next call fetches a new one.
     pub fn invalidate(&self, installation: i64) {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&installation);

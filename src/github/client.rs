@@ -62,6 +62,19 @@ pub enum ClientError {
     DryRun { method: String, path: String },
 }
 
+/// The GitHub client's error behind an error chain, if any: found directly or inside the
+/// exactly-once layer's `ActionError`, which wraps it transparently (so a plain walk of the
+/// chain's sources skips it).
+pub fn client_error_of(e: &anyhow::Error) -> Option<&ClientError> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<ClientError>()
+            .or_else(|| match c.downcast_ref::<crate::github::actions::ActionError>() {
+                Some(crate::github::actions::ActionError::Github(inner)) => Some(inner),
+                _ => None,
+            })
+    })
+}
+
 impl ClientError {
     /// Whether repeating the same request later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -89,6 +102,9 @@ pub struct GithubClient {
     tokens: Arc<TokenCache>,
     policy: RetryPolicy,
     permissions: Arc<Mutex<PermissionCache>>,
+    permission_ttl: Duration,
+    /// The latest `x-ratelimit-remaining` / `x-ratelimit-limit` GitHub sent, for `/metrics`.
+    rate_limit: Arc<Mutex<Option<(i64, i64)>>>,
     /// Content-creating requests of one installation are spaced by at least this much
     /// (GitHub asks for a second between them to stay clear of its secondary limits).
     pace: Duration,
@@ -180,6 +196,16 @@ struct Content {
 }
 
 impl GithubClient {
+    /// The web address matching the API address, for links in what orch writes:
+    /// `https://github.com` for `https://api.github.com`, `https://HOST` for GitHub Enterprise's
+    /// `https://HOST/api/v3`, the API address itself otherwise (the fake).
+    pub fn html_url(&self) -> String {
+        match self.api_url.as_str() {
+            "https://api.github.com" => "https://github.com".to_string(),
+            url => url.strip_suffix("/api/v3").unwrap_or(url).to_string(),
+        }
+    }
+
     pub fn new(http: reqwest::Client, api_url: &str, tokens: Arc<TokenCache>, policy: RetryPolicy) -> Self {
         Self {
             http,
@@ -187,6 +213,8 @@ impl GithubClient {
             tokens,
             policy,
             permissions: Arc::default(),
+            permission_ttl: PERMISSION_TTL,
+            rate_limit: Arc::default(),
             pace: DEFAULT_PACE,
             last_write: Arc::default(),
             dry_run: false,
@@ -202,6 +230,29 @@ impl GithubClient {
     /// The same client with another spacing of content-creating requests.
     pub fn with_pace(mut self, pace: Duration) -> Self {
         self.pace = pace;
+        self
+    }
+
+    /// GitHub's rate-limit headroom as its latest answer gave it: (remaining, limit).
+    pub fn rate_limit(&self) -> Option<(i64, i64)> {
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_rate_limit(&self, headers: &reqwest::header::HeaderMap) {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        if let (Some(remaining), Some(limit)) = (number("x-ratelimit-remaining"), number("x-ratelimit-limit")) {
+            *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some((remaining, limit));
+        }
+    }
+
+    /// How long a collaborator's permission is trusted (zero: always asked).
+    pub fn with_permission_ttl(mut self, ttl: Duration) -> Self {
+        self.permission_ttl = ttl;
         self
     }
 
@@ -286,7 +337,11 @@ impl GithubClient {
             match result {
                 // The token was revoked or expired early: fetch a new one, once.
                 Err(GithubError::Permanent { status: 401, .. }) if !refreshed => self.tokens.invalidate(installation),
-                other => return Ok(other?),
+                other => {
+                    let response = other?;
+                    self.note_rate_limit(response.headers());
+                    return Ok(response);
+                }
             }
         }
         unreachable!("the loop returns on its second pass")
@@ -388,11 +443,11 @@ impl GithubClient {
     }
 
     /// A user's permission on a repository (`admin`, `maintain`, `write`, `triage`, `read` or
-    /// `none`), cached for [`PERMISSION_TTL`].
+    /// `none`), cached for [`PERMISSION_TTL`] unless configured otherwise.
     pub async fn collaborator_permission(&self, installation: i64, repo: &str, login: &str) -> Result<String, ClientError> {
         let key = (repo.to_string(), login.to_string());
         if let Some((permission, at)) = self.permissions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            if at.elapsed() < PERMISSION_TTL {
+            if at.elapsed() < self.permission_ttl {
                 return Ok(permission.clone());
             }
         }
@@ -710,6 +765,188 @@ impl GithubClient {
     }
 }
 
+/// An issue or pull request as orch reads it (GitHub's issues API serves both).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IssueInfo {
+    pub number: i64,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub state: String,
+    pub user: ReactionUser,
+    #[serde(default)]
+    pub labels: Vec<IssueLabel>,
+    /// Present when the issue is a pull request.
+    #[serde(default)]
+    pub pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IssueLabel {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RepoInfo {
+    pub full_name: String,
+    pub default_branch: String,
+}
+
+/// Issues, repositories and the lookups that exactly-once writes need.
+impl GithubClient {
+    pub async fn issue(&self, installation: i64, repo: &str, number: i64) -> Result<IssueInfo, ClientError> {
+        let path = format!("/repos/{repo}/issues/{number}");
+        Self::json(self.request(installation, Method::GET, &path, None, false).await?).await
+    }
+
+    pub async fn repository(&self, installation: i64, repo: &str) -> Result<RepoInfo, ClientError> {
+        let path = format!("/repos/{repo}");
+        Self::json(self.request(installation, Method::GET, &path, None, false).await?).await
+    }
+
+    pub async fn issue_comment(&self, installation: i64, repo: &str, id: i64) -> Result<IssueComment, ClientError> {
+        let path = format!("/repos/{repo}/issues/comments/{id}");
+        Self::json(self.request(installation, Method::GET, &path, None, false).await?).await
+    }
+
+    /// The pull request whose head is `branch` of this repository, open or closed, if any: how a
+    /// pull request whose creation answer was lost is found again.
+    pub async fn pull_for_branch(&self, installation: i64, repo: &str, branch: &str) -> Result<Option<PullInfo>, ClientError> {
+        let owner = repo.split_once('/').map(|(o, _)| o).unwrap_or(repo);
+        let head = encode_path_segment(&format!("{owner}:{branch}"));
+        let path = format!("/repos/{repo}/pulls?head={head}&state=all&per_page=1");
+        let found: Vec<PullInfo> = Self::json(self.request(installation, Method::GET, &path, None, false).await?).await?;
+        Ok(found.into_iter().next())
+    }
+}
+
+/// The App itself, as `GET /app` describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppInfo {
+    pub id: i64,
+    #[serde(default)]
+    pub slug: Option<String>,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// One attempt to deliver a webhook, as `GET /app/hook/deliveries` lists it. A redelivery is a
+/// new item with its own `id` and the original's `guid`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HookDelivery {
+    pub id: i64,
+    pub guid: String,
+    /// `YYYY-MM-DDTHH:MM:SSZ`.
+    pub delivered_at: String,
+    #[serde(default)]
+    pub redelivery: bool,
+    #[serde(default)]
+    pub status: String,
+    /// The HTTP status orch's endpoint answered (0 or absent when it could not be reached).
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    #[serde(default)]
+    pub event: String,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub installation_id: Option<i64>,
+    #[serde(default)]
+    pub repository_id: Option<i64>,
+}
+
+impl HookDelivery {
+    /// Whether orch's endpoint accepted this attempt (answered 2xx).
+    pub fn succeeded(&self) -> bool {
+        self.status_code.is_some_and(|c| (200..300).contains(&c))
+    }
+}
+
+/// GitHub lists at most this many hook deliveries per page.
+pub const HOOK_DELIVERIES_PER_PAGE: u32 = 100;
+
+/// The `cursor` of the `rel="next"` link of a `Link` header, if there is a next page.
+pub fn next_cursor(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        if !params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"") {
+            return None;
+        }
+        let url = target.trim().trim_start_matches('<').trim_end_matches('>');
+        let query = url.split_once('?')?.1;
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("cursor="))
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// Requests made as the App itself, authenticated with the App JWT (not an installation token).
+impl GithubClient {
+    /// Sends a request with a fresh App JWT through the retry layer. In dry-run, only reads leave.
+    pub async fn app_request(&self, method: Method, path: &str, body: Option<&serde_json::Value>) -> Result<Response, ClientError> {
+        if method != Method::GET && self.dry_run {
+            tracing::info!(%method, %path, "dry-run: GitHub App request not sent");
+            return Err(ClientError::DryRun {
+                method: method.to_string(),
+                path: path.to_string(),
+            });
+        }
+        let url = format!("{}{path}", self.api_url);
+        let jwt = self.tokens.app_jwt();
+        let response = retry::send(
+            || {
+                let mut r = self
+                    .http
+                    .request(method.clone(), &url)
+                    .bearer_auth(&jwt)
+                    .header("accept", "application/vnd.github+json")
+                    .header("x-github-api-version", "2022-11-28")
+                    .header("user-agent", "orch");
+                if let Some(b) = body {
+                    r = r.json(b);
+                }
+                r
+            },
+            &self.policy,
+        )
+        .await?;
+        Ok(response)
+    }
+
+    /// `GET /app`: the App the JWT belongs to; proves the key and App id are what GitHub knows.
+    pub async fn app_info(&self) -> Result<AppInfo, ClientError> {
+        Self::json(self.app_request(Method::GET, "/app", None).await?).await
+    }
+
+    /// One page of the App's webhook deliveries, newest first, and the cursor of the next page.
+    pub async fn list_hook_deliveries(
+        &self,
+        cursor: Option<&str>,
+        per_page: u32,
+    ) -> Result<(Vec<HookDelivery>, Option<String>), ClientError> {
+        let mut path = format!("/app/hook/deliveries?per_page={}", per_page.clamp(1, HOOK_DELIVERIES_PER_PAGE));
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={}", encode_path_segment(c)));
+        }
+        let response = self.app_request(Method::GET, &path, None).await?;
+        let next = response.headers().get("link").and_then(|v| v.to_str().ok()).and_then(next_cursor);
+        Ok((Self::json(response).await?, next))
+    }
+
+    /// `POST /app/hook/deliveries/{id}/attempts`: asks GitHub to deliver it again (202). A
+    /// repeated request is harmless (orch acknowledges a known GUID without processing it twice),
+    /// so this goes through the ordinary retries.
+    pub async fn redeliver_hook(&self, delivery_id: i64) -> Result<(), ClientError> {
+        self.app_request(Method::POST, &format!("/app/hook/deliveries/{delivery_id}/attempts"), None)
+            .await?;
+        Ok(())
+    }
+}
+
 /// Percent-encodes a value for one path segment (labels may hold spaces, colons, slashes).
 fn encode_path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -729,5 +966,14 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(super::encode_path_segment("priority: p1/x y"), "priority%3A%20p1%2Fx%20y");
         assert_eq!(super::encode_path_segment("bug"), "bug");
+    }
+
+    #[test]
+    fn the_next_cursor_comes_from_the_link_header() {
+        let link = "<https://api.github.com/app/hook/deliveries?per_page=100&cursor=v1_12345>; rel=\"next\", \
+                    <https://api.github.com/app/hook/deliveries?per_page=100>; rel=\"first\"";
+        assert_eq!(super::next_cursor(link).as_deref(), Some("v1_12345"));
+        assert_eq!(super::next_cursor("<https://x/app/hook/deliveries?cursor=a>; rel=\"prev\""), None);
+        assert_eq!(super::next_cursor(""), None);
     }
 }

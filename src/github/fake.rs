@@ -1,14 +1,20 @@
-//! A stateful fake GitHub served over real HTTP, for tests and the demo: it keeps issue comments
-//! per repository, checks the App JWT and installation tokens the way GitHub does, answers with
-//! GitHub's status codes and headers, validates request bodies, and injects faults on request.
-//! It grows with the operations orch uses.
+//! A stateful fake GitHub served over real HTTP, for tests and the demo: an in-memory model of
+//! installations, repositories, issues, pull requests, comments, labels, reactions, permissions,
+//! check runs and git objects. It checks the App JWT and installation tokens the way GitHub does,
+//! answers with GitHub's status codes and headers, and injects faults on request.
+//!
+//! One middleware ([`gate`]) does what every request goes through on GitHub: it is logged, its
+//! JSON body kept (the tests check each against GitHub's description), faults applied, the token
+//! and the repository's installation checked and the rate limit counted. Handlers only model.
 
 // Handlers short-circuit with the ready HTTP answer GitHub would give; boxing those answers
 // would buy nothing in a test double.
 #![allow(clippy::result_large_err)]
 
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,17 +23,26 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// The login orch's installation token acts as.
+pub const APP_LOGIN: &str = "orch[bot]";
 
 /// What a fault does to a matching request.
 #[derive(Debug, Clone)]
 pub enum FaultKind {
     /// Answer with this status (and `Retry-After` seconds, if given) without applying anything.
     Status { code: u16, retry_after: Option<u64> },
+    /// Wait this long, then handle the request normally (a slow GitHub).
+    Delay(Duration),
+    /// Close the connection without applying the request or answering.
+    Drop,
     /// Apply the request, then wait this long before answering: with a shorter client timeout,
     /// the change is made and its answer lost.
     ApplyThenStall(Duration),
+    /// Apply the request, then close the connection instead of answering.
+    ApplyThenDrop,
 }
 
 #[derive(Debug, Clone)]
@@ -40,17 +55,53 @@ pub struct Fault {
     pub kind: FaultKind,
 }
 
+impl Fault {
+    pub fn new(method: Method, path_contains: &str, times: u32, kind: FaultKind) -> Self {
+        Fault {
+            method,
+            path_contains: path_contains.to_string(),
+            times,
+            kind,
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FakeComment {
     pub id: i64,
     pub body: String,
     pub author: String,
+    /// `User` or `Bot`, as GitHub's `user.type`.
+    pub author_type: String,
+}
+
+/// An issue, or the issue side of a pull request (GitHub numbers both from one sequence).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakeIssue {
+    pub number: i64,
+    pub title: String,
+    pub body: String,
+    pub author: String,
+    pub state: String,
+    pub is_pull: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakeRepo {
+    pub id: i64,
+    pub installation: i64,
+    pub default_branch: String,
 }
 
 #[derive(Default)]
 struct Model {
     /// Installation tokens: token → (installation, expiry unix seconds).
     tokens: HashMap<String, (i64, u64)>,
+    /// owner/repo → repository. Requests for a repository that is registered here must come
+    /// from its installation (others get GitHub's 404); unregistered ones are open to any token.
+    repos: BTreeMap<String, FakeRepo>,
+    /// (owner/repo, number) → issue or pull request.
+    issues: BTreeMap<(String, i64), FakeIssue>,
     /// (owner/repo, issue number) → comments.
     comments: BTreeMap<(String, i64), Vec<FakeComment>>,
     /// (owner/repo, issue number) → labels.
@@ -60,7 +111,7 @@ struct Model {
     check_runs: BTreeMap<i64, FakeCheckRun>,
     /// comment id → reactions as (id, content, login, user type).
     reactions: BTreeMap<i64, Vec<(i64, String, String, String)>>,
-    /// (owner/repo, path) → text on the default branch.
+    /// (owner/repo, path) → text on the default branch, for repositories without git history.
     files: HashMap<(String, String), String>,
     /// Authenticated requests that count against the rate limit (a 304 does not).
     rate_used: u64,
@@ -72,6 +123,49 @@ struct Model {
     log: Vec<(String, String)>,
     /// Every JSON body received: (method, path, body), for checks against GitHub's description.
     bodies: Vec<(String, String, serde_json::Value)>,
+    /// The App's webhook deliveries, one per attempt, in the order they were made.
+    hook_deliveries: Vec<FakeHookDelivery>,
+    /// Where redeliveries are sent: (orch's base URL, webhook secret).
+    webhook_target: Option<(String, String)>,
+    /// The GUIDs of redelivery requests (`POST /app/hook/deliveries/{id}/attempts`), in order.
+    redelivery_requests: Vec<String>,
+}
+
+/// One attempt to deliver a webhook to orch, as GitHub keeps it for the App.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FakeHookDelivery {
+    pub id: i64,
+    pub guid: String,
+    /// Unix seconds.
+    pub delivered_at: u64,
+    pub redelivery: bool,
+    /// What orch's endpoint answered (0: it could not be reached).
+    pub status_code: u16,
+    pub event: String,
+    pub action: Option<String>,
+    pub installation_id: Option<i64>,
+    /// The body sent (and sent again on redelivery).
+    pub payload: serde_json::Value,
+}
+
+impl FakeHookDelivery {
+    fn json(&self) -> serde_json::Value {
+        let ok = (200..300).contains(&self.status_code);
+        json!({ "id": self.id, "guid": self.guid, "delivered_at": format_timestamp(self.delivered_at),
+                "redelivery": self.redelivery, "duration": 0.01,
+                "status": if ok { "OK".to_string() } else { format!("Invalid HTTP Response: {}", self.status_code) },
+                "status_code": self.status_code, "event": self.event, "action": self.action,
+                "installation_id": self.installation_id, "repository_id": null })
+    }
+}
+
+impl Model {
+    /// The next issue or pull request number of `repo`.
+    fn next_number(&self, repo: &str) -> i64 {
+        let issues = self.issues.keys().filter(|(r, _)| r == repo).map(|(_, n)| *n);
+        let pulls = self.git.pulls.keys().filter(|(r, _)| r == repo).map(|(_, n)| *n);
+        issues.chain(pulls).max().unwrap_or(0) + 1
+    }
 }
 
 /// Git objects, content-addressed, and refs and pull requests per repository. Trees are kept
@@ -95,6 +189,7 @@ pub struct FakePull {
     pub head: String,
     pub base: String,
     pub body: String,
+    pub author: String,
 }
 
 fn object_sha(kind: &str, content: &str) -> String {
@@ -120,6 +215,12 @@ impl Git {
         self.commits.insert(sha.clone(), (tree.to_string(), parents, message.to_string()));
         sha
     }
+
+    /// The tip commit of `branch` and its files (path → blob).
+    fn tip(&self, repo: &str, branch: &str) -> Option<(String, BTreeMap<String, String>)> {
+        let head = self.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
+        Some((head.clone(), self.trees[&self.commits[head].0].clone()))
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -130,6 +231,7 @@ pub struct FakeCheckRun {
     pub head_sha: String,
     pub status: String,
     pub conclusion: Option<String>,
+    pub title: Option<String>,
     pub summary: String,
     pub text: Option<String>,
     pub annotations: Vec<serde_json::Value>,
@@ -191,11 +293,82 @@ fn message(status: StatusCode, text: &str) -> Response {
     )
 }
 
+fn not_found() -> Response {
+    message(StatusCode::NOT_FOUND, "Not Found")
+}
+
+fn unprocessable(text: &str) -> Response {
+    message(StatusCode::UNPROCESSABLE_ENTITY, text)
+}
+
+fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
+    serde_json::from_slice(body).map_err(|_| message(StatusCode::BAD_REQUEST, "Problems parsing JSON"))
+}
+
+/// Ends the connection without an answer, as a network failure would: unwinding the task that
+/// serves the connection drops its socket.
+fn drop_connection() -> ! {
+    std::panic::resume_unwind(Box::new("fake GitHub: connection dropped"))
+}
+
+/// Every request passes here first; see the module's documentation.
+async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return message(StatusCode::BAD_REQUEST, "Problems reading the body");
+    };
+    s.record(&method, &path, &bytes);
+    let fault = s.arrive(&method, &path);
+    match &fault {
+        Some(FaultKind::Status { code, retry_after }) => {
+            let mut r = message(
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "injected fault",
+            );
+            if let Some(secs) = retry_after {
+                r.headers_mut().insert("retry-after", HeaderValue::from(*secs));
+            }
+            return r;
+        }
+        Some(FaultKind::Delay(d)) => tokio::time::sleep(*d).await,
+        Some(FaultKind::Drop) => drop_connection(),
+        _ => {}
+    }
+    // Endpoints that take the App's JWT check it themselves; the rest need an installation token.
+    if !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation")) {
+        if let Err(r) = s.authorize(&parts.headers, &path) {
+            return r;
+        }
+    }
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    match fault {
+        Some(FaultKind::ApplyThenStall(d)) => {
+            tokio::time::sleep(d).await;
+            response
+        }
+        Some(FaultKind::ApplyThenDrop) => drop_connection(),
+        _ => response,
+    }
+}
+
 impl FakeState {
-    /// Records the request and takes the fault that applies to it, if any.
-    fn arrive(&self, method: &Method, path: &str) -> Option<FaultKind> {
-        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+    fn model(&self) -> MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, method: &Method, path: &str, body: &[u8]) {
+        let mut m = self.model();
         m.log.push((method.to_string(), path.to_string()));
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            m.bodies.push((method.to_string(), path.to_string(), v));
+        }
+    }
+
+    /// Takes the fault that applies to a request, if any.
+    fn arrive(&self, method: &Method, path: &str) -> Option<FaultKind> {
+        let mut m = self.model();
         let i = m
             .faults
             .iter()
@@ -208,75 +381,192 @@ impl FakeState {
         Some(kind)
     }
 
-    /// The installation a request's token belongs to, or the message of the 401 GitHub would give.
-    fn installation(&self, headers: &HeaderMap) -> Result<i64, &'static str> {
+    /// Checks an installation token as GitHub does: known and unexpired, its installation the
+    /// repository's, and the rate limit not used up. Counts the request against the limit.
+    fn authorize(&self, headers: &HeaderMap, path: &str) -> Result<i64, Response> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("token ")))
-            .ok_or("Requires authentication")?;
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        match m.tokens.get(token) {
-            Some((installation, expiry)) if *expiry > unix_now() => Ok(*installation),
-            _ => Err("Bad credentials"),
+            .ok_or_else(|| message(StatusCode::UNAUTHORIZED, "Requires authentication"))?;
+        let mut m = self.model();
+        let installation = match m.tokens.get(token) {
+            Some((installation, expiry)) if *expiry > unix_now() => *installation,
+            _ => return Err(message(StatusCode::UNAUTHORIZED, "Bad credentials")),
+        };
+        if let Some(repo) = repo_of(path) {
+            // GitHub hides repositories an installation cannot see behind a 404.
+            if m.repos.get(&repo).is_some_and(|r| r.installation != installation) {
+                return Err(not_found());
+            }
         }
+        if let Some(reset) = m.rate_reset_at {
+            if unix_now() < reset {
+                drop(m);
+                let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
+                r.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+                r.headers_mut().insert("x-ratelimit-reset", HeaderValue::from(reset));
+                return Err(r);
+            }
+            m.rate_reset_at = None;
+        }
+        m.rate_used += 1;
+        Ok(installation)
+    }
+
+    /// Checks the App's JWT as GitHub does: RS256 by the App's key, `iss` the App id, `iat` not
+    /// in the future and a lifetime of at most ten minutes.
+    fn verify_jwt(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(jwt) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return Err(message(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded"));
+        };
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[self.app_id.to_string()]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+        validation.leeway = 0;
+        let claims = jsonwebtoken::decode::<super::auth::AppClaims>(jwt, &self.public_key, &validation)
+            .map_err(|e| message(StatusCode::UNAUTHORIZED, &format!("A JSON web token could not be decoded: {e}")))?
+            .claims;
+        if claims.exp.saturating_sub(claims.iat) > 600 || claims.iat > unix_now() {
+            return Err(message(
+                StatusCode::UNAUTHORIZED,
+                "'Expiration time' claim ('exp') is too far in the future",
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_id(&self) -> i64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn inject(&self, fault: Fault) {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).faults.push(fault);
+        self.model().faults.push(fault);
+    }
+
+    /// Registers a repository of `installation` whose default branch is `default_branch`.
+    pub fn add_repo(&self, repo: &str, installation: i64, default_branch: &str) {
+        let id = self.next_id();
+        self.model().repos.insert(
+            repo.to_string(),
+            FakeRepo {
+                id,
+                installation,
+                default_branch: default_branch.to_string(),
+            },
+        );
+    }
+
+    /// A user opens an issue; returns its number.
+    pub fn open_issue(&self, repo: &str, title: &str, body: &str, author: &str) -> i64 {
+        let mut m = self.model();
+        let number = m.next_number(repo);
+        let issue = FakeIssue {
+            number,
+            title: title.to_string(),
+            body: body.to_string(),
+            author: author.to_string(),
+            state: "open".into(),
+            is_pull: false,
+        };
+        m.issues.insert((repo.to_string(), number), issue);
+        number
+    }
+
+    pub fn issue(&self, repo: &str, number: i64) -> Option<FakeIssue> {
+        self.model().issues.get(&(repo.to_string(), number)).cloned()
+    }
+
+    /// A user comments on an issue or pull request; returns the comment's id.
+    pub fn user_comment(&self, repo: &str, issue: i64, login: &str, user_type: &str, body: &str) -> i64 {
+        let id = self.next_id();
+        self.model()
+            .comments
+            .entry((repo.to_string(), issue))
+            .or_default()
+            .push(FakeComment {
+                id,
+                body: body.to_string(),
+                author: login.to_string(),
+                author_type: user_type.to_string(),
+            });
+        id
     }
 
     /// Comments of an issue as the fake holds them.
     pub fn comments(&self, repo: &str, issue: i64) -> Vec<FakeComment> {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        m.comments.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
+        self.model().comments.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
     }
 
-    fn record_body(&self, method: &Method, path: &str, body: &[u8]) {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-            let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-            m.bodies.push((method.to_string(), path.to_string(), v));
-        }
+    /// Comments orch made on an issue.
+    pub fn bot_comments(&self, repo: &str, issue: i64) -> Vec<FakeComment> {
+        self.comments(repo, issue).into_iter().filter(|c| c.author == APP_LOGIN).collect()
     }
 
     /// JSON bodies received, as (method, path, body).
     pub fn bodies(&self) -> Vec<(String, String, serde_json::Value)> {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).bodies.clone()
+        self.model().bodies.clone()
     }
 
     /// Requests received, as (method, path).
     pub fn log(&self) -> Vec<(String, String)> {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).log.clone()
+        self.model().log.clone()
+    }
+
+    /// Requests received from the `start`-th on (for callers that follow the log as it grows).
+    pub fn log_from(&self, start: usize) -> Vec<(String, String)> {
+        let m = self.model();
+        m.log.get(start..).map(<[_]>::to_vec).unwrap_or_default()
     }
 
     pub fn labels(&self, repo: &str, issue: i64) -> Vec<String> {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        m.labels.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
+        self.model().labels.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
+    }
+
+    /// Labels set by a user (no request, no log entry).
+    pub fn set_labels(&self, repo: &str, issue: i64, labels: &[&str]) {
+        self.model()
+            .labels
+            .insert((repo.to_string(), issue), labels.iter().map(|l| l.to_string()).collect());
     }
 
     pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
-        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        m.permissions.insert((repo.to_string(), login.to_string()), permission.to_string());
+        self.model()
+            .permissions
+            .insert((repo.to_string(), login.to_string()), permission.to_string());
     }
 
     /// A user reacts on GitHub (there is no webhook for it; orch polls).
     pub fn react(&self, comment_id: i64, login: &str, user_type: &str, content: &str) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        m.reactions
+        let id = self.next_id();
+        self.model()
+            .reactions
             .entry(comment_id)
             .or_default()
             .push((id, content.to_string(), login.to_string(), user_type.to_string()));
     }
 
+    /// The reactions of a comment as (content, login).
+    pub fn reactions(&self, comment_id: i64) -> Vec<(String, String)> {
+        self.model()
+            .reactions
+            .get(&comment_id)
+            .map(|l| l.iter().map(|(_, c, login, _)| (c.clone(), login.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// A file on the default branch of a repository without git history.
     pub fn set_file(&self, repo: &str, path: &str, text: &str) {
-        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        m.files.insert((repo.to_string(), path.to_string()), text.to_string());
+        self.model().files.insert((repo.to_string(), path.to_string()), text.to_string());
     }
 
     /// Creates `repo` with one commit holding `files` on `branch`; returns the commit.
     pub fn init_repo(&self, repo: &str, branch: &str, files: &[(&str, &str)]) -> String {
-        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.model();
         let entries = files.iter().map(|(path, text)| (path.to_string(), m.git.blob(text))).collect();
         let tree = m.git.tree(entries);
         let commit = m.git.commit(&tree, vec![], "initial");
@@ -285,9 +575,14 @@ impl FakeState {
     }
 
     /// A commit on top of `branch` that sets or (with None) deletes files, as a push would.
+    /// The branch is created from the default branch's tip when it does not exist.
     pub fn push(&self, repo: &str, branch: &str, changes: &[(&str, Option<&str>)]) -> String {
-        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        let head = m.git.refs[&(repo.to_string(), format!("heads/{branch}"))].clone();
+        let mut m = self.model();
+        let key = (repo.to_string(), format!("heads/{branch}"));
+        let head = match m.git.refs.get(&key) {
+            Some(h) => h.clone(),
+            None => m.git.refs[&(repo.to_string(), format!("heads/{}", default_branch(&m, repo)))].clone(),
+        };
         let mut entries = m.git.trees[&m.git.commits[&head].0].clone();
         for (path, text) in changes {
             match text {
@@ -302,105 +597,347 @@ impl FakeState {
         }
         let tree = m.git.tree(entries);
         let commit = m.git.commit(&tree, vec![head], "push");
-        m.git.refs.insert((repo.to_string(), format!("heads/{branch}")), commit.clone());
+        m.git.refs.insert(key, commit.clone());
         commit
+    }
+
+    /// A user opens a pull request from `head` into `base`; returns its number.
+    pub fn open_pull(&self, repo: &str, title: &str, head: &str, base: &str, author: &str) -> i64 {
+        let mut m = self.model();
+        let number = m.next_number(repo);
+        m.git.pulls.insert(
+            (repo.to_string(), number),
+            FakePull {
+                number,
+                title: title.to_string(),
+                head: head.to_string(),
+                base: base.to_string(),
+                body: String::new(),
+                author: author.to_string(),
+            },
+        );
+        number
     }
 
     /// The files at the tip of `branch`, path → text; None when there is no such branch.
     pub fn files_at(&self, repo: &str, branch: &str) -> Option<BTreeMap<String, String>> {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        let head = m.git.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
-        let tree = &m.git.trees[&m.git.commits[head].0];
+        let m = self.model();
+        let (_, tree) = m.git.tip(repo, branch)?;
         Some(tree.iter().map(|(p, b)| (p.clone(), m.git.blobs[b].clone())).collect())
     }
 
     /// The parents and message of a branch's tip commit.
+    /// The commit `branch` points at.
+    pub fn branch_sha(&self, repo: &str, branch: &str) -> Option<String> {
+        self.model().git.refs.get(&(repo.to_string(), format!("heads/{branch}"))).cloned()
+    }
+
     pub fn tip(&self, repo: &str, branch: &str) -> Option<(Vec<String>, String)> {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.model();
         let head = m.git.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
         let (_, parents, message) = &m.git.commits[head];
         Some((parents.clone(), message.clone()))
     }
 
+    /// The branches of `repo`.
+    pub fn branches(&self, repo: &str) -> Vec<String> {
+        self.model()
+            .git
+            .refs
+            .keys()
+            .filter(|(r, _)| r == repo)
+            .filter_map(|(_, name)| name.strip_prefix("heads/").map(str::to_string))
+            .collect()
+    }
+
     pub fn pulls(&self, repo: &str) -> Vec<FakePull> {
-        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        m.git.pulls.iter().filter(|((r, _), _)| r == repo).map(|(_, p)| p.clone()).collect()
+        self.model()
+            .git
+            .pulls
+            .iter()
+            .filter(|((r, _), _)| r == repo)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     /// Uses up the primary rate limit until `for_` from now (rounded up to whole seconds, as
     /// GitHub's reset is).
     pub fn exhaust_rate_limit(&self, for_: Duration) {
         let reset = unix_now() + for_.as_secs_f64().ceil() as u64;
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).rate_reset_at = Some(reset);
+        self.model().rate_reset_at = Some(reset);
     }
 
     /// Requests counted against the rate limit so far.
     pub fn rate_used(&self) -> u64 {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).rate_used
+        self.model().rate_used
     }
 
     pub fn check_run(&self, id: i64) -> Option<FakeCheckRun> {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).check_runs.get(&id).cloned()
+        self.model().check_runs.get(&id).cloned()
+    }
+
+    /// The check runs of `repo`, oldest first.
+    pub fn check_runs(&self, repo: &str) -> Vec<FakeCheckRun> {
+        self.model().check_runs.values().filter(|r| r.repo == repo).cloned().collect()
     }
 
     /// Expires every installation token now (as if GitHub revoked them).
     pub fn revoke_tokens(&self) {
-        self.model.lock().unwrap_or_else(|p| p.into_inner()).tokens.clear();
+        self.model().tokens.clear();
     }
-}
 
-async fn stall_or_status(kind: Option<FaultKind>) -> Result<Option<Duration>, Response> {
-    match kind {
-        None => Ok(None),
-        Some(FaultKind::Status { code, retry_after }) => {
-            let mut r = message(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                "injected fault",
-            );
-            if let Some(secs) = retry_after {
-                r.headers_mut().insert("retry-after", HeaderValue::from(secs));
-            }
-            Err(r)
+    /// GitHub delivered `event` with the GUID `guid` and orch's endpoint answered `status_code`
+    /// (a test's way to say a delivery was missed). The payload is `{"action": action}`; see
+    /// [`FakeState::record_hook_delivery_with_payload`] for a real one. Returns the attempt's id.
+    pub fn record_hook_delivery(&self, guid: &str, event: &str, action: Option<&str>, status_code: u16) -> i64 {
+        self.record_hook_delivery_with_payload(guid, event, action, status_code, json!({ "action": action }))
+    }
+
+    /// [`FakeState::record_hook_delivery`] with the payload a redelivery sends again.
+    pub fn record_hook_delivery_with_payload(
+        &self,
+        guid: &str,
+        event: &str,
+        action: Option<&str>,
+        status_code: u16,
+        payload: serde_json::Value,
+    ) -> i64 {
+        self.record_hook_attempts(guid, event, action, payload, &[status_code])[0]
+    }
+
+    /// Several attempts of one delivery at once (no reconciliation run sees only some of them):
+    /// the first is the original, the others redeliveries, answered with `status_codes` in order.
+    /// Returns their ids.
+    pub fn record_hook_attempts(
+        &self,
+        guid: &str,
+        event: &str,
+        action: Option<&str>,
+        payload: serde_json::Value,
+        status_codes: &[u16],
+    ) -> Vec<i64> {
+        let installation_id = payload.pointer("/installation/id").and_then(|v| v.as_i64());
+        let mut m = self.model();
+        let mut ids = Vec::new();
+        for (n, status_code) in status_codes.iter().enumerate() {
+            let id = self.next_id();
+            ids.push(id);
+            m.hook_deliveries.push(FakeHookDelivery {
+                id,
+                guid: guid.to_string(),
+                delivered_at: unix_now(),
+                redelivery: n > 0,
+                status_code: *status_code,
+                event: event.to_string(),
+                action: action.map(str::to_string),
+                installation_id,
+                payload: payload.clone(),
+            });
         }
-        Some(FaultKind::ApplyThenStall(d)) => Ok(Some(d)),
+        ids
+    }
+
+    /// A redelivery of `guid` (its latest attempt, again) that orch's endpoint answered with
+    /// `status_code`, as if someone had pressed "Redeliver" on GitHub. Returns the attempt's id.
+    pub fn record_hook_redelivery(&self, guid: &str, status_code: u16) -> Option<i64> {
+        let id = self.next_id();
+        let mut m = self.model();
+        let latest = m.hook_deliveries.iter().rev().find(|d| d.guid == guid)?.clone();
+        m.hook_deliveries.push(FakeHookDelivery {
+            id,
+            delivered_at: unix_now(),
+            redelivery: true,
+            status_code,
+            ..latest
+        });
+        Some(id)
+    }
+
+    /// Where redeliveries go: orch's base URL (`/webhook` is appended) and the webhook secret
+    /// they are signed with.
+    pub fn set_webhook_target(&self, base_url: &str, secret: &str) {
+        self.model().webhook_target = Some((base_url.trim_end_matches('/').to_string(), secret.to_string()));
+    }
+
+    /// Every attempt to deliver `guid`, oldest first (redeliveries included).
+    pub fn hook_attempts(&self, guid: &str) -> Vec<FakeHookDelivery> {
+        self.model().hook_deliveries.iter().filter(|d| d.guid == guid).cloned().collect()
+    }
+
+    /// The GUIDs GitHub was asked to redeliver, in order (one entry per request).
+    pub fn redelivery_requests(&self) -> Vec<String> {
+        self.model().redelivery_requests.clone()
     }
 }
 
-async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
-    if let Err(r) = stall_or_status(s.arrive(&Method::POST, &format!("/app/installations/{installation}/access_tokens"))).await {
+async fn get_app(State(s): State<Arc<FakeState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.verify_jwt(&headers) {
         return r;
     }
-    let Some(jwt) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return message(StatusCode::UNAUTHORIZED, "A JSON web token could not be decoded");
+    answer(
+        StatusCode::OK,
+        json!({ "id": s.app_id, "slug": "orch", "name": "orch", "owner": { "login": "acme" } }),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct DeliveryPaging {
+    per_page: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /app/hook/deliveries`: newest first, cursor pagination with a `Link` header as GitHub's.
+async fn list_hook_deliveries(State(s): State<Arc<FakeState>>, headers: HeaderMap, Query(paging): Query<DeliveryPaging>) -> Response {
+    if let Err(r) = s.verify_jwt(&headers) {
+        return r;
+    }
+    let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
+    // The cursor is the id of the last delivery of the previous page.
+    let after = match paging.cursor.as_deref().map(|c| c.strip_prefix("v1_").unwrap_or(c).parse::<i64>()) {
+        None => i64::MAX,
+        Some(Ok(id)) => id,
+        Some(Err(_)) => return unprocessable("Invalid cursor"),
     };
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_issuer(&[s.app_id.to_string()]);
-    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
-    validation.leeway = 0;
-    let claims = match jsonwebtoken::decode::<super::auth::AppClaims>(jwt, &s.public_key, &validation) {
-        Ok(d) => d.claims,
-        Err(e) => return message(StatusCode::UNAUTHORIZED, &format!("A JSON web token could not be decoded: {e}")),
+    let m = s.model();
+    let mut older: Vec<&FakeHookDelivery> = m.hook_deliveries.iter().filter(|d| d.id < after).collect();
+    older.sort_by_key(|d| std::cmp::Reverse(d.id));
+    let more = older.len() > per_page;
+    older.truncate(per_page);
+    let page: Vec<serde_json::Value> = older.iter().map(|d| d.json()).collect();
+    let last = older.last().map(|d| d.id);
+    drop(m);
+    let mut r = answer(StatusCode::OK, json!(page));
+    if let (true, Some(last)) = (more, last) {
+        let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        let link = format!("<http://{host}/app/hook/deliveries?per_page={per_page}&cursor=v1_{last}>; rel=\"next\"");
+        r.headers_mut().insert("link", HeaderValue::from_str(&link).expect("ascii"));
+    }
+    r
+}
+
+/// `POST /app/hook/deliveries/{id}/attempts`: answered 202; the delivery is then sent again, with
+/// its GUID, to the webhook target and recorded as a new attempt.
+async fn redeliver_hook(State(s): State<Arc<FakeState>>, Path(id): Path<i64>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.verify_jwt(&headers) {
+        return r;
+    }
+    let (original, target) = {
+        let mut m = s.model();
+        let Some(original) = m.hook_deliveries.iter().find(|d| d.id == id).cloned() else {
+            return not_found();
+        };
+        m.redelivery_requests.push(original.guid.clone());
+        (original, m.webhook_target.clone())
     };
-    if claims.exp.saturating_sub(claims.iat) > 600 || claims.iat > unix_now() {
-        return message(StatusCode::UNAUTHORIZED, "'Expiration time' claim ('exp') is too far in the future");
+    let state = s.clone();
+    tokio::spawn(async move {
+        let body = serde_json::to_vec(&original.payload).expect("JSON serializes");
+        let status_code = match target {
+            None => 0,
+            Some((base, secret)) => {
+                let sent = reqwest::Client::new()
+                    .post(format!("{base}/webhook"))
+                    .header("content-type", "application/json")
+                    .header("user-agent", "GitHub-Hookshot/fake")
+                    .header("x-github-event", &original.event)
+                    .header("x-github-delivery", &original.guid)
+                    .header("x-hub-signature-256", crate::webhook::signature::sign(&secret, &body))
+                    .body(body)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                sent.map(|r| r.status().as_u16()).unwrap_or(0)
+            }
+        };
+        let id = state.next_id();
+        state.model().hook_deliveries.push(FakeHookDelivery {
+            id,
+            delivered_at: unix_now(),
+            redelivery: true,
+            status_code,
+            ..original
+        });
+    });
+    answer(StatusCode::ACCEPTED, json!({}))
+}
+
+/// `owner/repo` of a `/repos/{owner}/{repo}/…` path.
+fn repo_of(path: &str) -> Option<String> {
+    let mut parts = path.strip_prefix("/repos/")?.splitn(3, '/');
+    Some(format!("{}/{}", parts.next()?, parts.next()?))
+}
+
+type RepoPath = Path<(String, String)>;
+type ItemPath = Path<(String, String, i64)>;
+
+async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
+    if let Err(r) = s.verify_jwt(&headers) {
+        return r;
+    }
+    let mut m = s.model();
+    // With repositories registered, only their installations exist.
+    if !m.repos.is_empty() && !m.repos.values().any(|r| r.installation == installation) {
+        return not_found();
     }
     let mut random = [0u8; 16];
     getrandom::getrandom(&mut random).expect("system randomness");
     let token = format!("ghs_{}", hex::encode(random));
     let expires = unix_now() + s.token_lifetime.as_secs();
-    s.model
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .tokens
-        .insert(token.clone(), (installation, expires));
+    m.tokens.insert(token.clone(), (installation, expires));
     answer(
         StatusCode::CREATED,
         json!({ "token": token, "expires_at": format_timestamp(expires) }),
     )
+}
+
+async fn repo_installation(State(s): State<Arc<FakeState>>, Path((owner, repo)): RepoPath, headers: HeaderMap) -> Response {
+    if let Err(r) = s.verify_jwt(&headers) {
+        return r;
+    }
+    match s.model().repos.get(&format!("{owner}/{repo}")) {
+        Some(r) => answer(StatusCode::OK, json!({ "id": r.installation, "app_id": s.app_id })),
+        None => not_found(),
+    }
+}
+
+/// The default branch: the registered one, else `main`.
+fn default_branch(m: &Model, repo: &str) -> String {
+    m.repos.get(repo).map(|r| r.default_branch.clone()).unwrap_or_else(|| "main".into())
+}
+
+async fn get_repo(State(s): State<Arc<FakeState>>, Path((owner, repo)): RepoPath) -> Response {
+    let m = s.model();
+    let full = format!("{owner}/{repo}");
+    match m.repos.get(&full) {
+        Some(r) => answer(
+            StatusCode::OK,
+            json!({ "id": r.id, "name": repo, "full_name": full, "default_branch": r.default_branch,
+                    "owner": { "login": owner }, "private": false }),
+        ),
+        None => not_found(),
+    }
+}
+
+async fn get_issue(State(s): State<Arc<FakeState>>, Path((owner, repo, number)): ItemPath) -> Response {
+    let m = s.model();
+    let full = format!("{owner}/{repo}");
+    let labels = labels_json(m.labels.get(&(full.clone(), number)).map(Vec::as_slice).unwrap_or_default());
+    if let Some(i) = m.issues.get(&(full.clone(), number)) {
+        return answer(
+            StatusCode::OK,
+            json!({ "number": number, "title": i.title, "body": i.body, "state": i.state,
+                    "user": { "login": i.author, "type": "User" }, "labels": labels }),
+        );
+    }
+    match m.git.pulls.get(&(full, number)) {
+        Some(p) => answer(
+            StatusCode::OK,
+            json!({ "number": number, "title": p.title, "body": p.body, "state": "open",
+                    "user": { "login": p.author, "type": "User" }, "labels": labels,
+                    "pull_request": { "url": format!("/repos/{owner}/{repo}/pulls/{number}") } }),
+        ),
+        None => not_found(),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -409,195 +946,134 @@ struct Paging {
     page: Option<usize>,
 }
 
-async fn list_comments(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, issue)): Path<(String, String, i64)>,
-    Query(paging): Query<Paging>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"), &headers).await {
-        return r;
+impl Paging {
+    fn page<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<T> {
+        let per_page = self.per_page.unwrap_or(30).clamp(1, 100);
+        let page = self.page.unwrap_or(1).max(1);
+        items.into_iter().skip((page - 1) * per_page).take(per_page).collect()
     }
-    let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
-    let page = paging.page.unwrap_or(1).max(1);
-    let all = s.comments(&format!("{owner}/{repo}"), issue);
-    let items: Vec<_> = all
-        .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|c| json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "type": "Bot" } }))
-        .collect();
-    answer(StatusCode::OK, json!(items))
 }
 
-async fn create_comment(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, issue)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/comments"), &body);
-    let stall = match admit(
-        &s,
-        Method::POST,
-        &format!("/repos/{owner}/{repo}/issues/{issue}/comments"),
-        &headers,
-    )
-    .await
-    {
-        Ok(stall) => stall,
-        Err(r) => return r,
-    };
-    // The reference description: an object with a required string `body`, nothing else.
-    let text = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(o)) if o.len() == 1 => match o.get("body") {
+fn comment_json(c: &FakeComment) -> serde_json::Value {
+    json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "type": c.author_type } })
+}
+
+async fn list_comments(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath, Query(paging): Query<Paging>) -> Response {
+    let all = s.comments(&format!("{owner}/{repo}"), issue);
+    answer(StatusCode::OK, json!(paging.page(all.iter().map(comment_json))))
+}
+
+/// The comment text of a request body: an object with exactly one string `body` (as GitHub's
+/// description says) within GitHub's size limit.
+fn comment_text(body: &[u8]) -> Result<String, Response> {
+    let text = match json_body(body)? {
+        serde_json::Value::Object(o) if o.len() == 1 => match o.get("body") {
             Some(serde_json::Value::String(t)) => t.clone(),
-            _ => return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: `body` must be a string"),
+            _ => return Err(unprocessable("Invalid request: `body` must be a string")),
         },
-        Ok(_) => return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: expected an object with `body`"),
-        Err(_) => return message(StatusCode::BAD_REQUEST, "Problems parsing JSON"),
+        _ => return Err(unprocessable("Invalid request: expected an object with `body`")),
     };
     if text.chars().count() > super::actions::COMMENT_LIMIT {
-        return message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Validation Failed: body is too long (maximum is 65536 characters)",
-        );
+        return Err(unprocessable("Validation Failed: body is too long (maximum is 65536 characters)"));
     }
-    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    Ok(text)
+}
+
+async fn create_comment(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath, body: Bytes) -> Response {
+    let text = match comment_text(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let id = s.next_id();
     let comment = FakeComment {
         id,
         body: text,
-        author: "orch[bot]".into(),
+        author: APP_LOGIN.into(),
+        author_type: "Bot".into(),
     };
-    s.model
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    s.model()
         .comments
         .entry((format!("{owner}/{repo}"), issue))
         .or_default()
         .push(comment.clone());
-    if let Some(d) = stall {
-        tokio::time::sleep(d).await;
-    }
-    answer(
-        StatusCode::CREATED,
-        json!({ "id": comment.id, "body": comment.body, "user": { "login": comment.author, "type": "Bot" } }),
-    )
+    answer(StatusCode::CREATED, comment_json(&comment))
 }
 
-/// The checks every label, permission and check-run handler starts with: record, faults, token.
-async fn admit(s: &FakeState, method: Method, path: &str, headers: &HeaderMap) -> Result<Option<Duration>, Response> {
-    let stall = stall_or_status(s.arrive(&method, path)).await?;
-    s.installation(headers).map_err(|text| message(StatusCode::UNAUTHORIZED, text))?;
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(reset) = m.rate_reset_at {
-        if unix_now() < reset {
-            drop(m);
-            let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
-            r.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-            r.headers_mut().insert("x-ratelimit-reset", HeaderValue::from(reset));
-            return Err(r);
-        }
-        m.rate_reset_at = None;
+/// The comment `id` of `repo`, for reading or changing.
+fn find_comment<'m>(m: &'m mut Model, repo: &str, id: i64) -> Option<&'m mut FakeComment> {
+    m.comments
+        .iter_mut()
+        .filter(|((r, _), _)| r == repo)
+        .flat_map(|(_, list)| list.iter_mut())
+        .find(|c| c.id == id)
+}
+
+async fn get_comment(State(s): State<Arc<FakeState>>, Path((owner, repo, id)): ItemPath) -> Response {
+    let mut m = s.model();
+    match find_comment(&mut m, &format!("{owner}/{repo}"), id) {
+        Some(c) => answer(StatusCode::OK, comment_json(c)),
+        None => not_found(),
     }
-    m.rate_used += 1;
-    Ok(stall)
+}
+
+async fn update_comment(State(s): State<Arc<FakeState>>, Path((owner, repo, id)): ItemPath, body: Bytes) -> Response {
+    let text = match comment_text(&body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut m = s.model();
+    match find_comment(&mut m, &format!("{owner}/{repo}"), id) {
+        Some(c) => {
+            c.body = text;
+            answer(StatusCode::OK, comment_json(c))
+        }
+        None => not_found(),
+    }
 }
 
 fn labels_json(labels: &[String]) -> serde_json::Value {
     json!(labels.iter().map(|l| json!({ "name": l })).collect::<Vec<_>>())
 }
 
-async fn list_labels(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, issue)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &headers).await {
-        return r;
-    }
+async fn list_labels(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath) -> Response {
     answer(StatusCode::OK, labels_json(&s.labels(&format!("{owner}/{repo}"), issue)))
 }
 
-async fn add_labels(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, issue)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &body);
-    if let Err(r) = admit(&s, Method::POST, &format!("/repos/{owner}/{repo}/issues/{issue}/labels"), &headers).await {
-        return r;
-    }
+async fn add_labels(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath, body: Bytes) -> Response {
     let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid request: expected an object with `labels`",
-        );
+        return unprocessable("Invalid request: expected an object with `labels`");
     };
     let Some(serde_json::Value::Array(new)) = o.get("labels") else {
-        return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: `labels` must be an array");
+        return unprocessable("Invalid request: `labels` must be an array");
     };
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(new): Option<Vec<&str>> = new.iter().map(|l| l.as_str()).collect() else {
+        return unprocessable("Invalid request: labels must be strings");
+    };
+    let mut m = s.model();
     let labels = m.labels.entry((format!("{owner}/{repo}"), issue)).or_default();
-    for l in new {
-        let Some(name) = l.as_str() else {
-            return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: labels must be strings");
-        };
+    for name in new {
         if !labels.iter().any(|x| x == name) {
             labels.push(name.to_string());
         }
     }
-    let all = labels.clone();
-    drop(m);
-    answer(StatusCode::OK, labels_json(&all))
+    answer(StatusCode::OK, labels_json(labels))
 }
 
-async fn remove_label(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, issue, name)): Path<(String, String, i64, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(
-        &s,
-        Method::DELETE,
-        &format!("/repos/{owner}/{repo}/issues/{issue}/labels/{name}"),
-        &headers,
-    )
-    .await
-    {
-        return r;
-    }
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+async fn remove_label(State(s): State<Arc<FakeState>>, Path((owner, repo, issue, name)): Path<(String, String, i64, String)>) -> Response {
+    let mut m = s.model();
     let labels = m.labels.entry((format!("{owner}/{repo}"), issue)).or_default();
     let Some(i) = labels.iter().position(|l| *l == name) else {
         return message(StatusCode::NOT_FOUND, "Label does not exist");
     };
     labels.remove(i);
-    let all = labels.clone();
-    drop(m);
-    answer(StatusCode::OK, labels_json(&all))
+    answer(StatusCode::OK, labels_json(labels))
 }
 
-async fn permission(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, login)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(
-        &s,
-        Method::GET,
-        &format!("/repos/{owner}/{repo}/collaborators/{login}/permission"),
-        &headers,
-    )
-    .await
-    {
-        return r;
-    }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    match m.permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
+async fn permission(State(s): State<Arc<FakeState>>, Path((owner, repo, login)): Path<(String, String, String)>) -> Response {
+    match s.model().permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
         Some(p) => answer(StatusCode::OK, json!({ "permission": p, "user": { "login": login } })),
-        None => message(StatusCode::NOT_FOUND, "Not Found"),
+        // GitHub answers 404 for someone who is not a collaborator.
+        None => message(StatusCode::NOT_FOUND, &format!("{login} is not a user")),
     }
 }
 
@@ -631,74 +1107,58 @@ fn check_run_problem(body: &serde_json::Value) -> Option<String> {
     None
 }
 
-async fn create_check_run(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    s.record_body(&Method::POST, &format!("/repos/{owner}/{repo}/check-runs"), &body);
-    let stall = match admit(&s, Method::POST, &format!("/repos/{owner}/{repo}/check-runs"), &headers).await {
-        Ok(stall) => stall,
+fn check_run_json(r: &FakeCheckRun) -> serde_json::Value {
+    json!({ "id": r.id, "name": r.name, "head_sha": r.head_sha, "status": r.status, "conclusion": r.conclusion,
+            "output": { "title": r.title, "summary": r.summary, "text": r.text, "annotations_count": r.annotations.len() } })
+}
+
+async fn create_check_run(State(s): State<Arc<FakeState>>, Path((owner, repo)): RepoPath, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
         Err(r) => return r,
-    };
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return message(StatusCode::BAD_REQUEST, "Problems parsing JSON");
     };
     let (Some(name), Some(head_sha)) = (
         body.get("name").and_then(|v| v.as_str()),
         body.get("head_sha").and_then(|v| v.as_str()),
     ) else {
-        return message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid request: `name` and `head_sha` are required",
-        );
+        return unprocessable("Invalid request: `name` and `head_sha` are required");
     };
     if let Some(problem) = check_run_problem(&body) {
-        return message(StatusCode::UNPROCESSABLE_ENTITY, &format!("Invalid request: {problem}"));
+        return unprocessable(&format!("Invalid request: {problem}"));
     }
     let output = body.get("output").cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let annotations: Vec<serde_json::Value> = output.get("annotations").and_then(|a| a.as_array()).cloned().unwrap_or_default();
-    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     let run = FakeCheckRun {
-        id,
+        id: s.next_id(),
         repo: format!("{owner}/{repo}"),
         name: name.to_string(),
         head_sha: head_sha.to_string(),
-        status: body.get("status").and_then(|v| v.as_str()).unwrap_or("queued").to_string(),
-        conclusion: body.get("conclusion").and_then(|v| v.as_str()).map(str::to_string),
-        summary: output.get("summary").and_then(|v| v.as_str()).unwrap_or_default().to_string(),
-        text: output.get("text").and_then(|v| v.as_str()).map(str::to_string),
+        status: text(&body, "status").unwrap_or_else(|| "queued".into()),
+        conclusion: text(&body, "conclusion"),
+        title: text(&output, "title"),
+        summary: text(&output, "summary").unwrap_or_default(),
+        text: text(&output, "text"),
         annotation_batches: vec![annotations.len()],
         annotations,
         actions: body.get("actions").and_then(|a| a.as_array()).cloned().unwrap_or_default(),
     };
-    s.model.lock().unwrap_or_else(|p| p.into_inner()).check_runs.insert(id, run);
-    if let Some(d) = stall {
-        tokio::time::sleep(d).await;
-    }
-    answer(StatusCode::CREATED, json!({ "id": id, "name": name, "head_sha": head_sha }))
+    let json = check_run_json(&run);
+    s.model().check_runs.insert(run.id, run);
+    answer(StatusCode::CREATED, json)
 }
 
-async fn update_check_run(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, id)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    s.record_body(&Method::PATCH, &format!("/repos/{owner}/{repo}/check-runs/{id}"), &body);
-    if let Err(r) = admit(&s, Method::PATCH, &format!("/repos/{owner}/{repo}/check-runs/{id}"), &headers).await {
-        return r;
-    }
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return message(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+async fn update_check_run(State(s): State<Arc<FakeState>>, Path((owner, repo, id)): ItemPath, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     if let Some(problem) = check_run_problem(&body) {
-        return message(StatusCode::UNPROCESSABLE_ENTITY, &format!("Invalid request: {problem}"));
+        return unprocessable(&format!("Invalid request: {problem}"));
     }
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(run) = m.check_runs.get_mut(&id) else {
-        return message(StatusCode::NOT_FOUND, "Not Found");
+    let mut m = s.model();
+    let Some(run) = m.check_runs.get_mut(&id).filter(|r| r.repo == format!("{owner}/{repo}")) else {
+        return not_found();
     };
     if let Some(output) = body.get("output") {
         let more: Vec<serde_json::Value> = output.get("annotations").and_then(|a| a.as_array()).cloned().unwrap_or_default();
@@ -707,6 +1167,12 @@ async fn update_check_run(
         if let Some(summary) = output.get("summary").and_then(|v| v.as_str()) {
             run.summary = summary.to_string();
         }
+        if let Some(text) = output.get("text").and_then(|v| v.as_str()) {
+            run.text = Some(text.to_string());
+        }
+        if let Some(title) = output.get("title").and_then(|v| v.as_str()) {
+            run.title = Some(title.to_string());
+        }
     }
     if let Some(status) = body.get("status").and_then(|v| v.as_str()) {
         run.status = status.to_string();
@@ -714,135 +1180,48 @@ async fn update_check_run(
     if let Some(conclusion) = body.get("conclusion").and_then(|v| v.as_str()) {
         run.conclusion = Some(conclusion.to_string());
     }
-    answer(StatusCode::OK, json!({ "id": id }))
+    if let Some(actions) = body.get("actions").and_then(|a| a.as_array()) {
+        run.actions = actions.clone();
+    }
+    answer(StatusCode::OK, check_run_json(run))
 }
 
-async fn check_runs_for_ref(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, git_ref)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(
-        &s,
-        Method::GET,
-        &format!("/repos/{owner}/{repo}/commits/{git_ref}/check-runs"),
-        &headers,
-    )
-    .await
-    {
-        return r;
-    }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+async fn check_runs_for_ref(State(s): State<Arc<FakeState>>, Path((owner, repo, git_ref)): Path<(String, String, String)>) -> Response {
+    let m = s.model();
     let full = format!("{owner}/{repo}");
     let runs: Vec<serde_json::Value> = m
         .check_runs
         .values()
         .rev()
         .filter(|r| r.repo == full && r.head_sha == git_ref)
-        .map(|r| {
-            json!({ "id": r.id, "name": r.name, "head_sha": r.head_sha, "status": r.status, "conclusion": r.conclusion,
-                    "output": { "summary": r.summary, "text": r.text, "annotations_count": r.annotations.len() } })
-        })
+        .map(check_run_json)
         .collect();
     answer(StatusCode::OK, json!({ "total_count": runs.len(), "check_runs": runs }))
 }
 
-async fn update_comment(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, comment)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    s.record_body(&Method::PATCH, &format!("/repos/{owner}/{repo}/issues/comments/{comment}"), &body);
-    if let Err(r) = admit(
-        &s,
-        Method::PATCH,
-        &format!("/repos/{owner}/{repo}/issues/comments/{comment}"),
-        &headers,
-    )
-    .await
-    {
-        return r;
-    }
-    let text = match serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("body").and_then(|b| b.as_str()).map(str::to_string))
-    {
-        Some(t) if t.chars().count() <= super::actions::COMMENT_LIMIT => t,
-        Some(_) => {
-            return message(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Validation Failed: body is too long (maximum is 65536 characters)",
-            )
-        }
-        None => return message(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: `body` must be a string"),
-    };
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    let full = format!("{owner}/{repo}");
-    let found = m
-        .comments
-        .iter_mut()
-        .filter(|((r, _), _)| *r == full)
-        .flat_map(|(_, list)| list.iter_mut())
-        .find(|c| c.id == comment);
-    match found {
-        Some(c) => {
-            c.body = text;
-            let c = c.clone();
-            drop(m);
-            answer(
-                StatusCode::OK,
-                json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "type": "Bot" } }),
-            )
-        }
-        None => message(StatusCode::NOT_FOUND, "Not Found"),
-    }
-}
-
-fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
-    serde_json::from_slice(body).map_err(|_| message(StatusCode::BAD_REQUEST, "Problems parsing JSON"))
-}
-
-async fn get_ref(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, git_ref)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/git/ref/{git_ref}"), &headers).await {
-        return r;
-    }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    match m.git.refs.get(&(format!("{owner}/{repo}"), git_ref.clone())) {
+async fn get_ref(State(s): State<Arc<FakeState>>, Path((owner, repo, git_ref)): Path<(String, String, String)>) -> Response {
+    match s.model().git.refs.get(&(format!("{owner}/{repo}"), git_ref.clone())) {
         Some(sha) => answer(
             StatusCode::OK,
             json!({ "ref": format!("refs/{git_ref}"), "object": { "sha": sha, "type": "commit" } }),
         ),
-        None => message(StatusCode::NOT_FOUND, "Not Found"),
+        None => not_found(),
     }
 }
 
-async fn get_commit(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, sha)): Path<(String, String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/git/commits/{sha}"), &headers).await {
-        return r;
-    }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    match m.git.commits.get(&sha) {
+async fn get_commit(State(s): State<Arc<FakeState>>, Path((_owner, _repo, sha)): Path<(String, String, String)>) -> Response {
+    match s.model().git.commits.get(&sha) {
         Some((tree, parents, msg)) => answer(
             StatusCode::OK,
             json!({ "sha": sha, "tree": { "sha": tree }, "message": msg, "parents": parents.iter().map(|p| json!({ "sha": p })).collect::<Vec<_>>() }),
         ),
-        None => message(StatusCode::NOT_FOUND, "Not Found"),
+        None => not_found(),
     }
 }
 
-/// The part of a Git Data write done under the model's lock.
-fn apply_git_write(s: &FakeState, full: &str, kind: &str, body: &serde_json::Value) -> Result<serde_json::Value, Response> {
-    let refuse = |text: &str| Err(message(StatusCode::UNPROCESSABLE_ENTITY, text));
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+/// A Git Data write, applied under the model's lock.
+fn apply_git_write(m: &mut Model, full: &str, kind: &str, body: &serde_json::Value) -> Result<serde_json::Value, Response> {
+    let refuse = |text: &str| Err(unprocessable(text));
     match kind {
         "blobs" => match body.get("content").and_then(|c| c.as_str()) {
             Some(content) => Ok(json!({ "sha": m.git.blob(content) })),
@@ -907,113 +1286,97 @@ fn apply_git_write(s: &FakeState, full: &str, kind: &str, body: &serde_json::Val
             m.git.refs.insert(key, sha.to_string());
             Ok(json!({ "ref": name, "object": { "sha": sha, "type": "commit" } }))
         }
-        _ => Err(message(StatusCode::NOT_FOUND, "Not Found")),
+        _ => Err(not_found()),
     }
 }
 
-async fn git_write(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, kind)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let path = format!("/repos/{owner}/{repo}/git/{kind}");
-    s.record_body(&Method::POST, &path, &body);
-    let stall = match admit(&s, Method::POST, &path, &headers).await {
-        Ok(stall) => stall,
-        Err(r) => return r,
-    };
+async fn git_write(State(s): State<Arc<FakeState>>, Path((owner, repo, kind)): Path<(String, String, String)>, body: Bytes) -> Response {
     let body = match json_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let created = match apply_git_write(&s, &format!("{owner}/{repo}"), &kind, &body) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    if let Some(d) = stall {
-        tokio::time::sleep(d).await;
+    match apply_git_write(&mut s.model(), &format!("{owner}/{repo}"), &kind, &body) {
+        Ok(created) => answer(StatusCode::CREATED, created),
+        Err(r) => r,
     }
-    answer(StatusCode::CREATED, created)
 }
 
-/// Opens a pull request under the model's lock; its number, or GitHub's refusal.
-fn apply_pull(s: &FakeState, owner: &str, repo: &str, body: &serde_json::Value) -> Result<i64, Response> {
+fn pull_json(m: &Model, repo: &str, p: &FakePull) -> serde_json::Value {
+    let sha = |branch: &str| m.git.tip(repo, branch).map(|(sha, _)| sha).unwrap_or_default();
+    let (owner, _) = repo.split_once('/').unwrap_or((repo, ""));
+    json!({ "number": p.number, "title": p.title, "state": "open", "body": p.body,
+            "user": { "login": p.author, "type": if p.author == APP_LOGIN { "Bot" } else { "User" } },
+            "head": { "ref": p.head, "sha": sha(&p.head), "label": format!("{owner}:{}", p.head) },
+            "base": { "ref": p.base, "sha": sha(&p.base) } })
+}
+
+async fn create_pull(State(s): State<Arc<FakeState>>, Path((owner, repo)): RepoPath, body: Bytes) -> Response {
+    let body = match json_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let text = |k: &str| body.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let (head, base) = (text("head"), text("base"));
     let full = format!("{owner}/{repo}");
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let mut m = s.model();
     for branch in [&head, &base] {
-        if !m.git.refs.contains_key(&(full.clone(), format!("heads/{branch}"))) {
-            return Err(message(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &format!("Validation Failed: no branch {branch}"),
-            ));
+        if m.git.tip(&full, branch).is_none() {
+            return unprocessable(&format!("Validation Failed: no branch {branch}"));
         }
     }
     if m.git.pulls.iter().any(|((r, _), p)| *r == full && p.head == head) {
-        return Err(message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("Validation Failed: A pull request already exists for {owner}:{head}."),
-        ));
+        return unprocessable(&format!("Validation Failed: A pull request already exists for {owner}:{head}."));
     }
-    let number = m.git.pulls.keys().filter(|(r, _)| *r == full).map(|(_, n)| *n).max().unwrap_or(100) + 1;
-    m.git.pulls.insert(
-        (full, number),
-        FakePull {
-            number,
-            title: text("title"),
-            head,
-            base,
-            body: text("body"),
-        },
-    );
-    Ok(number)
+    let number = m.next_number(&full);
+    let pull = FakePull {
+        number,
+        title: text("title"),
+        head,
+        base,
+        body: text("body"),
+        author: APP_LOGIN.into(),
+    };
+    let json = pull_json(&m, &full, &pull);
+    m.git.pulls.insert((full, number), pull);
+    answer(StatusCode::CREATED, json)
 }
 
-/// The files of a branch's tip: path → blob.
-fn tip_tree(m: &Model, repo: &str, branch: &str) -> Option<(String, BTreeMap<String, String>)> {
-    let head = m.git.refs.get(&(repo.to_string(), format!("heads/{branch}")))?;
-    Some((head.clone(), m.git.trees[&m.git.commits[head].0].clone()))
+#[derive(serde::Deserialize)]
+struct PullFilter {
+    /// `owner:branch`, as GitHub's `head` filter.
+    head: Option<String>,
 }
 
-async fn get_pull(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, number)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/pulls/{number}"), &headers).await {
-        return r;
+async fn list_pulls(State(s): State<Arc<FakeState>>, Path((owner, repo)): RepoPath, Query(filter): Query<PullFilter>) -> Response {
+    let m = s.model();
+    let full = format!("{owner}/{repo}");
+    let list: Vec<serde_json::Value> = m
+        .git
+        .pulls
+        .iter()
+        .filter(|((r, _), p)| *r == full && filter.head.as_ref().map_or(true, |h| *h == format!("{owner}:{}", p.head)))
+        .map(|(_, p)| pull_json(&m, &full, p))
+        .collect();
+    answer(StatusCode::OK, json!(list))
+}
+
+async fn get_pull(State(s): State<Arc<FakeState>>, Path((owner, repo, number)): ItemPath) -> Response {
+    let m = s.model();
+    let full = format!("{owner}/{repo}");
+    match m.git.pulls.get(&(full.clone(), number)) {
+        Some(pull) => answer(StatusCode::OK, pull_json(&m, &full, pull)),
+        None => not_found(),
     }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+}
+
+async fn pull_files(State(s): State<Arc<FakeState>>, Path((owner, repo, number)): ItemPath, Query(paging): Query<Paging>) -> Response {
+    let m = s.model();
     let full = format!("{owner}/{repo}");
     let Some(pull) = m.git.pulls.get(&(full.clone(), number)) else {
-        return message(StatusCode::NOT_FOUND, "Not Found");
+        return not_found();
     };
-    let sha = |branch: &str| tip_tree(&m, &full, branch).map(|(sha, _)| sha).unwrap_or_default();
-    answer(
-        StatusCode::OK,
-        json!({ "number": number, "title": pull.title, "state": "open", "body": pull.body,
-                "head": { "ref": pull.head, "sha": sha(&pull.head) }, "base": { "ref": pull.base, "sha": sha(&pull.base) } }),
-    )
-}
-
-async fn pull_files(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, number)): Path<(String, String, i64)>,
-    Query(paging): Query<Paging>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/pulls/{number}/files"), &headers).await {
-        return r;
-    }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    let full = format!("{owner}/{repo}");
-    let Some(pull) = m.git.pulls.get(&(full.clone(), number)) else {
-        return message(StatusCode::NOT_FOUND, "Not Found");
-    };
-    let (Some((_, base)), Some((_, head))) = (tip_tree(&m, &full, &pull.base), tip_tree(&m, &full, &pull.head)) else {
-        return message(StatusCode::NOT_FOUND, "Not Found");
+    let (Some((_, base)), Some((_, head))) = (m.git.tip(&full, &pull.base), m.git.tip(&full, &pull.head)) else {
+        return not_found();
     };
     let mut files = Vec::new();
     for (path, blob) in &head {
@@ -1026,36 +1389,7 @@ async fn pull_files(
     for path in base.keys().filter(|p| !head.contains_key(*p)) {
         files.push(json!({ "filename": path, "status": "removed" }));
     }
-    let per_page = paging.per_page.unwrap_or(30).clamp(1, 100);
-    let page = paging.page.unwrap_or(1).max(1);
-    let items: Vec<_> = files.into_iter().skip((page - 1) * per_page).take(per_page).collect();
-    answer(StatusCode::OK, json!(items))
-}
-
-async fn create_pull(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let path = format!("/repos/{owner}/{repo}/pulls");
-    s.record_body(&Method::POST, &path, &body);
-    let stall = match admit(&s, Method::POST, &path, &headers).await {
-        Ok(stall) => stall,
-        Err(r) => return r,
-    };
-    let body = match json_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let number = match apply_pull(&s, &owner, &repo, &body) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Some(d) = stall {
-        tokio::time::sleep(d).await;
-    }
-    answer(StatusCode::CREATED, json!({ "number": number, "state": "open" }))
+    answer(StatusCode::OK, json!(paging.page(files)))
 }
 
 fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
@@ -1065,22 +1399,8 @@ fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
         .collect::<Vec<_>>())
 }
 
-async fn list_reactions(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, comment)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = admit(
-        &s,
-        Method::GET,
-        &format!("/repos/{owner}/{repo}/issues/comments/{comment}/reactions"),
-        &headers,
-    )
-    .await
-    {
-        return r;
-    }
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+async fn list_reactions(State(s): State<Arc<FakeState>>, Path((_owner, _repo, comment)): ItemPath, headers: HeaderMap) -> Response {
+    let mut m = s.model();
     let body = reactions_json(m.reactions.get(&comment).map(Vec::as_slice).unwrap_or_default());
     let etag = format!("W/\"{:08x}\"", crc32fast::hash(body.to_string().as_bytes()));
     if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
@@ -1097,66 +1417,59 @@ async fn list_reactions(
     r
 }
 
-async fn create_reaction(
-    State(s): State<Arc<FakeState>>,
-    Path((owner, repo, comment)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    s.record_body(
-        &Method::POST,
-        &format!("/repos/{owner}/{repo}/issues/comments/{comment}/reactions"),
-        &body,
-    );
-    if let Err(r) = admit(
-        &s,
-        Method::POST,
-        &format!("/repos/{owner}/{repo}/issues/comments/{comment}/reactions"),
-        &headers,
-    )
-    .await
-    {
-        return r;
-    }
+async fn create_reaction(State(s): State<Arc<FakeState>>, Path((_owner, _repo, comment)): ItemPath, body: Bytes) -> Response {
     const CONTENTS: [&str; 8] = ["+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"];
     let content = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("content").and_then(|c| c.as_str()).map(str::to_string));
     let Some(content) = content.filter(|c| CONTENTS.contains(&c.as_str())) else {
-        return message(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Validation Failed: content is not a valid reaction",
-        );
+        return unprocessable("Validation Failed: content is not a valid reaction");
     };
-    let mut m = s.model.lock().unwrap_or_else(|p| p.into_inner());
+    let id = s.next_id();
+    let mut m = s.model();
     let list = m.reactions.entry(comment).or_default();
     // The App reacts as its bot user; the same reaction twice is answered 200 and not added.
-    if let Some((id, ..)) = list.iter().find(|(_, c, login, _)| *c == content && login == "orch[bot]") {
-        let id = *id;
-        drop(m);
+    if let Some((id, ..)) = list.iter().find(|(_, c, login, _)| *c == content && login == APP_LOGIN) {
         return answer(StatusCode::OK, json!({ "id": id, "content": content }));
     }
-    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-    list.push((id, content.clone(), "orch[bot]".into(), "Bot".into()));
-    drop(m);
+    list.push((id, content.clone(), APP_LOGIN.into(), "Bot".into()));
     answer(StatusCode::CREATED, json!({ "id": id, "content": content }))
+}
+
+#[derive(serde::Deserialize)]
+struct ContentRef {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
 }
 
 async fn get_content(
     State(s): State<Arc<FakeState>>,
     Path((owner, repo, path)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    Query(at): Query<ContentRef>,
 ) -> Response {
     use base64::Engine;
-    if let Err(r) = admit(&s, Method::GET, &format!("/repos/{owner}/{repo}/contents/{path}"), &headers).await {
-        return r;
-    }
-    let m = s.model.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(text) = m.files.get(&(format!("{owner}/{repo}"), path.clone())) else {
-        return message(StatusCode::NOT_FOUND, "Not Found");
+    let m = s.model();
+    let full = format!("{owner}/{repo}");
+    // A branch name or a commit; without one, the default branch. Repositories without git
+    // history serve the files set with `set_file`.
+    let branch = at.git_ref.clone().unwrap_or_else(|| default_branch(&m, &full));
+    let tree = match m.git.tip(&full, &branch) {
+        Some((_, tree)) => Some(tree),
+        None => at
+            .git_ref
+            .as_ref()
+            .and_then(|sha| m.git.commits.get(sha))
+            .map(|(tree, _, _)| m.git.trees[tree].clone()),
+    };
+    let text = match tree {
+        Some(tree) => tree.get(&path).map(|blob| m.git.blobs[blob].clone()),
+        None => m.files.get(&(full, path.clone())).cloned(),
+    };
+    let Some(text) = text else {
+        return not_found();
     };
     // GitHub wraps the base64 at 60 characters.
-    let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&text);
     let wrapped: Vec<String> = encoded
         .as_bytes()
         .chunks(60)
@@ -1171,6 +1484,7 @@ async fn get_content(
 impl FakeGithub {
     /// Starts the fake on a free local port for the App `app_id` whose public key is `public_pem`.
     pub async fn start(app_id: u64, public_pem: &[u8], token_lifetime: Duration) -> anyhow::Result<Self> {
+        use axum::routing::patch;
         let state = Arc::new(FakeState {
             app_id,
             public_key: DecodingKey::from_rsa_pem(public_pem)?,
@@ -1180,6 +1494,12 @@ impl FakeGithub {
         });
         let app = Router::new()
             .route("/app/installations/{id}/access_tokens", post(access_tokens))
+            .route("/app", get(get_app))
+            .route("/app/hook/deliveries", get(list_hook_deliveries))
+            .route("/app/hook/deliveries/{id}/attempts", post(redeliver_hook))
+            .route("/repos/{owner}/{repo}", get(get_repo))
+            .route("/repos/{owner}/{repo}/installation", get(repo_installation))
+            .route("/repos/{owner}/{repo}/issues/{issue}", get(get_issue))
             .route(
                 "/repos/{owner}/{repo}/issues/{issue}/comments",
                 get(list_comments).post(create_comment),
@@ -1189,26 +1509,27 @@ impl FakeGithub {
                 "/repos/{owner}/{repo}/issues/{issue}/labels/{name}",
                 axum::routing::delete(remove_label),
             )
-            .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
             .route(
                 "/repos/{owner}/{repo}/issues/comments/{comment}",
-                axum::routing::patch(update_comment),
+                get(get_comment).patch(update_comment),
             )
-            .route("/repos/{owner}/{repo}/git/ref/{*git_ref}", get(get_ref))
-            .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
-            .route("/repos/{owner}/{repo}/git/{kind}", post(git_write))
-            .route("/repos/{owner}/{repo}/pulls", post(create_pull))
-            .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
-            .route("/repos/{owner}/{repo}/pulls/{number}/files", get(pull_files))
-            .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
-            .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route(
                 "/repos/{owner}/{repo}/issues/comments/{comment}/reactions",
                 get(list_reactions).post(create_reaction),
             )
+            .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
+            .route("/repos/{owner}/{repo}/git/ref/{*git_ref}", get(get_ref))
+            .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
+            .route("/repos/{owner}/{repo}/git/{kind}", post(git_write))
+            .route("/repos/{owner}/{repo}/pulls", get(list_pulls).post(create_pull))
+            .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
+            .route("/repos/{owner}/{repo}/pulls/{number}/files", get(pull_files))
+            .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+            .route("/repos/{owner}/{repo}/check-runs/{id}", patch(update_check_run))
+            .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route("/repos/{owner}/{repo}/contents/{*path}", get(get_content))
-            .route("/repos/{owner}/{repo}/check-runs/{id}", axum::routing::patch(update_check_run))
-            .fallback(|| async { message(StatusCode::NOT_FOUND, "Not Found") })
+            .fallback(|| async { not_found() })
+            .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -1230,5 +1551,12 @@ mod tests {
         for t in [0u64, 1_468_275_250, 1_709_208_000, 4_102_444_800] {
             assert_eq!(super::super::auth::parse_timestamp(&super::format_timestamp(t)), Some(t));
         }
+    }
+
+    #[test]
+    fn repository_of_a_path() {
+        assert_eq!(super::repo_of("/repos/acme/app/issues/1").as_deref(), Some("acme/app"));
+        assert_eq!(super::repo_of("/repos/acme/app").as_deref(), Some("acme/app"));
+        assert_eq!(super::repo_of("/app/installations/1/access_tokens"), None);
     }
 }

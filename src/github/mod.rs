@@ -5,4 +5,5 @@ pub mod actions;
 pub mod auth;
 pub mod client;
 pub mod fake;
+pub mod redeliver;
 pub mod retry;

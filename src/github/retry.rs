@@ -138,10 +138,56 @@ fn request_id(headers: &HeaderMap) -> String {
     header(headers, "x-github-request-id").unwrap_or("none").to_string()
 }
 
+/// This process's counts of GitHub requests that went wrong, for `/metrics`: every failed
+/// attempt by reason (`server_error`: 5xx or 408; `rate_limited`: 429 or a rate-limited 403;
+/// `transport`: a timeout or a dropped or refused connection; `refused`: another permanent
+/// answer, a 404 aside, which lookups expect), and every retry the layer made, by the same reasons.
+pub mod stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub const REASONS: [&str; 4] = ["server_error", "rate_limited", "transport", "refused"];
+    static ERRORS: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+    static RETRIES: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+    pub(super) fn error(reason: usize) {
+        ERRORS[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn retry(reason: usize) {
+        RETRIES[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (reason, failed attempts, retries) for every reason.
+    pub fn snapshot() -> Vec<(&'static str, u64, u64)> {
+        REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, ERRORS[i].load(Ordering::Relaxed), RETRIES[i].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// How long a secondary rate limit answered without `Retry-After` is waited out (GitHub: "wait
+/// for at least one minute"), bounded by the policy's `max_rate_limit_wait`.
+pub const SECONDARY_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+const SERVER_ERROR: usize = 0;
+const RATE_LIMITED: usize = 1;
+const TRANSPORT: usize = 2;
+const REFUSED: usize = 3;
+
+fn reason_of(status: StatusCode) -> usize {
+    match status.as_u16() {
+        429 | 403 => RATE_LIMITED,
+        _ => SERVER_ERROR,
+    }
+}
+
 /// Sends the request `build` makes (once per attempt) under `policy`.
 pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> Result<Response, GithubError> {
     let mut last = String::new();
     for attempt in 1..=policy.max_attempts {
+        let reason;
         let wait = match build().timeout(policy.request_timeout).send().await {
             Ok(response) => {
                 let status = response.status();
@@ -151,14 +197,36 @@ pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> R
                     Verdict::Permanent => {
                         let message = response.text().await.unwrap_or_default();
                         let message: String = message.chars().take(300).collect();
-                        tracing::warn!(status = status.as_u16(), request_id = %request_id(&headers), "GitHub refused a request");
-                        return Err(GithubError::Permanent {
-                            status: status.as_u16(),
-                            message,
-                            request_id: request_id(&headers),
-                        });
+                        if status.as_u16() == 403 && message.to_ascii_lowercase().contains("secondary rate limit") {
+                            // A secondary limit without Retry-After (nor a spent primary limit):
+                            // GitHub asks for at least a minute's wait, as far as orch waits.
+                            reason = RATE_LIMITED;
+                            stats::error(reason);
+                            last = format!("HTTP 403 secondary rate limit (request id {})", request_id(&headers));
+                            let wait = SECONDARY_LIMIT_WAIT.min(policy.max_rate_limit_wait);
+                            if attempt == policy.max_attempts {
+                                tracing::info!(?wait, reason = %last, "waiting as GitHub asked before giving the request up");
+                                tokio::time::sleep(wait).await;
+                            }
+                            wait
+                        } else {
+                            // A 404 is often the answer a lookup expects (no such branch, no
+                            // policy file); the caller decides whether it is a problem.
+                            if status.as_u16() == 404 {
+                                tracing::debug!(status = 404, request_id = %request_id(&headers), "GitHub: not found");
+                            } else {
+                                stats::error(REFUSED);
+                                tracing::warn!(status = status.as_u16(), request_id = %request_id(&headers), "GitHub refused a request");
+                            }
+                            return Err(GithubError::Permanent {
+                                status: status.as_u16(),
+                                message,
+                                request_id: request_id(&headers),
+                            });
+                        }
                     }
                     Verdict::RateLimitedFor(wait) => {
+                        stats::error(RATE_LIMITED);
                         tracing::warn!(?wait, request_id = %request_id(&headers), "GitHub rate limit beyond the wait bound");
                         return Err(GithubError::RateLimited {
                             wait,
@@ -166,8 +234,20 @@ pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> R
                         });
                     }
                     Verdict::Retry(wait) => {
+                        reason = reason_of(status);
+                        stats::error(reason);
                         last = format!("HTTP {} (request id {})", status.as_u16(), request_id(&headers));
-                        wait.unwrap_or_else(|| backoff(policy, attempt))
+                        match wait {
+                            // GitHub said how long to wait. On the last attempt too: the caller's
+                            // next request (a write's check and retry) must not come sooner.
+                            Some(wait) if attempt == policy.max_attempts => {
+                                tracing::info!(?wait, reason = %last, "waiting as GitHub asked before giving the request up");
+                                tokio::time::sleep(wait).await;
+                                wait
+                            }
+                            Some(wait) => wait,
+                            None => backoff(policy, attempt),
+                        }
                     }
                 }
             }
@@ -180,11 +260,14 @@ pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> R
                         last: e.to_string(),
                     });
                 }
+                reason = TRANSPORT;
+                stats::error(reason);
                 last = format!("transport: {e}");
                 backoff(policy, attempt)
             }
         };
         if attempt < policy.max_attempts {
+            stats::retry(reason);
             tracing::info!(attempt, ?wait, reason = %last, "retrying a GitHub request");
             tokio::time::sleep(wait).await;
         }

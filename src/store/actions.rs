@@ -52,7 +52,7 @@ pub async fn finish<'c, E: Executor<'c, Database = Db>>(
     error: Option<&str>,
     now: i64,
 ) -> sqlx::Result<()> {
-    sqlx::query("UPDATE actions SET status = $1, github_id = $2, error = $3, updated_at = $4 WHERE id = $5")
+    sqlx::query("UPDATE actions SET status = $1, github_id = $2, error = $3, updated_at = $4, lease_until = NULL WHERE id = $5")
         .bind(status.to_string())
         .bind(github_id)
         .bind(error.map(str::to_string))
@@ -61,4 +61,35 @@ pub async fn finish<'c, E: Executor<'c, Database = Db>>(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Takes the right to make action `id` until `until`, unless someone else holds it; false then.
+pub async fn try_lease<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, now: i64, until: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE actions SET lease_until = $1 WHERE id = $2 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3)",
+    )
+    .bind(until)
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Gives the right back (the write was not confirmed; the next attempt may try).
+pub async fn release<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE actions SET lease_until = NULL WHERE id = $1 AND status = 'pending'")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The action's status and GitHub id now.
+pub async fn status<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64) -> sqlx::Result<(String, Option<i64>)> {
+    let r = sqlx::query("SELECT status, github_id FROM actions WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
 }

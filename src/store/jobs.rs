@@ -8,12 +8,17 @@ use super::{Backend, Db};
 use sqlx::{Executor, Row};
 
 pub const KIND_DELIVERY: &str = "delivery";
+/// A step of the workflow named by the job's `workflow_id`. The job carries no step of its own:
+/// the workflow's stored state says what comes next, and `store::workflows::transition` refuses a
+/// step already taken, so a job run twice after a lease takeover cannot repeat one.
+pub const KIND_WORKFLOW: &str = "workflow";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub id: i64,
     pub kind: String,
     pub delivery_guid: Option<String>,
+    pub workflow_id: Option<i64>,
     pub attempts: i64,
 }
 
@@ -33,6 +38,43 @@ pub async fn enqueue_for_deliveries(conn: &mut sqlx::AnyConnection, guids: &[&st
         start += size;
     }
     Ok(())
+}
+
+/// Makes sure a step of the workflow is due by `run_at`: queues a job, or, when the workflow
+/// already has a live one (the unique index `jobs_workflow_live` allows one, so that a workflow
+/// is worked on by one worker at a time), moves a queued one earlier. Returns the new job's id.
+pub async fn enqueue_workflow_job(conn: &mut sqlx::AnyConnection, workflow_id: i64, run_at: i64, now: i64) -> sqlx::Result<Option<i64>> {
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (kind, workflow_id, status, run_at, created_at) VALUES ($1, $2, 'queued', $3, $4) \
+         ON CONFLICT (workflow_id) WHERE workflow_id IS NOT NULL AND status IN ('queued', 'running') DO NOTHING RETURNING id",
+    )
+    .bind(KIND_WORKFLOW)
+    .bind(workflow_id)
+    .bind(run_at)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match inserted {
+        Some(row) => Ok(Some(row.try_get(0)?)),
+        None => {
+            sqlx::query("UPDATE jobs SET run_at = $1 WHERE workflow_id = $2 AND status = 'queued' AND run_at > $1")
+                .bind(run_at)
+                .bind(workflow_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the workflow has a job queued or running.
+pub async fn workflow_has_live_job<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64) -> sqlx::Result<bool> {
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM jobs WHERE workflow_id = $1 AND status IN ('queued', 'running')")
+        .bind(workflow_id)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)?;
+    Ok(n > 0)
 }
 
 /// Leases up to `limit` jobs: first those whose lease ran out (their worker died), then those
@@ -84,7 +126,7 @@ async fn claim_where(
     let sql = format!(
         "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
          WHERE id IN (SELECT id FROM jobs WHERE {condition} ORDER BY {order} LIMIT $4 {lock}) \
-         RETURNING id, kind, delivery_guid, attempts"
+         RETURNING id, kind, delivery_guid, workflow_id, attempts"
     );
     let rows = sqlx::query(&sql)
         .bind(owner.to_string())
@@ -100,7 +142,8 @@ async fn claim_where(
                 id: r.try_get(0)?,
                 kind: r.try_get(1)?,
                 delivery_guid: r.try_get(2)?,
-                attempts: r.try_get(3)?,
+                workflow_id: r.try_get(3)?,
+                attempts: r.try_get(4)?,
             })
         })
         .collect::<sqlx::Result<_>>()?;
@@ -117,6 +160,20 @@ pub async fn heartbeat<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, own
         .execute(conn)
         .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// Gives jobs this worker claimed but did not start back to the queue, as if never claimed, so
+/// that other workers take them now instead of waiting for their leases to run out.
+pub async fn release_unstarted<'c, E: Executor<'c, Database = Db>>(conn: E, ids: &[i64], owner: &str) -> sqlx::Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, attempts = attempts - 1 \
+         WHERE id IN ({list}) AND lease_owner = $1 AND status = 'running'"
+    );
+    Ok(sqlx::query(&sql).bind(owner.to_string()).execute(conn).await?.rows_affected())
 }
 
 /// Marks the job done if this worker still holds it. Call inside the transaction that applies
@@ -194,6 +251,15 @@ pub async fn depth<'c, E: Executor<'c, Database = Db>>(conn: E) -> sqlx::Result<
 pub async fn for_delivery<'c, E: Executor<'c, Database = Db>>(conn: E, guid: &str) -> sqlx::Result<Vec<(String, i64)>> {
     let rows = sqlx::query("SELECT status, attempts FROM jobs WHERE delivery_guid = $1 ORDER BY id")
         .bind(guid.to_string())
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// The status and attempts of every job of a workflow (tests and diagnostics).
+pub async fn for_workflow<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query("SELECT status, attempts FROM jobs WHERE workflow_id = $1 ORDER BY id")
+        .bind(workflow_id)
         .fetch_all(conn)
         .await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()

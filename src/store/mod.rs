@@ -10,6 +10,10 @@ pub mod health;
 pub mod ingest;
 pub mod installations;
 pub mod jobs;
+pub mod model_calls;
+pub mod policies;
+pub mod trigger_runs;
+pub mod workflows;
 
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -31,6 +35,15 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The backend a connection talks to.
+    pub fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name().eq_ignore_ascii_case("postgresql") || conn.backend_name().eq_ignore_ascii_case("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
@@ -194,12 +207,19 @@ impl Store {
     }
 
     /// Begins a transaction that writes. Use it (or [`Store::write_guard`]) for every write.
+    ///
+    /// On SQLite the transaction is `BEGIN IMMEDIATE`: it takes the database's write lock at once
+    /// (waiting up to `busy_timeout` for another process or connection that holds it). A deferred
+    /// transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT ("database is
+    /// locked", no waiting) when another connection committed in between — the in-process mutex
+    /// does not cover a second process such as `orch circuit reset`.
     pub async fn begin(&self) -> anyhow::Result<WriteTx> {
         let guard = self.write_guard().await;
-        Ok(WriteTx {
-            tx: self.pool.begin().await?,
-            _guard: guard,
-        })
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _guard: guard })
     }
 
     /// Holds the SQLite write lock for a single writing statement run on the pool.

@@ -260,15 +260,16 @@ fn ignored(event: &str, action: Option<String>, reason: &str) -> Event {
 /// Parses a verified delivery body of GitHub event `event` (the `X-GitHub-Event` header).
 pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
     fn typed<'a, T: serde::Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, ParseError> {
-        serde_json::from_slice(body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ParseError::NotJson(e)
-            } else {
-                ParseError::Shape {
-                    event: event.to_string(),
-                    source: e,
-                }
-            }
+        // Whether the body is JSON is judged by the grammar alone, on the error path only: the
+        // typed parse can stop at a wrong type before a syntax error further on, and report a
+        // syntax error ("trailing characters") for valid JSON, e.g. an object written as a longer
+        // array, which serde reads by position.
+        serde_json::from_slice(body).map_err(|e| match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Err(syntax) => ParseError::NotJson(syntax),
+            Ok(_) => ParseError::Shape {
+                event: event.to_string(),
+                source: e,
+            },
         })
     }
     let inst = |i: &Option<gh::InstallationRef>| i.as_ref().map(|i| i.id);

@@ -5,6 +5,9 @@
 use crate::store::ingest::IngestSignals;
 use crate::store::{deliveries, installations, jobs, now_ms, Store, WriteTx};
 use crate::webhook::Event;
+use crate::workflow::engine::{Engine, Next};
+use crate::workflow::state::State;
+use crate::workflow::triggers::concerns_workflows;
 use anyhow::{anyhow, Context};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +46,11 @@ impl WorkerConfig {
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Starts `concurrency` workers; they stop after their current job once `stop` turns true.
+/// `engine` is None when no GitHub App is configured: deliveries are then recorded and nothing
+/// acts on them.
 pub fn spawn(
     store: Store,
+    engine: Option<Arc<Engine>>,
     config: WorkerConfig,
     signals: Arc<IngestSignals>,
     stop: watch::Receiver<bool>,
@@ -52,13 +58,27 @@ pub fn spawn(
     let config = Arc::new(config);
     (0..config.concurrency)
         .map(|n| {
-            let (store, config, signals, stop) = (store.clone(), config.clone(), signals.clone(), stop.clone());
-            tokio::spawn(worker_loop(n, store, config, signals, stop))
+            let worker = Worker {
+                store: store.clone(),
+                engine: engine.clone(),
+                config: config.clone(),
+            };
+            let (signals, stop) = (signals.clone(), stop.clone());
+            tokio::spawn(worker_loop(n, worker, signals, stop))
         })
         .collect()
 }
 
-async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, signals: Arc<IngestSignals>, mut stop: watch::Receiver<bool>) {
+/// What a worker works with.
+#[derive(Clone)]
+struct Worker {
+    store: Store,
+    engine: Option<Arc<Engine>>,
+    config: Arc<WorkerConfig>,
+}
+
+async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut stop: watch::Receiver<bool>) {
+    let (store, config) = (&worker.store, &worker.config);
     let lease_ms = config.lease.as_millis() as i64;
     loop {
         if *stop.borrow() {
@@ -87,7 +107,7 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, signals:
         };
         match claimed {
             Ok(list) if !list.is_empty() => {
-                run_batch(&store, &config, list).await;
+                run_batch(&worker, list).await;
                 if busy {
                     tokio::select! {
                         _ = tokio::time::sleep(BUSY_PAUSE) => {}
@@ -110,9 +130,10 @@ async fn worker_loop(n: usize, store: Store, config: Arc<WorkerConfig>, signals:
 /// Runs a claimed batch. Delivery jobs only touch the database, so a batch of them is applied
 /// in one transaction (one commit instead of one per job); if that fails, each job runs on its
 /// own so that one bad job cannot hold back the others.
-async fn run_batch(store: &Store, config: &WorkerConfig, batch: Vec<jobs::Job>) {
+async fn run_batch(worker: &Worker, batch: Vec<jobs::Job>) {
+    let (store, config) = (&worker.store, &*worker.config);
     if batch.len() > 1 && batch.iter().all(|j| j.kind == jobs::KIND_DELIVERY) {
-        match process_delivery_batch(store, config, &batch).await {
+        match process_delivery_batch(store, config, worker.engine.is_some(), &batch).await {
             Ok(done) => {
                 tracing::debug!(jobs = batch.len(), done, "delivery batch committed");
                 return;
@@ -120,12 +141,27 @@ async fn run_batch(store: &Store, config: &WorkerConfig, batch: Vec<jobs::Job>) 
             Err(e) => tracing::warn!(error = format!("{e:#}"), "batch failed; running its jobs one by one"),
         }
     }
-    for job in batch {
-        run_job(store, config, job).await;
+    // Jobs that wait on GitHub run one per claim: the first here, the rest back to the queue at
+    // once for any worker. Holding them while the first runs would let their leases run out
+    // (only the running job's lease is kept alive) and another worker start them too.
+    let mut jobs = batch.into_iter();
+    let Some(first) = jobs.next() else { return };
+    let rest: Vec<i64> = jobs.map(|j| j.id).collect();
+    if !rest.is_empty() {
+        let released = async {
+            let _write = store.write_guard().await;
+            jobs::release_unstarted(store.pool(), &rest, &config.owner).await
+        };
+        if let Err(e) = released.await {
+            tracing::warn!(error = %e, "could not give unstarted jobs back; their leases will run out");
+        }
     }
+    run_job(worker, first).await;
 }
 
-async fn process_delivery_batch(store: &Store, config: &WorkerConfig, batch: &[jobs::Job]) -> anyhow::Result<usize> {
+/// Applies a batch of delivery jobs in one transaction; refuses (and the jobs run one by one)
+/// when one of them needs GitHub, which no database transaction should wait on.
+async fn process_delivery_batch(store: &Store, config: &WorkerConfig, acting: bool, batch: &[jobs::Job]) -> anyhow::Result<usize> {
     let guids: Vec<&str> = batch
         .iter()
         .map(|j| j.delivery_guid.as_deref().context("delivery job without a delivery"))
@@ -137,6 +173,9 @@ async fn process_delivery_batch(store: &Store, config: &WorkerConfig, batch: &[j
     }
     if let Some(missing) = guids.iter().find(|g| !events.contains_key(**g)) {
         anyhow::bail!("delivery {missing} is not stored");
+    }
+    if acting && events.values().any(concerns_workflows) {
+        anyhow::bail!("the batch holds deliveries that act on workflows");
     }
     let ids: Vec<i64> = batch.iter().map(|j| j.id).collect();
     let now = now_ms();
@@ -151,6 +190,9 @@ async fn process_delivery_batch(store: &Store, config: &WorkerConfig, batch: &[j
         }
     }
     deliveries::mark_many_processed(&mut *tx, &processed, now).await?;
+    // One append for the whole batch (appended last: the chain's lock is held until commit).
+    let entries: Vec<crate::audit::Entry> = processed.iter().map(|guid| delivery_entry(guid, &events[*guid])).collect();
+    crate::audit::append_many(&mut tx, store.backend(), &entries, now).await?;
     tx.commit().await?;
     Ok(processed.len())
 }
@@ -160,10 +202,30 @@ fn backoff_ms(attempts: i64) -> i64 {
     1000i64.saturating_mul(1 << attempts.clamp(1, 9).saturating_sub(1)).min(300_000)
 }
 
-async fn run_job(store: &Store, config: &WorkerConfig, job: jobs::Job) {
-    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, delivery = job.delivery_guid.as_deref().unwrap_or(""), attempt = job.attempts);
+async fn run_job(worker: &Worker, job: jobs::Job) {
+    let (store, config) = (&worker.store, &*worker.config);
+    let span = tracing::info_span!("job", id = job.id, kind = %job.kind, delivery = job.delivery_guid.as_deref().unwrap_or(""), workflow = job.workflow_id.unwrap_or(0), attempt = job.attempts);
     async {
         let lease_ms = config.lease.as_millis() as i64;
+        // The lease is renewed before the job starts: if it ran out and another worker took the
+        // job, this one must not start it.
+        let renewed = {
+            let _write = store.write_guard().await;
+            jobs::heartbeat(store.pool(), job.id, &config.owner, now_ms() + lease_ms).await
+        };
+        match renewed {
+            // With `ended`, what a log shows of when each job ran and in which process (the
+            // replica tests check from them that a workflow is worked on by one worker at a time).
+            Ok(true) => tracing::debug!(owner = %config.owner, "job started"),
+            Ok(false) => {
+                tracing::info!("lease lost before the job started; another worker has it");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the lease; leaving the job to its lease");
+                return;
+            }
+        }
         // Keeps the lease alive while the job runs; a lost lease means another worker took over.
         let heartbeat = async {
             let mut tick = tokio::time::interval(config.lease / 3);
@@ -182,7 +244,7 @@ async fn run_job(store: &Store, config: &WorkerConfig, job: jobs::Job) {
             }
         };
         let outcome = tokio::select! {
-            r = process(store, config, &job) => r,
+            r = process(worker, &job) => r,
             _ = heartbeat => Err(anyhow!("lease lost to another worker")),
         };
         match outcome {
@@ -190,7 +252,16 @@ async fn run_job(store: &Store, config: &WorkerConfig, job: jobs::Job) {
             Ok(false) => tracing::warn!("lease was lost before completion; the other worker's result stands"),
             Err(e) => {
                 let message = format!("{e:#}");
-                let retry_at = (job.attempts < config.max_attempts).then(|| now_ms() + backoff_ms(job.attempts));
+                let mut retry_at = (job.attempts < config.max_attempts).then(|| now_ms() + backoff_ms(job.attempts));
+                // A workflow step that failed for good ends its workflow, and says so on GitHub.
+                if let (Some(engine), Some(id)) = (&worker.engine, job.workflow_id) {
+                    if retry_at.is_none() || is_permanent(&e) {
+                        match engine.give_up(id, &e).await {
+                            Ok(()) => retry_at = None,
+                            Err(e) => tracing::error!(error = format!("{e:#}"), "could not end the failed workflow; its job runs again"),
+                        }
+                    }
+                }
                 tracing::warn!(error = %message, will_retry = retry_at.is_some(), "job failed");
                 let released = async {
                     let mut tx = store.begin().await?;
@@ -208,27 +279,74 @@ async fn run_job(store: &Store, config: &WorkerConfig, job: jobs::Job) {
                 }
             }
         }
+        tracing::debug!("job ended");
     }
     .instrument(span)
     .await
 }
 
+/// GitHub refused for good (a 4xx other than rate limits): repeating the step cannot help.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    use crate::github::client::{client_error_of, ClientError};
+    client_error_of(e).is_some_and(|c| matches!(c, ClientError::Github(_)) && !c.is_transient())
+}
+
 /// Runs one job. Ok(false): the lease was lost, nothing was committed.
-async fn process(store: &Store, config: &WorkerConfig, job: &jobs::Job) -> anyhow::Result<bool> {
+async fn process(worker: &Worker, job: &jobs::Job) -> anyhow::Result<bool> {
     match job.kind.as_str() {
         jobs::KIND_DELIVERY => {
             let guid = job.delivery_guid.as_deref().context("delivery job without a delivery")?;
-            process_delivery(store, config, job.id, guid).await
+            process_delivery(worker, job.id, guid).await
+        }
+        jobs::KIND_WORKFLOW => {
+            let id = job.workflow_id.context("workflow job without a workflow")?;
+            let engine = worker.engine.as_ref().context("workflow job, but no GitHub App is configured")?;
+            process_workflow(worker, engine, job.id, id).await
         }
         other => Err(anyhow!("unknown job kind {other:?}")),
     }
 }
 
-async fn process_delivery(store: &Store, config: &WorkerConfig, job_id: i64, guid: &str) -> anyhow::Result<bool> {
+/// Runs a workflow until it waits, then completes the job and queues the next one: now when the
+/// workflow can move on (someone moved it while this job ran), later while reactions are polled.
+async fn process_workflow(worker: &Worker, engine: &Engine, job_id: i64, workflow_id: i64) -> anyhow::Result<bool> {
+    let next = engine.run(workflow_id).await?;
+    let now = now_ms();
+    let mut tx = worker.store.begin().await?;
+    if !jobs::complete(&mut *tx, job_id, &worker.config.owner, now).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let wf = crate::store::workflows::get(&mut *tx, workflow_id)
+        .await?
+        .context("the workflow vanished")?;
+    let due = match (wf.state, next) {
+        (State::Done | State::Failed | State::BlockedPolicy | State::NeedsHuman, _) => None,
+        (State::WaitingUserApproval, Next::At(at)) => Some(at),
+        (State::WaitingUserApproval, Next::Idle) => None,
+        _ => Some(now),
+    };
+    if let Some(at) = due {
+        jobs::enqueue_workflow_job(&mut tx, workflow_id, at, now).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn process_delivery(worker: &Worker, job_id: i64, guid: &str) -> anyhow::Result<bool> {
+    let (store, config) = (&worker.store, &*worker.config);
     let delivery = deliveries::get(store.pool(), guid)
         .await?
         .with_context(|| format!("delivery {guid} is not stored"))?;
     let event: Event = serde_json::from_str(&delivery.event_data).context("stored event does not decode")?;
+    // GitHub work happens before the transaction and is idempotent: if this job runs again, its
+    // replies and reactions are found already made and workflows already created.
+    if let Some(engine) = &worker.engine {
+        if concerns_workflows(&event) {
+            let span = tracing::info_span!("delivery", guid, event = event.kind());
+            engine.handle(guid, delivery.installation_id, &event).instrument(span).await?;
+        }
+    }
     let now = now_ms();
     let mut tx = store.begin().await?;
     // The job is completed first, in the same transaction as its effects: if another worker took
@@ -239,8 +357,25 @@ async fn process_delivery(store: &Store, config: &WorkerConfig, job_id: i64, gui
     }
     apply_delivery(&mut tx, &event, now).await?;
     deliveries::mark_processed(&mut *tx, guid, now).await?;
+    audit_delivery(&mut tx, store, guid, &event, now).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The worker's decision on a delivery, in the audit log (appended last in the transaction: the
+/// chain's lock is held until commit).
+async fn audit_delivery(tx: &mut WriteTx, store: &Store, guid: &str, event: &Event, now: i64) -> anyhow::Result<()> {
+    crate::audit::append(tx, store.backend(), &delivery_entry(guid, event), now).await?;
+    Ok(())
+}
+
+fn delivery_entry<'a>(guid: &'a str, event: &Event) -> crate::audit::Entry<'a> {
+    crate::audit::Entry {
+        kind: crate::audit::kind::DELIVERY,
+        actor: "orch",
+        subject: guid,
+        details: serde_json::json!({ "event": event.kind(), "decision": "processed" }),
+    }
 }
 
 /// The database effects of one delivery.

@@ -1,0 +1,1122 @@
+//! The workflow engine: runs a workflow from its stored state to the next point where it must
+//! wait (for approval, for a human, for nothing more). Every step is idempotent — GitHub writes
+//! go through the exactly-once actions, transitions are conditioned on the state they start
+//! from — so a step repeated after a crash or a lost lease changes nothing twice.
+
+use super::approval::{self, Decision, Rules, Source, Tally, Vote};
+use super::authz::{authorize, Authz};
+use super::guard;
+use super::messages;
+use super::state::{Kind, State, Step};
+use crate::github::actions::{self, PullSpec, Sent};
+use crate::github::client::{Annotation, CheckAction, CheckRunSpec, ClientError, GithubClient, Reactions, TreeChange};
+use crate::llm::{self, Context, FileAction, Proposal, Task};
+use crate::policy::gates::{self, ActionKind, Change, FileChange, ProposalView, Rule, Verdict};
+use crate::policy::{ActionClass, Effective, POLICY_PATH};
+use crate::store::workflows::{self, TransitionError, Workflow};
+use crate::store::{jobs, model_calls, now_ms, policies, Store};
+use anyhow::Context as _;
+use std::time::Duration;
+
+/// The name under which the policy itself approves auto-safe proposals.
+pub const POLICY_VOTER: &str = "policy";
+
+pub struct Engine {
+    pub store: Store,
+    pub github: GithubClient,
+    pub llm: llm::Llm,
+    /// orch's own login: its comments never run commands and it never approves.
+    pub bot_login: String,
+    pub reaction_poll: Duration,
+    /// The server's caps (`ORCH_MAX_PHASE`, `ORCH_POLICY_CAPS`) over every repository's policy.
+    pub caps: crate::policy::Caps,
+    /// Compiled policies by (version, phase): compiling is done once per policy version.
+    pub compiled: std::sync::Mutex<std::collections::HashMap<(String, u8), std::sync::Arc<crate::policy::compiled::CompiledPolicy>>>,
+}
+
+/// When the workflow's next job should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing to do until an event arrives (or ever: terminal).
+    Idle,
+    /// Run again at this time (unix ms): reactions are polled while a proposal waits.
+    At(i64),
+}
+
+pub fn task_of(kind: Kind) -> Task {
+    match kind {
+        Kind::Triage => Task::Triage,
+        Kind::QaPlan => Task::QaPlan,
+        Kind::Patch => Task::Patch,
+    }
+}
+
+/// The action a workflow's result is.
+fn action_kind(kind: Kind) -> ActionKind {
+    match kind {
+        Kind::Triage => ActionKind::AddLabels,
+        Kind::QaPlan => ActionKind::AddComment,
+        Kind::Patch => ActionKind::CreatePr,
+    }
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+impl Engine {
+    /// The policy in force for `repo`, read from its default branch.
+    pub async fn policy(&self, installation: i64, repo: &str) -> Result<Effective, ClientError> {
+        let text = self.github.file(installation, repo, POLICY_PATH, None).await?;
+        let effective = Effective::from_source_capped(text.as_deref(), &self.caps);
+        let Some(error) = effective.error.clone() else {
+            if let Some(text) = &text {
+                let _write = self.store.write_guard().await;
+                policies::remember(self.store.pool(), repo, &effective.version, text, now_ms())
+                    .await
+                    .map_err(|e| ClientError::Decode(format!("store: {e}")))?;
+            }
+            return Ok(effective);
+        };
+        // Never "allow all": the last valid policy of the repository, else the built-in defaults.
+        let last = policies::last_valid(self.store.pool(), repo)
+            .await
+            .map_err(|e| ClientError::Decode(format!("store: {e}")))?;
+        let mut kept = match &last {
+            Some((_, source)) => Effective::from_source_capped(Some(source), &self.caps),
+            None => effective,
+        };
+        tracing::warn!(repo, %error, kept = %kept.version, "invalid policy file; the last valid policy applies");
+        kept.error = Some(error);
+        Ok(kept)
+    }
+
+    /// The compiled form of `policy`, built once per version.
+    pub fn compiled(
+        &self,
+        policy: &Effective,
+    ) -> Result<std::sync::Arc<crate::policy::compiled::CompiledPolicy>, crate::policy::PolicyError> {
+        let key = (policy.version.clone(), policy.phase);
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(c.clone());
+        }
+        let compiled = std::sync::Arc::new(policy.compile()?);
+        let mut cache = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        // Versions only accumulate as files change; a bound keeps a long-lived process small.
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    pub async fn load(&self, id: i64) -> anyhow::Result<Workflow> {
+        workflows::get(self.store.pool(), id)
+            .await?
+            .with_context(|| format!("workflow {id} does not exist"))
+    }
+
+    /// Moves `wf` by `step` and, when `wake` is set, queues its next job in the same transaction.
+    pub async fn step(&self, wf: &Workflow, step: Step, actor: &str, reason: &str, wake: bool) -> anyhow::Result<State> {
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        let to = workflows::transition(&mut tx, wf.id, wf.kind, wf.state, step, actor, reason, now).await?;
+        if wake {
+            jobs::enqueue_workflow_job(&mut tx, wf.id, now, now).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(workflow = wf.id, from = %wf.state, to = %to, step = %step, actor, "workflow moved");
+        Ok(to)
+    }
+
+    /// Posts a comment on the workflow's issue exactly once for `key`.
+    pub async fn comment(&self, wf: &Workflow, key: &str, body: &str) -> anyhow::Result<Sent> {
+        Ok(actions::comment_once(
+            &self.store,
+            Some(&self.github),
+            key,
+            wf.installation_id,
+            &wf.repository,
+            wf.number,
+            body,
+        )
+        .await?)
+    }
+
+    /// Runs the workflow until it has to wait. Returns when its next job is due.
+    pub async fn run(&self, id: i64) -> anyhow::Result<Next> {
+        // Each pass moves the workflow at least one state forward or returns; the bound only
+        // guards against a bug turning into a busy loop.
+        for _ in 0..32 {
+            let wf = self.load(id).await?;
+            let span =
+                tracing::info_span!("workflow", id = wf.id, kind = %wf.kind, state = %wf.state, repo = %wf.repository, number = wf.number);
+            let _enter = span.enter();
+            match wf.state {
+                State::Ingested | State::ContextLoaded => self.generate(&wf).await?,
+                State::PatchesProposed => self.gate2(&wf).await?,
+                State::WaitingUserApproval => {
+                    if let Some(next) = self.wait(&wf).await? {
+                        return Ok(next);
+                    }
+                }
+                State::Approved => {
+                    if let Some(next) = self.gate3(&wf).await? {
+                        return Ok(next);
+                    }
+                }
+                State::ApplyingChanges => self.apply(&wf).await?,
+                State::PrCreated => self.announce_pr(&wf).await?,
+                State::NeedsHuman | State::Done | State::Failed | State::BlockedPolicy => return Ok(Next::Idle),
+            }
+        }
+        anyhow::bail!("workflow {id} did not settle")
+    }
+
+    /// What the model is shown for `wf`.
+    async fn context(&self, wf: &Workflow, feedback: Option<String>) -> anyhow::Result<Context> {
+        let (inst, repo) = (wf.installation_id, wf.repository.as_str());
+        let issue = self.github.issue(inst, repo, wf.number).await?;
+        let comments = self.github.list_issue_comments(inst, repo, wf.number).await?;
+        let recent: Vec<String> = comments
+            .iter()
+            .rev()
+            .filter(|c| !c.body.contains("<!-- orch:action:"))
+            .take(5)
+            .map(|c| c.body.chars().take(500).collect())
+            .collect();
+        let mut files = Vec::new();
+        if let Some(instruction) = &wf.instruction {
+            for path in instruction.split('`').skip(1).step_by(2).filter(|p| !p.contains(' ')).take(5) {
+                if let Some(text) = self.github.file(inst, repo, path, None).await? {
+                    files.push((path.to_string(), text));
+                }
+            }
+        }
+        Ok(Context {
+            repository: wf.repository.clone(),
+            number: wf.number,
+            title: issue.title,
+            body: issue.body.unwrap_or_default(),
+            labels: issue.labels.into_iter().map(|l| l.name).collect(),
+            comments: recent.into_iter().rev().collect(),
+            instruction: wf.instruction.clone(),
+            feedback,
+            files,
+        })
+    }
+
+    /// INGESTED / CONTEXT_LOADED → PATCHES_PROPOSED: the context pack and the model's answer.
+    async fn generate(&self, wf: &Workflow) -> anyhow::Result<()> {
+        let policy = self.policy(wf.installation_id, &wf.repository).await?;
+        if let Some(error) = &policy.error {
+            let kept = if policy.version == "builtin" {
+                "the built-in defaults".to_string()
+            } else {
+                format!("the last valid policy ({})", policy.version)
+            };
+            let text = format!("`.github/orch.yml` on the default branch is invalid — {error}. Until it is fixed, orch judges by {kept}.");
+            self.comment(
+                wf,
+                &format!("wf{}:policy-invalid:{}", wf.id, approval::proposal_hash(&error.to_string())),
+                &text,
+            )
+            .await?;
+        }
+        // After `/orch request-changes`, the feedback rides along with the retry.
+        let feedback = workflows::transitions(self.store.pool(), wf.id)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|t| t.to == State::NeedsHuman)
+            .map(|t| t.reason);
+        let context = self.context(wf, feedback).await?;
+        let mut wf = wf.clone();
+        if wf.state == State::Ingested {
+            let reason = format!(
+                "title, body, {} labels, {} comments, {} files",
+                context.labels.len(),
+                context.comments.len(),
+                context.files.len()
+            );
+            wf.state = self.step(&wf, Step::ContextLoaded, "orch", &reason, false).await?;
+        }
+        let Some(raw) = self.ask_model(&wf, &policy, &context).await? else {
+            return Ok(());
+        };
+        let hash = approval::proposal_hash(&raw);
+        // What the proposal is bound to: a PR's head, or for a patch the default branch's commit
+        // it was made against (Gate 3 compares the files it changes with the base then).
+        let head_sha = match wf.kind {
+            Kind::QaPlan => Some(self.github.pull(wf.installation_id, &wf.repository, wf.number).await?.head.sha),
+            Kind::Patch => {
+                let default_branch = self.github.repository(wf.installation_id, &wf.repository).await?.default_branch;
+                self.github
+                    .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{default_branch}"))
+                    .await?
+            }
+            Kind::Triage => None,
+        };
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        workflows::set_proposal(&mut *tx, wf.id, &raw, &hash, &policy.version, head_sha.as_deref(), now).await?;
+        workflows::transition(
+            &mut tx,
+            wf.id,
+            wf.kind,
+            wf.state,
+            Step::Proposed,
+            "model:fake",
+            &format!("proposal {}", short(&hash)),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One model call under the guardrails (SPEC §10): refused before anything is spent when
+    /// the breaker is open or the projected cost would pass a ceiling; counted by the breaker.
+    /// Returns the raw answer to judge, or None when the workflow was ended here.
+    async fn ask_model(&self, wf: &Workflow, policy: &Effective, context: &Context) -> anyhow::Result<Option<String>> {
+        let limits = &policy.policy.limits;
+        let settings = &policy.policy.llm;
+        let llm = match &settings.model {
+            Some(model) => self.llm.with_model(model.clone()),
+            None => self.llm.clone(),
+        };
+        let task = task_of(wf.kind);
+        let now = now_ms();
+        let projected = llm.projected_cost_usd(task, context, settings.context_budget_tokens, settings.max_output_tokens);
+        let breaker = guard::breaker(self.store.pool()).await?;
+        let run_spent = model_calls::cost_for_workflow(self.store.pool(), wf.id).await?;
+        let window_spent = model_calls::cost_since(self.store.pool(), now - i64::from(limits.window_minutes) * 60_000).await?;
+        if let Err(refusal) = guard::admit_call(&breaker, limits, projected, run_spent, window_spent) {
+            tracing::warn!(workflow = wf.id, %refusal, "model call refused");
+            let text = format!(
+                "Workflow {} stopped before asking the model: {refusal}. `/orch retry` starts again.",
+                wf.id
+            );
+            self.comment(wf, &format!("wf{}:refused:{}", wf.id, self.proposal_round(wf).await?), &text)
+                .await?;
+            self.step(wf, Step::GenerationFailed, "guardrails", &refusal.to_string(), false)
+                .await?;
+            return Ok(None);
+        }
+        let result = llm
+            .generate(
+                &self.store,
+                wf.id,
+                task,
+                context,
+                settings.context_budget_tokens,
+                settings.max_output_tokens,
+            )
+            .await;
+        let (failed, cost) = match &result {
+            Ok(g) => (false, g.cost_usd),
+            Err(_) => (true, 0.0),
+        };
+        let opened = {
+            let mut tx = self.store.begin().await?;
+            let opened = guard::record_task(&mut tx, failed, cost, limits.error_rate_threshold, now_ms()).await?;
+            let entry = crate::audit::Entry {
+                kind: crate::audit::kind::MODEL_CALL,
+                actor: llm.model(),
+                subject: &format!("workflow:{}", wf.id),
+                details: match &result {
+                    Ok(g) => {
+                        serde_json::json!({ "call_id": g.call_id, "template": g.template, "tokens_in": g.tokens_in, "tokens_out": g.tokens_out,
+                                                  "cost_usd": g.cost_usd, "not_seen": g.not_seen, "outcome": "ok" })
+                    }
+                    Err(e) => serde_json::json!({ "call_id": e.call_id(), "outcome": "error", "error": e.to_string() }),
+                },
+            };
+            crate::audit::append(&mut tx, self.store.backend(), &entry, now_ms()).await?;
+            if opened {
+                let b = guard::breaker(&mut *tx).await?;
+                let trip = crate::audit::Entry::new(
+                    crate::audit::kind::BREAKER,
+                    "guardrails",
+                    "circuit_breaker",
+                    serde_json::json!({ "action": "open", "workflow": wf.id, "failed_tasks": b.failed_tasks, "total_tasks": b.total_tasks,
+                                        "threshold": limits.error_rate_threshold }),
+                );
+                crate::audit::append(&mut tx, self.store.backend(), &trip, now_ms()).await?;
+            }
+            tx.commit().await?;
+            opened
+        };
+        if opened {
+            tracing::error!("the circuit breaker opened: no model call is made until an operator resets it");
+        }
+        match result {
+            Ok(g) => Ok(Some(serde_json::to_string(&g.answer)?)),
+            // An answer that breaks its schema is judged by Gate 2, which shows the user why.
+            Err(llm::LlmError::Malformed { answer, problem, .. }) => Ok(Some(serde_json::to_string(
+                &answer.unwrap_or_else(|| serde_json::json!({ "refused": problem })),
+            )?)),
+            Err(e) => {
+                let text = format!(
+                    "Workflow {} failed: the model could not be asked ({e}). `/orch retry` starts again.",
+                    wf.id
+                );
+                self.comment(wf, &format!("wf{}:model-failed:{}", wf.id, self.proposal_round(wf).await?), &text)
+                    .await?;
+                self.step(wf, Step::GenerationFailed, "orch", &format!("model call failed: {e}"), false)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gate 2 (SPEC §8) of the workflow's proposal under `policy`: every violated rule, or the
+    /// action's class. The issue's current labels matter to the label state machine.
+    async fn judge(&self, wf: &Workflow, policy: &Effective) -> anyhow::Result<Verdict> {
+        let compiled = match self.compiled(policy) {
+            Ok(c) => c,
+            // A policy that parses but does not compile (a bad regex) never means "allow all".
+            Err(e) => {
+                return Ok(Verdict::Blocked {
+                    violations: vec![Rule::SchemaInvalid {
+                        problem: format!("the policy does not compile: {e}"),
+                    }],
+                })
+            }
+        };
+        let view = match Self::proposal_of(wf) {
+            Err(e) => ProposalView::Invalid {
+                action: action_kind(wf.kind),
+                problem: e.problem,
+            },
+            Ok(Proposal::Triage(t)) => {
+                let current = self.github.list_labels(wf.installation_id, &wf.repository, wf.number).await?;
+                ProposalView::Triage {
+                    labels: messages::triage_labels(&t),
+                    current_labels: current,
+                    comment_text: t.rationale.clone(),
+                }
+            }
+            Ok(Proposal::QaPlan(q)) => ProposalView::QaPlan {
+                comment_text: messages::qa_plan(&q),
+            },
+            Ok(Proposal::Patch(p)) => ProposalView::Patch {
+                title: p.title.clone(),
+                files: p
+                    .files
+                    .iter()
+                    .map(|f| {
+                        let change = match f.action {
+                            FileAction::Create => Change::Added,
+                            FileAction::Update => Change::Modified,
+                            FileAction::Delete => Change::Deleted,
+                        };
+                        let content = (f.action != FileAction::Delete).then(|| f.content.clone());
+                        FileChange::whole(f.path.clone(), change, content)
+                    })
+                    .collect(),
+                comment_text: p.summary.clone(),
+            },
+        };
+        Ok(gates::gate2(&compiled, &view))
+    }
+
+    /// Records a gate's verdict in the audit log.
+    async fn audit_verdict(&self, wf: &Workflow, gate: &str, verdict: &Verdict) -> anyhow::Result<()> {
+        let entry = crate::audit::Entry {
+            kind: crate::audit::kind::POLICY_VERDICT,
+            actor: "policy",
+            subject: &format!("workflow:{}", wf.id),
+            details: serde_json::json!({ "gate": gate, "class": verdict.class().map(|c| c.as_str()), "violations": verdict.lines(),
+                                         "proposal_hash": wf.proposal_hash, "policy_version": wf.policy_version }),
+        };
+        crate::audit::append_now(&self.store, &entry).await?;
+        Ok(())
+    }
+
+    fn proposal_of(wf: &Workflow) -> Result<Proposal, llm::InvalidOutput> {
+        let raw: serde_json::Value = serde_json::from_str(wf.proposal.as_deref().unwrap_or("null")).unwrap_or_default();
+        Proposal::parse(task_of(wf.kind), &raw)
+    }
+
+    /// PATCHES_PROPOSED → WAITING_USER_APPROVAL, APPROVED (auto-safe) or BLOCKED_POLICY.
+    async fn gate2(&self, wf: &Workflow) -> anyhow::Result<()> {
+        let policy = self.policy(wf.installation_id, &wf.repository).await?;
+        let hash = wf.proposal_hash.clone().unwrap_or_default();
+        let verdict = self.judge(wf, &policy).await?;
+        self.audit_verdict(wf, "gate2", &verdict).await?;
+        let class = match verdict {
+            Verdict::Blocked { violations } => {
+                let lines: Vec<String> = violations.iter().map(Rule::to_string).collect();
+                self.comment(wf, &format!("wf{}:blocked:{}", wf.id, short(&hash)), &messages::blocked(wf, &lines))
+                    .await?;
+                self.step(wf, Step::Gate2Blocked, "policy", &lines.join("; "), false).await?;
+                return Ok(());
+            }
+            Verdict::Pass { class } => class,
+        };
+        let proposal = Self::proposal_of(wf).map_err(anyhow::Error::from)?;
+        if class == ActionClass::AutoSafe {
+            let binding = wf.binding().context("a proposed workflow has a binding")?;
+            let now = now_ms();
+            let mut tx = self.store.begin().await?;
+            let vote = Vote {
+                voter: POLICY_VOTER.into(),
+                decision: Decision::Approve,
+                source: Source::Policy,
+                binding,
+                reason: None,
+                at: now,
+            };
+            workflows::record_vote(&mut tx, wf.id, &vote, None).await?;
+            workflows::transition(
+                &mut tx,
+                wf.id,
+                wf.kind,
+                wf.state,
+                Step::AutoApproved,
+                POLICY_VOTER,
+                "auto_safe",
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+        // Posted before the state moves: if orch dies in between, the repeat finds the comment.
+        let mut body = messages::proposal(wf, &proposal, policy.policy.approvals.reactions);
+        // Whatever did not fit the model's context budget is named, so reviewers know.
+        if let Some(call) = model_calls::for_workflow(self.store.pool(), wf.id).await?.last() {
+            if !call.not_seen.is_empty() {
+                body.push_str(&format!(
+                    "\n\n_Not seen by the model (context budget): {}._",
+                    call.not_seen.join("; ")
+                ));
+            }
+        }
+        // Keyed by the round of proposals too: a retry that happens to propose the same thing
+        // again still shows its proposal.
+        let round = self.proposal_round(wf).await?;
+        let comment = self
+            .comment(wf, &format!("wf{}:proposal:{round}:{}", wf.id, short(&hash)), &body)
+            .await?;
+        let check_run = match &proposal {
+            Proposal::Patch(patch) => self.patch_check_run(wf, patch, &hash).await?,
+            _ => None,
+        };
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        if let Sent::Done { github_id, .. } = comment {
+            workflows::set_proposal_comment(&mut *tx, wf.id, github_id, now).await?;
+        }
+        if let Some(id) = check_run {
+            workflows::set_check_run(&mut *tx, wf.id, id, now).await?;
+        }
+        workflows::transition(
+            &mut tx,
+            wf.id,
+            wf.kind,
+            wf.state,
+            Step::Gate2Passed,
+            "policy",
+            "approval_required",
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The completed check run showing a patch, with Approve and Reject buttons, on the default
+    /// branch's tip (the commit the patch applies to).
+    async fn patch_check_run(&self, wf: &Workflow, patch: &llm::PatchOutput, hash: &str) -> anyhow::Result<Option<i64>> {
+        let repo = self.github.repository(wf.installation_id, &wf.repository).await?;
+        let Some(base) = self
+            .github
+            .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{}", repo.default_branch))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let spec = CheckRunSpec {
+            name: "orch/patch".into(),
+            head_sha: base,
+            status: "completed".into(),
+            conclusion: Some("action_required".into()),
+            external_id: Some(format!("workflow:{}", wf.id)),
+            title: format!("Patch proposal for #{} (workflow {})", wf.number, wf.id),
+            summary: messages::patch(patch),
+            text: None,
+            annotations: patch
+                .files
+                .iter()
+                .map(|f| Annotation {
+                    path: f.path.clone(),
+                    start_line: 1,
+                    end_line: 1,
+                    annotation_level: "notice".into(),
+                    message: format!("orch proposes to {:?} this file", f.action).to_lowercase(),
+                })
+                .collect(),
+            actions: vec![
+                CheckAction {
+                    label: "Approve".into(),
+                    description: "Approve this patch".into(),
+                    identifier: "approve".into(),
+                },
+                CheckAction {
+                    label: "Reject".into(),
+                    description: "Reject this patch".into(),
+                    identifier: "reject".into(),
+                },
+            ],
+        };
+        let round = self.proposal_round(wf).await?;
+        let sent = actions::check_run_once(
+            &self.store,
+            Some(&self.github),
+            &format!("wf{}:check:{round}:{}", wf.id, short(hash)),
+            wf.installation_id,
+            &wf.repository,
+            &spec,
+        )
+        .await?;
+        Ok(match sent {
+            Sent::Done { github_id, .. } => Some(github_id),
+            Sent::DryRun { .. } => None,
+        })
+    }
+
+    /// How many proposals `wf` has made (its PATCHES_PROPOSED entries).
+    async fn proposal_round(&self, wf: &Workflow) -> anyhow::Result<usize> {
+        Ok(workflows::transitions(self.store.pool(), wf.id)
+            .await?
+            .iter()
+            .filter(|t| t.to == State::PatchesProposed)
+            .count())
+    }
+
+    /// The ledger's verdict on `wf` under the approval rules of `policy`.
+    pub async fn tally(&self, wf: &Workflow, policy: &Effective) -> anyhow::Result<Option<Tally>> {
+        let Some(binding) = wf.binding() else { return Ok(None) };
+        let votes = workflows::votes(self.store.pool(), wf.id).await?;
+        let rules = Rules {
+            required: policy.policy.approvals.required,
+            allow_self_approval: policy.policy.approvals.allow_self_approval,
+        };
+        Ok(Some(approval::tally(&votes, &binding, Some(&wf.requested_by), &rules)))
+    }
+
+    /// Moves a waiting workflow on when its ledger decides it; returns the verdict.
+    pub async fn settle(&self, wf: &Workflow, policy: &Effective) -> anyhow::Result<Option<Tally>> {
+        if wf.state != State::WaitingUserApproval {
+            return self.tally(wf, policy).await;
+        }
+        let tally = self.tally(wf, policy).await?;
+        let moved = match &tally {
+            Some(Tally::Approved { approvers }) => {
+                let actor = approvers.last().cloned().unwrap_or_default();
+                let reason = format!("approved by {}", approvers.join(", "));
+                self.step(wf, Step::ApprovalComplete, &actor, &reason, true).await
+            }
+            Some(t @ Tally::Rejected { by, .. }) => self.step(wf, Step::Rejected, by, &t.summary(), false).await,
+            _ => return Ok(tally),
+        };
+        match moved {
+            Ok(_) => {}
+            // Someone settled it first (a command and the reactions poll at once): theirs stands.
+            Err(e) if matches!(e.downcast_ref::<TransitionError>(), Some(TransitionError::Stale { .. })) => {
+                tracing::debug!(workflow = wf.id, "settled by someone else first");
+                return Ok(tally);
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(t @ Tally::Rejected { .. }) = &tally {
+            let text = format!("Workflow {} was {}; nothing was applied.", wf.id, t.summary());
+            self.comment(wf, &format!("wf{}:rejected", wf.id), &text).await?;
+        }
+        Ok(tally)
+    }
+
+    /// WAITING_USER_APPROVAL: polls the proposal's reactions (GitHub sends no webhook for them)
+    /// and settles. None when the workflow moved on.
+    async fn wait(&self, wf: &Workflow) -> anyhow::Result<Option<Next>> {
+        let policy = self.policy(wf.installation_id, &wf.repository).await?;
+        let polling = policy.policy.approvals.reactions && wf.proposal_comment_id.is_some();
+        if let (true, Some(comment_id)) = (polling, wf.proposal_comment_id) {
+            self.poll_reactions(wf, comment_id, &policy).await?;
+        }
+        let tally = self.settle(wf, &policy).await?;
+        if matches!(tally, Some(Tally::Approved { .. } | Tally::Rejected { .. })) {
+            return Ok(None);
+        }
+        Ok(Some(if polling {
+            Next::At(now_ms() + self.reaction_poll.as_millis() as i64)
+        } else {
+            Next::Idle
+        }))
+    }
+
+    async fn poll_reactions(&self, wf: &Workflow, comment_id: i64, policy: &Effective) -> anyhow::Result<()> {
+        let (inst, repo) = (wf.installation_id, wf.repository.as_str());
+        let (etag, reactions) = match self
+            .github
+            .comment_reactions(inst, repo, comment_id, wf.reactions_etag.as_deref())
+            .await?
+        {
+            Reactions::NotModified => return Ok(()),
+            Reactions::Changed { etag, reactions } => (etag, reactions),
+        };
+        let binding = wf.binding().context("a waiting workflow has a binding")?;
+        for r in reactions {
+            let decision = match r.content.as_str() {
+                "+1" => Decision::Approve,
+                "-1" => Decision::Reject,
+                _ => continue,
+            };
+            if !approval::may_vote(&r.user.login, &r.user.kind, &self.bot_login) {
+                continue;
+            }
+            match authorize(&self.github, inst, repo, &r.user.login, &policy.policy).await? {
+                Authz::Allowed => {
+                    let vote = Vote {
+                        voter: r.user.login.clone(),
+                        decision,
+                        source: Source::Reaction,
+                        binding: binding.clone(),
+                        reason: None,
+                        at: now_ms(),
+                    };
+                    let mut tx = self.store.begin().await?;
+                    workflows::record_vote(&mut tx, wf.id, &vote, Some(r.id)).await?;
+                    tx.commit().await?;
+                }
+                Authz::Denied { permission } => {
+                    let what = if decision == Decision::Approve {
+                        "approving with 👍"
+                    } else {
+                        "rejecting with 👎"
+                    };
+                    self.comment(
+                        wf,
+                        &format!("wf{}:reaction:{}:denied", wf.id, r.id),
+                        &messages::denied(&r.user.login, what, repo, &permission),
+                    )
+                    .await?;
+                }
+            }
+        }
+        let _write = self.store.write_guard().await;
+        workflows::set_reactions_etag(self.store.pool(), wf.id, etag.as_deref(), now_ms()).await?;
+        Ok(())
+    }
+
+    /// APPROVED → APPLYING_CHANGES (Gate 3), back to WAITING_USER_APPROVAL when an approval no
+    /// longer holds, or BLOCKED_POLICY when the current policy forbids the proposal.
+    /// Some(next) when the workflow must wait where it is (the breaker is open).
+    async fn gate3(&self, wf: &Workflow) -> anyhow::Result<Option<Next>> {
+        let policy = self.policy(wf.installation_id, &wf.repository).await?;
+        let now = now_ms();
+        // Nothing is applied while the breaker is open; the approval stands and waits.
+        if guard::breaker(self.store.pool()).await?.is_open {
+            tracing::warn!(workflow = wf.id, "approved, but the circuit breaker is open: applying waits");
+            return Ok(Some(Next::At(now + self.reaction_poll.as_millis() as i64)));
+        }
+        if wf.policy_version.as_deref() != Some(policy.version.as_str()) {
+            let verdict = self.judge(wf, &policy).await?;
+            self.audit_verdict(wf, "gate3", &verdict).await?;
+            let violations = verdict.lines();
+            if !violations.is_empty() {
+                self.comment(
+                    wf,
+                    &format!("wf{}:blocked3:{}", wf.id, policy.version),
+                    &messages::blocked(wf, &violations),
+                )
+                .await?;
+                self.step(wf, Step::Gate3Blocked, "policy", &violations.join("; "), false).await?;
+                return Ok(None);
+            }
+            // Still allowed, but approvals were given under another policy: they are asked again.
+            let mut tx = self.store.begin().await?;
+            workflows::void_votes(&mut *tx, wf.id, "the policy changed", now).await?;
+            let proposal = wf.proposal.clone().unwrap_or_default();
+            let hash = wf.proposal_hash.clone().unwrap_or_default();
+            workflows::set_proposal(&mut *tx, wf.id, &proposal, &hash, &policy.version, wf.head_sha.as_deref(), now).await?;
+            workflows::transition(
+                &mut tx,
+                wf.id,
+                wf.kind,
+                wf.state,
+                Step::ApprovalsVoided,
+                "policy",
+                "the policy changed",
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            self.comment(
+                wf,
+                &format!("wf{}:policy-changed:{}", wf.id, policy.version),
+                &format!("`.github/orch.yml` changed after workflow {} was approved. The proposal still passes the new policy, but approvals are bound to the policy they were given under: please approve again.", wf.id),
+            )
+            .await?;
+            return Ok(None);
+        }
+        // Approvers must still be allowed to approve (SPEC §5: checked again at Gate 3). The
+        // policy's own approval and an operator's (admin API, dashboard: authorized by the admin
+        // token, not by GitHub) are not GitHub permissions to re-check.
+        let votes = workflows::votes(self.store.pool(), wf.id).await?;
+        let mut lost = Vec::new();
+        for v in votes
+            .iter()
+            .filter(|v| !matches!(v.source, Source::Policy | Source::Api) && v.decision == Decision::Approve)
+        {
+            if let Authz::Denied { permission } =
+                authorize(&self.github, wf.installation_id, &wf.repository, &v.voter, &policy.policy).await?
+            {
+                lost.push((v.voter.clone(), permission));
+            }
+        }
+        if !lost.is_empty() {
+            let mut tx = self.store.begin().await?;
+            for (voter, _) in &lost {
+                workflows::void_votes_of(&mut *tx, wf.id, voter, "the approver lost the permission to approve", now).await?;
+            }
+            let still = approval::tally(
+                &workflows::votes(&mut *tx, wf.id).await?,
+                &wf.binding().context("an approved workflow has a binding")?,
+                Some(&wf.requested_by),
+                &Rules {
+                    required: policy.policy.approvals.required,
+                    allow_self_approval: policy.policy.approvals.allow_self_approval,
+                },
+            );
+            let names: Vec<String> = lost.iter().map(|(v, p)| format!("@{v} (now {p})")).collect();
+            if !still.is_approved() {
+                workflows::transition(
+                    &mut tx,
+                    wf.id,
+                    wf.kind,
+                    wf.state,
+                    Step::ApprovalsVoided,
+                    "orch",
+                    &format!("approver lost permission: {}", names.join(", ")),
+                    now,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            if !still.is_approved() {
+                self.comment(
+                    wf,
+                    &format!("wf{}:approver-lost:{}", wf.id, names.join(",")),
+                    &format!("Workflow {} is not applied: the approval of {} no longer counts, because approving needs write, maintain or admin permission. It is waiting for approval again ({}).", wf.id, names.join(", "), still.summary()),
+                )
+                .await?;
+                return Ok(None);
+            }
+        }
+        self.step(wf, Step::Gate3Passed, "orch", "approvals, policy and binding hold", false)
+            .await?;
+        Ok(None)
+    }
+
+    /// The approvers of `wf` as a mention list, for the messages that report an applied change.
+    async fn approvers(&self, wf: &Workflow) -> anyhow::Result<String> {
+        let votes = workflows::votes(self.store.pool(), wf.id).await?;
+        let mut names: Vec<String> = Vec::new();
+        for v in votes.iter().filter(|v| v.decision == Decision::Approve) {
+            let name = if v.source == Source::Policy {
+                "the policy (auto-safe)".to_string()
+            } else {
+                format!("@{}", v.voter)
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Ok(names.join(", "))
+    }
+
+    /// APPLYING_CHANGES → DONE (labels, QA plan) or PR_CREATED (patch).
+    async fn apply(&self, wf: &Workflow) -> anyhow::Result<()> {
+        let proposal = Self::proposal_of(wf).map_err(anyhow::Error::from)?;
+        let approvers = self.approvers(wf).await?;
+        let (inst, repo) = (wf.installation_id, wf.repository.as_str());
+        match proposal {
+            Proposal::Triage(t) => {
+                let labels = messages::triage_labels(&t);
+                let sent = actions::labels_once(
+                    &self.store,
+                    Some(&self.github),
+                    &format!("wf{}:labels", wf.id),
+                    inst,
+                    repo,
+                    wf.number,
+                    &labels,
+                )
+                .await?;
+                let verb = if matches!(sent, Sent::DryRun { .. }) {
+                    "Would apply (dry-run)"
+                } else {
+                    "Applied"
+                };
+                let list = labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ");
+                self.comment(
+                    wf,
+                    &format!("wf{}:applied", wf.id),
+                    &format!("{verb} labels {list} (workflow {}, approved by {approvers}).", wf.id),
+                )
+                .await?;
+                self.step(wf, Step::Applied, "orch", &format!("labels {}", labels.join(", ")), false)
+                    .await?;
+            }
+            Proposal::QaPlan(q) => {
+                let head_sha = wf.head_sha.clone().context("a QA plan is bound to a head SHA")?;
+                let spec = CheckRunSpec {
+                    name: "orch/qa-plan".into(),
+                    head_sha,
+                    status: "completed".into(),
+                    conclusion: Some("neutral".into()),
+                    external_id: Some(format!("workflow:{}", wf.id)),
+                    title: format!("QA plan ({} steps)", q.steps.len()),
+                    summary: messages::qa_plan(&q),
+                    text: None,
+                    annotations: Vec::new(),
+                    actions: Vec::new(),
+                };
+                actions::check_run_once(&self.store, Some(&self.github), &format!("wf{}:qa-check", wf.id), inst, repo, &spec).await?;
+                self.comment(
+                    wf,
+                    &format!("wf{}:qa-comment", wf.id),
+                    &format!("### orch · QA plan (workflow {})\n\n{}", wf.id, messages::qa_plan(&q)),
+                )
+                .await?;
+                self.step(wf, Step::Applied, "orch", "QA plan posted", false).await?;
+            }
+            Proposal::Patch(p) => self.open_pull_request(wf, &p).await?,
+        }
+        Ok(())
+    }
+
+    /// The patch as a branch `orch/<workflow-id>`, a commit on the current base and a pull request.
+    async fn open_pull_request(&self, wf: &Workflow, patch: &llm::PatchOutput) -> anyhow::Result<()> {
+        let (inst, repo) = (wf.installation_id, wf.repository.as_str());
+        let branch = format!("orch/{}", wf.id);
+        let approvers = self.approvers(wf).await?;
+        // A branch made by an earlier run of this step is the patch already committed.
+        let head = match self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? {
+            Some(sha) => sha,
+            None => {
+                let default_branch = self.github.repository(inst, repo).await?.default_branch;
+                let base = self
+                    .github
+                    .ref_sha(inst, repo, &format!("heads/{default_branch}"))
+                    .await?
+                    .context("the default branch has no commit")?;
+                // The base may have moved since the proposal: the patch still applies when every
+                // file it changes is as it was then (SPEC §8, Gate 3).
+                if let Some(proposed_on) = wf.head_sha.as_deref().filter(|p| *p != base) {
+                    let mut conflicts = Vec::new();
+                    for f in &patch.files {
+                        let then = self.github.file(inst, repo, &f.path, Some(proposed_on)).await?;
+                        let now = self.github.file(inst, repo, &f.path, Some(&base)).await?;
+                        if then != now {
+                            conflicts.push(f.path.clone());
+                        }
+                    }
+                    if !conflicts.is_empty() {
+                        let list = conflicts.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
+                        let text = format!(
+                            "Workflow {} was not applied: since the proposal, {default_branch} changed {list}, which the patch also changes. `/orch retry` makes a new proposal on the current {default_branch}.",
+                            wf.id
+                        );
+                        self.comment(wf, &format!("wf{}:conflict:{}", wf.id, short(&base)), &text).await?;
+                        self.step(
+                            wf,
+                            Step::Conflict,
+                            "orch",
+                            &format!("conflict with {}: {}", short(&base), conflicts.join(", ")),
+                            false,
+                        )
+                        .await?;
+                        return Ok(());
+                    }
+                }
+                let base_tree = self.github.commit_tree(inst, repo, &base).await?;
+                let mut changes = Vec::new();
+                for f in &patch.files {
+                    let blob = match f.action {
+                        FileAction::Delete => None,
+                        FileAction::Create | FileAction::Update => Some(self.github.create_blob(inst, repo, &f.content).await?),
+                    };
+                    changes.push(TreeChange {
+                        path: f.path.clone(),
+                        blob,
+                    });
+                }
+                let tree = self.github.create_tree(inst, repo, &base_tree, &changes).await?;
+                let message = format!(
+                    "{}\n\n{}\n\nProposed by orch (workflow {}) for #{}; approved by {approvers}.",
+                    patch.title, patch.summary, wf.id, wf.number
+                );
+                let commit = self.github.create_commit(inst, repo, &message, &tree, &base).await?;
+                let blobs: Vec<&str> = changes.iter().filter_map(|c| c.blob.as_deref()).collect();
+                let audit = |found: bool| {
+                    let details = serde_json::json!({
+                        "kind": "git_data", "workflow": wf.id, "branch": branch, "base": base, "tree": tree,
+                        "commit": commit, "blobs": blobs, "found_after_lost_answer": found,
+                    });
+                    async move {
+                        crate::audit::append_now(
+                            &self.store,
+                            &crate::audit::Entry::new(crate::audit::kind::GITHUB_WRITE, "orch", repo, details),
+                        )
+                        .await
+                    }
+                };
+                match self.github.create_branch(inst, repo, &branch, &commit).await {
+                    Ok(()) => {
+                        // The Git Data writes are not action rows (their objects are content-addressed and
+                        // the branch is their marker), so the audit log records them here, once the branch
+                        // makes them part of the repository.
+                        audit(false).await?;
+                        commit
+                    }
+                    // Made by a run whose answer was lost: the branch is the patch.
+                    Err(e @ ClientError::Github(crate::github::retry::GithubError::Permanent { status: 422, .. })) => {
+                        match self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? {
+                            Some(sha) => {
+                                audit(true).await?;
+                                sha
+                            }
+                            // Refused, and not made before: GitHub's refusal is the reason.
+                            None => return Err(e.into()),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let default_branch = self.github.repository(inst, repo).await?.default_branch;
+        let spec = PullSpec {
+            title: patch.title.clone(),
+            head: branch.clone(),
+            base: default_branch,
+            body: self.pull_request_body(wf, patch).await?,
+        };
+        let sent = actions::pull_once(&self.store, Some(&self.github), &format!("wf{}:pull", wf.id), inst, repo, &spec).await?;
+        let reason = match sent {
+            Sent::Done { github_id, .. } => format!("pull request #{github_id} from {branch} at {}", short(&head)),
+            Sent::DryRun { .. } => "dry-run: no pull request".to_string(),
+        };
+        self.step(wf, Step::PrCreated, "orch", &reason, false).await?;
+        Ok(())
+    }
+
+    /// The pull request's body: the patch's summary, the issue it closes, the proposal (with a
+    /// link to its comment), who approved it and how, where the audit log has it, and what the
+    /// model did not see.
+    async fn pull_request_body(&self, wf: &Workflow, patch: &llm::PatchOutput) -> anyhow::Result<String> {
+        let repo = wf.repository.as_str();
+        let html = self.github.html_url();
+        let mut body = format!("{}\n\nCloses #{}.\n\n", patch.summary, wf.number);
+        let proposal = match wf.proposal_comment_id {
+            Some(c) => format!(
+                "[proposal `{0}`]({html}/{repo}/issues/{1}#issuecomment-{c})",
+                short(wf.proposal_hash.as_deref().unwrap_or_default()),
+                wf.number
+            ),
+            None => format!("proposal `{}`", short(wf.proposal_hash.as_deref().unwrap_or_default())),
+        };
+        body.push_str(&format!(
+            "**Proposed by orch**: workflow {}, {proposal}, checked against policy `{}`.\n\n**Approved by**:\n",
+            wf.id,
+            wf.policy_version.as_deref().unwrap_or_default()
+        ));
+        for v in workflows::votes(self.store.pool(), wf.id)
+            .await?
+            .iter()
+            .filter(|v| v.decision == Decision::Approve)
+        {
+            let who = match v.source {
+                Source::Policy => "the policy (auto-safe)".to_string(),
+                Source::Api => format!("`{}` (admin API or dashboard)", v.voter),
+                Source::Command => format!("@{} (`/orch approve`)", v.voter),
+                Source::Reaction => format!("@{} (👍 on the proposal)", v.voter),
+                Source::Button => format!("@{} (the Approve button)", v.voter),
+            };
+            body.push_str(&format!("- {who}, {} UTC\n", crate::api::ui::html::time(v.at)));
+        }
+        let filter = crate::audit::Filter {
+            kind: Some("vote".to_string()),
+            subject: Some(format!("workflow:{}", wf.id)),
+            actor: None,
+        };
+        let seqs: Vec<String> = crate::audit::page(self.store.pool(), 0, 100, &filter)
+            .await?
+            .iter()
+            .map(|r| format!("#{}", r.seq))
+            .collect();
+        body.push_str(&format!(
+            "\n**Audit**: the votes are audit entries {} of subject `workflow:{}` (`orch audit export`, `GET /audit?subject=workflow:{}`).\n",
+            if seqs.is_empty() { "–".to_string() } else { seqs.join(", ") },
+            wf.id,
+            wf.id
+        ));
+        let not_seen = model_calls::for_workflow(self.store.pool(), wf.id)
+            .await?
+            .last()
+            .map(|c| c.not_seen.clone())
+            .unwrap_or_default();
+        body.push_str(&match not_seen.as_slice() {
+            [] => "\n**Not seen by the model**: nothing; its context held everything it was given.".to_string(),
+            cut => format!("\n**Not seen by the model** (context budget): {}.", cut.join("; ")),
+        });
+        Ok(body)
+    }
+
+    /// PR_CREATED → DONE, with the pull request's link on the issue.
+    async fn announce_pr(&self, wf: &Workflow) -> anyhow::Result<()> {
+        let text = match wf
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("pull request #"))
+            .and_then(|r| r.split(' ').next())
+        {
+            Some(number) => format!("Opened pull request #{number} for workflow {} (branch `orch/{}`).", wf.id, wf.id),
+            None => format!("Workflow {} is done (dry-run: no pull request was opened).", wf.id),
+        };
+        self.comment(wf, &format!("wf{}:pr-comment", wf.id), &text).await?;
+        self.step(wf, Step::Applied, "orch", "pull request announced", false).await?;
+        Ok(())
+    }
+
+    /// Ends a workflow whose step failed for good, and says so on the issue: permanent GitHub
+    /// errors with their reason, anything else with a short generic message (details in the log).
+    pub async fn give_up(&self, id: i64, error: &anyhow::Error) -> anyhow::Result<()> {
+        let wf = self.load(id).await?;
+        if wf.state.is_terminal() {
+            return Ok(());
+        }
+        let step = match wf.state {
+            State::Ingested | State::ContextLoaded | State::PatchesProposed => Step::GenerationFailed,
+            State::ApplyingChanges => Step::ApplyFailed,
+            _ => Step::Cancelled,
+        };
+        let github = crate::github::client::client_error_of(error);
+        let (reason, text) = match github {
+            Some(e @ ClientError::Github(_)) => (
+                format!("GitHub refused a request: {e}"),
+                format!(
+                    "Workflow {} failed: GitHub refused a request ({e}). `/orch retry` starts again.",
+                    wf.id
+                ),
+            ),
+            _ => ("internal error".to_string(), messages::internal_error(wf.id)),
+        };
+        self.step(&wf, step, "orch", &reason, false).await?;
+        self.comment(&wf, &format!("wf{}:failed", wf.id), &text).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! Every text orch posts about workflows, in one place so that they read alike.
+
+use crate::llm::{PatchOutput, Proposal, QaPlanOutput, TriageOutput};
+use crate::store::workflows::Workflow;
+use crate::workflow::approval::Tally;
+use crate::workflow::state::Kind;
+
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Triage => "triage",
+        Kind::QaPlan => "QA plan",
+        Kind::Patch => "patch",
+    }
+}
+
+/// The labels a triage proposal applies: its labels and its priority as `priority:pN`.
+pub fn triage_labels(t: &TriageOutput) -> Vec<String> {
+    let mut labels = t.labels.clone();
+    let priority = format!("priority:{}", t.priority.as_str());
+    if !labels.contains(&priority) {
+        labels.push(priority);
+    }
+    labels
+}
+
+fn code_list(items: &[String]) -> String {
+    items.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// The proposal comment: what would happen, and how to approve it.
+pub fn proposal(wf: &Workflow, proposal: &Proposal, reactions: bool) -> String {
+    let mut out = format!("### orch · {} proposal (workflow {})\n\n", kind_name(wf.kind), wf.id);
+    match proposal {
+        Proposal::Triage(t) => {
+            out.push_str(&format!(
+                "**Labels:** {}\n**Priority:** {}\n\n{}\n",
+                code_list(&triage_labels(t)),
+                t.priority.as_str(),
+                t.rationale
+            ));
+        }
+        Proposal::QaPlan(q) => out.push_str(&qa_plan(q)),
+        Proposal::Patch(p) => out.push_str(&patch(p)),
+    }
+    out.push_str(&format!(
+        "\nTo go ahead, a maintainer replies `/orch approve`{}; `/orch reject [reason]` drops it and `/orch request-changes <feedback>` asks for another try.",
+        if reactions { " (or reacts 👍 to this comment; 👎 rejects)" } else { "" }
+    ));
+    out
+}
+
+pub fn qa_plan(q: &QaPlanOutput) -> String {
+    let mut out = format!("{}\n\n", q.summary);
+    for (i, s) in q.steps.iter().enumerate() {
+        out.push_str(&format!("{}. **{}** — expected: {}\n", i + 1, s.title, s.expected));
+    }
+    if !q.risks.is_empty() {
+        out.push_str("\n**Risks:**\n");
+        for r in &q.risks {
+            out.push_str(&format!("- {r}\n"));
+        }
+    }
+    out
+}
+
+pub fn patch(p: &PatchOutput) -> String {
+    let mut out = format!("**{}**\n\n{}\n\n", p.title, p.summary);
+    for f in &p.files {
+        let action = match f.action {
+            crate::llm::FileAction::Create => "create",
+            crate::llm::FileAction::Update => "update",
+            crate::llm::FileAction::Delete => "delete",
+        };
+        out.push_str(&format!("- {action} `{}` ({} bytes)\n", f.path, f.content.len()));
+    }
+    out
+}
+
+pub fn blocked(wf: &Workflow, violations: &[String]) -> String {
+    let mut out = format!(
+        "### orch · {} proposal blocked by policy (workflow {})\n\nThe proposal broke these rules of `.github/orch.yml`, so nothing was done:\n\n",
+        kind_name(wf.kind),
+        wf.id
+    );
+    for v in violations {
+        out.push_str(&format!("- {v}\n"));
+    }
+    out.push_str("\n`/orch retry` asks again.");
+    out
+}
+
+pub fn status_line(wf: &Workflow, tally: Option<&Tally>) -> String {
+    let mut line = format!(
+        "- workflow {} ({}, attempt {}): `{}`",
+        wf.id,
+        kind_name(wf.kind),
+        wf.attempt,
+        wf.state.as_str()
+    );
+    if let Some(t) = tally {
+        line.push_str(&format!(" — {}", t.summary()));
+    }
+    if let Some(reason) = wf.reason.as_deref().filter(|r| !r.is_empty()) {
+        line.push_str(&format!(" — {reason}"));
+    }
+    line
+}
+
+pub fn denied(login: &str, what: &str, repo: &str, permission: &str) -> String {
+    format!(
+        "@{login}, {what} needs write, maintain or admin permission on {repo}, or a place in `approvals.approvers` of `.github/orch.yml` (your permission: {permission}). Nothing was changed."
+    )
+}
+
+pub fn phase_too_low(what: &str, needed: u8, phase: u8) -> String {
+    format!("{what} is enabled from phase {needed}; this repository is at phase {phase} (`phase:` in `.github/orch.yml`, capped by the server).")
+}
+
+pub fn internal_error(wf_id: i64) -> String {
+    format!("orch hit an internal error on workflow {wf_id} and stopped it; the operator can find the details in orch's logs. `/orch retry` starts again.")
+}

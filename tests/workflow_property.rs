@@ -1,0 +1,1297 @@
+//! Property tests of the workflow rules, with a tiny seeded PRNG (no property-testing crate).
+//!
+//! - `state::next` over thousands of random step sequences per kind: only legal steps move a
+//!   workflow, terminal states accept nothing, and no gate is ever skipped (SPEC §3).
+//! - `approval::tally` over random ledgers: quorum, self-approval, reject-wins, bots and stale
+//!   bindings (SPEC §6).
+//! - End to end (SQLite): random label / command / reaction / bot traffic against a real orch and
+//!   the fake GitHub; afterwards every workflow's stored history is a legal path, nothing was
+//!   approved or applied around a gate, labels came only from DONE triage workflows and no
+//!   exactly-once write reached GitHub twice.
+//!
+//! Every run prints its seed on failure; `ORCH_PROPERTY_SEED=<seed>` replays it (decimal or
+//! `0x…`), `ORCH_PROPERTY_CASES=<n>` changes the number of cases (for the end-to-end test: the
+//! number of events).
+
+mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
+
+use common::Backend;
+use e2e::{payloads, IssueSpec, Orch, REPO};
+use orch::workflow::approval::{self, Binding, Decision, Rules, Source, Tally, Vote};
+use orch::workflow::state::{next, IllegalTransition, Kind, State, Step};
+use sqlx::Row;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt::Debug;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------------
+// A tiny PRNG (splitmix64) and a runner that prints the seed and shrinks failing inputs.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `p`.
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn pick_str(&mut self, items: &[&'static str]) -> &'static str {
+        items[self.below(items.len())]
+    }
+}
+
+/// The seed of case `i` of a run with `master`: case 0 is the master seed itself, so that
+/// `ORCH_PROPERTY_SEED=<case seed> ORCH_PROPERTY_CASES=1` replays any single case.
+fn case_seed(master: u64, i: usize) -> u64 {
+    if i == 0 {
+        master
+    } else {
+        Rng::new(master ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+    }
+}
+
+fn parse_seed(text: &str) -> u64 {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.unwrap_or_else(|_| panic!("ORCH_PROPERTY_SEED={text:?} is not a number"))
+}
+
+fn master_seed() -> u64 {
+    match std::env::var("ORCH_PROPERTY_SEED") {
+        Ok(s) if !s.trim().is_empty() => parse_seed(&s),
+        _ => {
+            let mut b = [0u8; 8];
+            getrandom::getrandom(&mut b).expect("system randomness");
+            u64::from_le_bytes(b)
+        }
+    }
+}
+
+fn cases(default: usize) -> usize {
+    match std::env::var("ORCH_PROPERTY_CASES") {
+        Ok(s) if !s.trim().is_empty() => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("ORCH_PROPERTY_CASES={s:?} is not a number")),
+        _ => default,
+    }
+}
+
+/// Runs the property with a panic turned into an Err, so that shrinking can go on.
+fn holds<I>(prop: &impl Fn(&I) -> Result<(), String>, input: &I) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(|| prop(input))) {
+        Ok(r) => r,
+        Err(p) => Err(format!(
+            "panicked: {}",
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        )),
+    }
+}
+
+/// Checks `prop` on `cases` generated inputs. On failure: shrinks greedily with `shrink` (each
+/// candidate one step smaller) and panics with the seed, the replay command and the minimal input.
+fn check<I: Debug>(
+    name: &str,
+    default_cases: usize,
+    generate: impl Fn(&mut Rng) -> I,
+    shrink: impl Fn(&I) -> Vec<I>,
+    prop: impl Fn(&I) -> Result<(), String>,
+) -> usize {
+    let master = master_seed();
+    let n = cases(default_cases);
+    for i in 0..n {
+        let seed = case_seed(master, i);
+        let input = generate(&mut Rng::new(seed));
+        if let Err(first) = holds(&prop, &input) {
+            let (mut smallest, mut why) = (input, first.clone());
+            'shrinking: loop {
+                for candidate in shrink(&smallest) {
+                    if let Err(e) = holds(&prop, &candidate) {
+                        smallest = candidate;
+                        why = e;
+                        continue 'shrinking;
+                    }
+                }
+                break;
+            }
+            panic!(
+                "property `{name}` failed on case {i} of {n} (master seed {master:#x}, case seed {seed:#x})\n\
+                 replay: ORCH_PROPERTY_SEED={seed:#x} ORCH_PROPERTY_CASES=1\n\
+                 first failure: {first}\nafter shrinking: {why}\nminimal input: {smallest:#?}"
+            );
+        }
+    }
+    eprintln!("property `{name}`: {n} cases passed (master seed {master:#x})");
+    n
+}
+
+/// Every input with one element of `items` left out.
+fn without_one<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    (0..items.len())
+        .map(|i| {
+            let mut v = items.to_vec();
+            v.remove(i);
+            v
+        })
+        .collect()
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1a. state::next over random step sequences
+// ---------------------------------------------------------------------------------------------
+
+/// SPEC §3's state names, written out independently of `State::as_str`.
+const SPEC_STATES: [&str; 11] = [
+    "INGESTED",
+    "CONTEXT_LOADED",
+    "PATCHES_PROPOSED",
+    "WAITING_USER_APPROVAL",
+    "BLOCKED_POLICY",
+    "APPROVED",
+    "NEEDS_HUMAN",
+    "APPLYING_CHANGES",
+    "PR_CREATED",
+    "DONE",
+    "FAILED",
+];
+const SPEC_TERMINAL: [&str; 3] = ["DONE", "FAILED", "BLOCKED_POLICY"];
+
+fn legal_steps(kind: Kind, from: State) -> Vec<Step> {
+    Step::ALL.into_iter().filter(|s| next(kind, from, *s).is_ok()).collect()
+}
+
+/// A kind and a sequence of steps: mostly steps legal where the walk stands (so that deep
+/// states are reached), the rest uniformly random (mostly illegal ones), and a few steps more
+/// after a terminal state.
+fn gen_walk(rng: &mut Rng) -> (Kind, Vec<Step>) {
+    let kind = *rng.pick(&Kind::ALL);
+    let len = 1 + rng.below(60);
+    let mut state = State::START;
+    let mut steps = Vec::with_capacity(len);
+    let mut after_terminal = 0;
+    for _ in 0..len {
+        let legal = legal_steps(kind, state);
+        // Cancels and failures end a walk early; make them rarer than the way forward.
+        let step = if !legal.is_empty() && rng.chance(0.8) {
+            let forward: Vec<Step> = legal
+                .iter()
+                .copied()
+                .filter(|s| !matches!(s, Step::Cancelled | Step::GenerationFailed | Step::ApplyFailed))
+                .collect();
+            if !forward.is_empty() && rng.chance(0.85) {
+                *rng.pick(&forward)
+            } else {
+                *rng.pick(&legal)
+            }
+        } else {
+            *rng.pick(&Step::ALL)
+        };
+        if let Ok(to) = next(kind, state, step) {
+            state = to;
+        }
+        steps.push(step);
+        if state.is_terminal() {
+            after_terminal += 1;
+            if after_terminal > 3 {
+                break;
+            }
+        }
+    }
+    (kind, steps)
+}
+
+/// Walks `steps` from the start and checks every invariant of SPEC §3 on the way; returns the
+/// accepted (from, step) pairs.
+fn walk(kind: Kind, steps: &[Step]) -> Result<Vec<(State, Step, State)>, String> {
+    let mut state = State::START;
+    let mut taken: Vec<(State, Step, State)> = Vec::new();
+    // Whether Gate 2 passed for the current proposal.
+    let mut gate2_passed = false;
+    for (i, &step) in steps.iter().enumerate() {
+        ensure!(
+            SPEC_STATES.contains(&state.as_str()) && state.as_str().parse::<State>() == Ok(state),
+            "step {i}: {state:?} is not one of SPEC §3's states"
+        );
+        ensure!(
+            state.is_terminal() == SPEC_TERMINAL.contains(&state.as_str()),
+            "step {i}: {state} terminal={}",
+            state.is_terminal()
+        );
+        let result = next(kind, state, step);
+        ensure!(
+            result == next(kind, state, step),
+            "next is not deterministic for {kind} {state} {step}"
+        );
+        if state.is_terminal() {
+            ensure!(result.is_err(), "step {i}: terminal {state} accepted {step} → {result:?}");
+            ensure!(
+                legal_steps(kind, state).is_empty(),
+                "terminal {state} accepts {:?}",
+                legal_steps(kind, state)
+            );
+        }
+        let to = match result {
+            Err(e) => {
+                ensure!(
+                    e == IllegalTransition { kind, from: state, step },
+                    "step {i}: the error names something else: {e:?}"
+                );
+                // An illegal step changes nothing.
+                continue;
+            }
+            Ok(to) => to,
+        };
+        ensure!(
+            SPEC_STATES.contains(&to.as_str()),
+            "step {i}: {step} led to an unknown state {to:?}"
+        );
+        use State as S;
+        use Step as T;
+        let ok = match to {
+            S::Ingested => false,
+            S::ContextLoaded => (state, step) == (S::Ingested, T::ContextLoaded) || (state, step) == (S::NeedsHuman, T::Retry),
+            S::PatchesProposed => (state, step) == (S::ContextLoaded, T::Proposed),
+            S::WaitingUserApproval => {
+                (state, step) == (S::PatchesProposed, T::Gate2Passed)
+                    || (step == T::ApprovalsVoided && matches!(state, S::WaitingUserApproval | S::Approved))
+            }
+            // Approval only after Gate 2: by a quorum while waiting, or by the policy itself.
+            S::Approved => {
+                ((state, step) == (S::WaitingUserApproval, T::ApprovalComplete) && gate2_passed)
+                    || (state, step) == (S::PatchesProposed, T::AutoApproved)
+            }
+            // Gate 3, straight from APPROVED.
+            S::ApplyingChanges => (state, step) == (S::Approved, T::Gate3Passed),
+            S::PrCreated => kind == Kind::Patch && (state, step) == (S::ApplyingChanges, T::PrCreated),
+            S::Done => {
+                step == T::Applied
+                    && if kind == Kind::Patch {
+                        state == S::PrCreated
+                    } else {
+                        state == S::ApplyingChanges
+                    }
+            }
+            S::NeedsHuman => {
+                (state, step) == (S::WaitingUserApproval, T::ChangesRequested) || (state, step) == (S::ApplyingChanges, T::Conflict)
+            }
+            S::BlockedPolicy => (state, step) == (S::PatchesProposed, T::Gate2Blocked) || (state, step) == (S::Approved, T::Gate3Blocked),
+            S::Failed => match step {
+                T::Cancelled => !state.is_terminal(),
+                T::Rejected => state == S::WaitingUserApproval,
+                T::ApplyFailed => state == S::ApplyingChanges,
+                T::GenerationFailed => matches!(state, S::Ingested | S::ContextLoaded | S::PatchesProposed),
+                _ => false,
+            },
+        };
+        ensure!(
+            ok,
+            "step {i}: {kind} {state} --{step}--> {to} is not a transition SPEC §3 allows here (gate 2 passed: {gate2_passed})"
+        );
+        // The way to APPLYING_CHANGES: APPROVED right before, and that approval came after Gate 2.
+        if to == S::ApplyingChanges {
+            let before = taken.last().map(|(_, _, t)| *t);
+            ensure!(before == Some(S::Approved), "step {i}: APPLYING_CHANGES after {before:?}");
+            let approved_by = taken.iter().rev().find(|(_, _, t)| *t == S::Approved).map(|(f, s, _)| (*f, *s));
+            ensure!(
+                matches!(
+                    approved_by,
+                    Some((S::WaitingUserApproval, T::ApprovalComplete)) | Some((S::PatchesProposed, T::AutoApproved))
+                ),
+                "step {i}: applying after an approval by {approved_by:?}"
+            );
+        }
+        if to == S::Done && kind == Kind::Patch {
+            let path: Vec<State> = taken.iter().map(|(_, _, t)| *t).collect();
+            ensure!(
+                path.ends_with(&[S::Approved, S::ApplyingChanges, S::PrCreated]),
+                "step {i}: patch DONE after {path:?}"
+            );
+        }
+        // Gate 2 passes with approval required (Gate2Passed) or auto-safe (AutoApproved); an
+        // auto-approved proposal whose approval is voided (head or policy changed) waits for a
+        // human quorum with Gate 2 passed all the same. A new proposal has to pass it again.
+        match step {
+            T::Proposed => gate2_passed = false,
+            T::Gate2Passed | T::AutoApproved => gate2_passed = true,
+            _ => {}
+        }
+        taken.push((state, step, to));
+        state = to;
+    }
+    Ok(taken)
+}
+
+#[test]
+fn next_walks_only_legal_paths_and_never_skips_a_gate() {
+    let covered = std::sync::Mutex::new(HashSet::<(Kind, State, Step)>::new());
+    let reached = std::sync::Mutex::new(HashSet::<(Kind, State)>::new());
+    let n = check(
+        "state::next walks",
+        6000,
+        gen_walk,
+        |(kind, steps)| without_one(steps).into_iter().map(|s| (*kind, s)).collect(),
+        |(kind, steps)| {
+            let taken = walk(*kind, steps)?;
+            let mut c = covered.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = reached.lock().unwrap_or_else(|p| p.into_inner());
+            for (from, step, to) in taken {
+                c.insert((*kind, from, step));
+                r.insert((*kind, to));
+            }
+            Ok(())
+        },
+    );
+    // The random walks must have exercised every legal transition and reached every state a kind
+    // can reach (PR_CREATED only for patches), or the properties above prove little.
+    if n >= 2000 {
+        let covered = covered.into_inner().unwrap();
+        let reached = reached.into_inner().unwrap();
+        for kind in Kind::ALL {
+            for from in State::ALL {
+                for step in Step::ALL {
+                    // (`next` also accepts a cancel in PR_CREATED for triage and QA plans, a
+                    // state they never reach: only reachable states are asked for.)
+                    let reachable = from == State::START || reached.contains(&(kind, from));
+                    if reachable && next(kind, from, step).is_ok() {
+                        assert!(covered.contains(&(kind, from, step)), "never exercised: {kind} {from} {step}");
+                    }
+                }
+            }
+            for s in State::ALL.into_iter().filter(|s| *s != State::START) {
+                let reachable = s != State::PrCreated || kind == Kind::Patch;
+                assert_eq!(reached.contains(&(kind, s)), reachable, "{kind} reaching {s}");
+            }
+        }
+    }
+}
+
+#[test]
+fn terminal_states_and_unknown_names_are_closed() {
+    // Exhaustive companions of the random walks: terminal states refuse every step of every
+    // kind, and the stored names parse back only for SPEC §3's states.
+    for kind in Kind::ALL {
+        for from in State::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(legal_steps(kind, from).is_empty(), "{kind} {from}");
+        }
+    }
+    let names: BTreeSet<&str> = State::ALL.into_iter().map(State::as_str).collect();
+    assert_eq!(names, SPEC_STATES.into_iter().collect());
+    for bad in ["done", "Approved", "APPROVED ", "PR_OPENED", ""] {
+        assert!(bad.parse::<State>().is_err(), "{bad:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. approval::tally over random ledgers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Ledger {
+    votes: Vec<Vote>,
+    current: Binding,
+    requester: Option<String>,
+    rules: Rules,
+}
+
+const HUMANS: [&str; 10] = [
+    "alice",
+    "Alice",
+    "ALICE",
+    "bob",
+    "Bob",
+    "carol",
+    "dave",
+    "erin",
+    "policy",
+    "orchestra",
+];
+const BOTS: [&str; 4] = ["dependabot[bot]", "Renovate[BOT]", "orch[bot]", "github-actions[bot]"];
+const HUMAN_SOURCES: [Source; 4] = [Source::Command, Source::Reaction, Source::Button, Source::Api];
+
+fn binding(hash: &str, head: Option<&str>, policy: &str) -> Binding {
+    Binding {
+        proposal_hash: approval::proposal_hash(hash),
+        head_sha: head.map(str::to_string),
+        policy_version: policy.to_string(),
+    }
+}
+
+/// The current binding or a stale one (another proposal, head or policy).
+fn gen_binding(rng: &mut Rng, current: &Binding) -> Binding {
+    if rng.chance(0.65) {
+        return current.clone();
+    }
+    let mut b = current.clone();
+    match rng.below(4) {
+        0 => b.proposal_hash = approval::proposal_hash(&format!("old proposal {}", rng.below(3))),
+        1 => b.head_sha = Some(format!("head{}", rng.below(3) + 10)),
+        2 => b.head_sha = if b.head_sha.is_some() { None } else { Some("abc123".into()) },
+        _ => b.policy_version = format!("policy-{}", rng.below(3) + 10),
+    }
+    b
+}
+
+fn gen_ledger(rng: &mut Rng) -> Ledger {
+    let current = binding("the proposal", if rng.chance(0.5) { Some("abc123") } else { None }, "policy-1");
+    let requester = if rng.chance(0.1) {
+        None
+    } else {
+        Some(rng.pick(&["alice", "ALICE", "bob", "zed"]).to_string())
+    };
+    let rules = Rules {
+        required: 1 + rng.below(3) as u32,
+        allow_self_approval: rng.chance(0.3),
+    };
+    let n = rng.below(13);
+    let votes = (0..n)
+        .map(|_| {
+            let (voter, source) = if rng.chance(0.04) {
+                ("policy".to_string(), Source::Policy)
+            } else if rng.chance(0.15) {
+                (rng.pick(&BOTS).to_string(), *rng.pick(&HUMAN_SOURCES))
+            } else if rng.chance(0.02) {
+                (String::new(), *rng.pick(&HUMAN_SOURCES))
+            } else {
+                (rng.pick(&HUMANS).to_string(), *rng.pick(&HUMAN_SOURCES))
+            };
+            let decision = if source == Source::Policy || rng.chance(0.7) {
+                Decision::Approve
+            } else {
+                Decision::Reject
+            };
+            Vote {
+                voter,
+                decision,
+                source,
+                binding: gen_binding(rng, &current),
+                reason: (decision == Decision::Reject && rng.chance(0.5)).then(|| "no".to_string()),
+                // A small range: equal times are common, and then the ledger order decides.
+                at: rng.below(8) as i64,
+            }
+        })
+        .collect();
+    Ledger {
+        votes,
+        current,
+        requester,
+        rules,
+    }
+}
+
+fn is_bot(login: &str) -> bool {
+    login.to_ascii_lowercase().ends_with("[bot]")
+}
+
+/// Whether the vote counts at all: bound to the current proposal, not a bot's, not empty.
+fn counts(v: &Vote, current: &Binding) -> bool {
+    v.binding == *current && !v.voter.is_empty() && (v.source == Source::Policy || !is_bot(&v.voter))
+}
+
+/// The latest counted vote of each voter, keyed (policy?, lowercase login), with its position.
+fn latest_votes(l: &Ledger) -> BTreeMap<(bool, String), (usize, &Vote)> {
+    let mut latest: BTreeMap<(bool, String), (usize, &Vote)> = BTreeMap::new();
+    for (i, v) in l.votes.iter().enumerate().filter(|(_, v)| counts(v, &l.current)) {
+        let key = (v.source == Source::Policy, v.voter.to_lowercase());
+        match latest.get(&key) {
+            Some((j, w)) if (w.at, *j) > (v.at, i) => {}
+            _ => {
+                latest.insert(key, (i, v));
+            }
+        }
+    }
+    latest
+}
+
+fn lower(names: &[String]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_lowercase()).collect()
+}
+
+fn tally_of(l: &Ledger) -> Tally {
+    approval::tally(&l.votes, &l.current, l.requester.as_deref(), &l.rules)
+}
+
+fn tally_properties(l: &Ledger) -> Result<(), String> {
+    let t = tally_of(l);
+    let latest = latest_votes(l);
+    let is_requester = |v: &str| l.requester.as_deref().is_some_and(|r| r.eq_ignore_ascii_case(v));
+    let rejecters: Vec<&Vote> = latest
+        .values()
+        .filter(|(_, v)| v.decision == Decision::Reject)
+        .map(|(_, v)| *v)
+        .collect();
+    let humans_approving: BTreeSet<String> = latest
+        .iter()
+        .filter(|((policy, _), (_, v))| !policy && v.decision == Decision::Approve)
+        .map(|((_, login), _)| login.clone())
+        .collect();
+    let policy_approves = latest.keys().any(|(policy, _)| *policy);
+    let self_ok = l.rules.allow_self_approval || l.requester.is_none() || humans_approving.iter().any(|a| !is_requester(a));
+    let quorum = humans_approving.len() as u32 >= l.rules.required && self_ok;
+
+    // Any counted latest rejection rejects, and only a counted latest rejection does.
+    ensure!(
+        rejecters.is_empty() == !matches!(t, Tally::Rejected { .. }),
+        "rejecters {rejecters:?} but {t:?}"
+    );
+    match &t {
+        Tally::Rejected { by, reason } => {
+            // The earliest (by time, then ledger position) of the latest rejections decided.
+            let first = latest
+                .values()
+                .filter(|(_, v)| v.decision == Decision::Reject)
+                .min_by_key(|(i, v)| (v.at, *i))
+                .map(|(_, v)| *v)
+                .expect("rejected implies a rejecter");
+            ensure!(
+                *by == first.voter && *reason == first.reason,
+                "{t:?} but the first rejection is {first:?}"
+            );
+        }
+        Tally::Approved { approvers } => {
+            ensure!(
+                !approvers.iter().any(|a| is_bot(a) || a.is_empty()),
+                "a bot approved: {approvers:?}"
+            );
+            if !policy_approves {
+                // At least `required` distinct non-bot voters whose latest current vote approves…
+                ensure!(
+                    lower(approvers) == humans_approving,
+                    "approvers {approvers:?} are not the latest approvals {humans_approving:?}"
+                );
+                ensure!(
+                    humans_approving.len() as u32 >= l.rules.required,
+                    "approved with {} of {} approvals",
+                    humans_approving.len(),
+                    l.rules.required
+                );
+                // …and, unless self-approval is allowed, one of them is not the requester.
+                ensure!(self_ok, "approved by the requester {:?} alone: {approvers:?}", l.requester);
+            }
+        }
+        Tally::Pending {
+            approvers,
+            required,
+            needed,
+            self_approval_only,
+            ..
+        } => {
+            ensure!(!quorum && !policy_approves, "quorum reached but pending: {t:?}");
+            ensure!(*required == l.rules.required && *needed >= 1, "{t:?}");
+            ensure!(
+                lower(approvers) == humans_approving,
+                "pending approvers {approvers:?} vs {humans_approving:?}"
+            );
+            ensure!(
+                *self_approval_only == (!approvers.is_empty() && approvers.iter().all(|a| is_requester(a))),
+                "self_approval_only wrong: {t:?}"
+            );
+        }
+    }
+    // Completeness: no rejection and a quorum (or the policy) approve.
+    if rejecters.is_empty() && (quorum || policy_approves) {
+        ensure!(
+            t.is_approved(),
+            "no rejection, quorum {quorum}, policy {policy_approves}, but {t:?}"
+        );
+    }
+
+    // Stale bindings never change the result.
+    let mut fresh = l.clone();
+    fresh.votes.retain(|v| v.binding == l.current);
+    ensure!(
+        tally_of(&fresh) == t,
+        "without the stale votes: {:?}, with them: {t:?}",
+        tally_of(&fresh)
+    );
+    // Neither do bots.
+    let mut human = l.clone();
+    human.votes.retain(|v| v.source == Source::Policy || !is_bot(&v.voter));
+    ensure!(
+        tally_of(&human) == t,
+        "without the bots' votes: {:?}, with them: {t:?}",
+        tally_of(&human)
+    );
+    // With distinct times the ledger's order does not matter.
+    let mut distinct = l.clone();
+    for (i, v) in distinct.votes.iter_mut().enumerate() {
+        v.at = v.at * 100 + i as i64;
+    }
+    let base = tally_of(&distinct);
+    let mut reversed = distinct.clone();
+    reversed.votes.reverse();
+    ensure!(
+        tally_of(&reversed) == base,
+        "order changed the verdict: {:?} vs {base:?}",
+        tally_of(&reversed)
+    );
+    // Logins compare case-insensitively (GitHub logins are ASCII).
+    let mut upper = l.clone();
+    for v in upper.votes.iter_mut().filter(|v| v.source != Source::Policy) {
+        v.voter = v.voter.to_ascii_uppercase();
+    }
+    let u = tally_of(&upper);
+    let shape = |t: &Tally| match t {
+        Tally::Approved { approvers } => ("approved", lower(approvers)),
+        Tally::Rejected { by, .. } => ("rejected", [by.to_lowercase()].into_iter().collect()),
+        Tally::Pending { approvers, .. } => ("pending", lower(approvers)),
+    };
+    ensure!(shape(&u) == shape(&t), "upper-cased logins: {u:?} vs {t:?}");
+    Ok(())
+}
+
+#[test]
+fn tally_approves_only_with_a_quorum_and_a_rejection_always_wins() {
+    let seen = std::sync::Mutex::new(BTreeMap::<&'static str, usize>::new());
+    let n = check(
+        "approval::tally",
+        20_000,
+        gen_ledger,
+        |l| {
+            let mut out: Vec<Ledger> = without_one(&l.votes)
+                .into_iter()
+                .map(|votes| Ledger { votes, ..l.clone() })
+                .collect();
+            if l.rules.required > 1 {
+                let mut r = l.clone();
+                r.rules.required -= 1;
+                out.push(r);
+            }
+            out
+        },
+        |l| {
+            tally_properties(l)?;
+            let what = match tally_of(l) {
+                Tally::Approved { .. } if l.votes.iter().any(|v| v.source == Source::Policy && v.binding == l.current) => {
+                    "approved by policy"
+                }
+                Tally::Approved { .. } if l.rules.required > 1 => "approved by a quorum of several",
+                Tally::Approved { .. } => "approved",
+                Tally::Rejected { .. } => "rejected",
+                Tally::Pending {
+                    self_approval_only: true, ..
+                } => "pending: self-approval only",
+                Tally::Pending { .. } => "pending",
+            };
+            *seen.lock().unwrap_or_else(|p| p.into_inner()).entry(what).or_default() += 1;
+            Ok(())
+        },
+    );
+    let seen = seen.into_inner().unwrap();
+    eprintln!("approval::tally verdicts: {seen:?}");
+    // The generator must produce every kind of verdict, or the properties prove little.
+    if n >= 2000 {
+        assert_eq!(seen.len(), 6, "{seen:?}");
+    }
+}
+
+#[test]
+fn may_vote_refuses_bots_and_orch_in_any_case() {
+    check(
+        "approval::may_vote",
+        5000,
+        |rng| {
+            let base = rng
+                .pick(&["alice", "orch", "orchestra", "dependabot", "renovate", "", "o"])
+                .to_string();
+            let suffix = *rng.pick(&["", "", "[bot]", "[BOT]", "[Bot]", "bot"]);
+            let mut login = format!("{base}{suffix}");
+            if rng.chance(0.5) {
+                login = login.to_ascii_uppercase();
+            }
+            let kind = rng.pick(&["User", "Bot", "bot", "Organization"]).to_string();
+            let orch = rng.pick(&["orch[bot]", "orch", "ORCH[bot]"]).to_string();
+            (login, kind, orch)
+        },
+        |_| Vec::new(),
+        |(login, kind, orch)| {
+            let got = approval::may_vote(login, kind, orch);
+            let bare = |l: &str| {
+                let l = l.to_ascii_lowercase();
+                l.strip_suffix("[bot]").map(str::to_string).unwrap_or(l)
+            };
+            let expected = !login.is_empty() && !kind.eq_ignore_ascii_case("bot") && !is_bot(login) && bare(login) != bare(orch);
+            ensure!(got == expected, "may_vote({login:?}, {kind:?}, {orch:?}) = {got}");
+            ensure!(
+                approval::may_vote(&login.to_ascii_lowercase(), kind, orch) == got,
+                "case changed may_vote for {login:?}"
+            );
+            Ok(())
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1c. End to end: random traffic against a real orch (SQLite), then invariants on what it did
+// ---------------------------------------------------------------------------------------------
+
+/// Everything enabled; the approval rules are added per seed.
+const POLICY: &str = "phase: 4\n";
+/// Users with the permission to act.
+const WRITERS: [&str; 3] = ["mara", "lee", "kai"];
+/// Users without it.
+const READERS: [&str; 2] = ["rin", "tess"];
+/// Bots, and a user account named like orch (its comments must never run commands).
+const BOT_LIKE: [&str; 3] = ["dependabot[bot]", "renovate[bot]", "Orch"];
+
+#[derive(Debug, Clone)]
+enum Event {
+    Label {
+        issue: usize,
+        by: &'static str,
+    },
+    Command {
+        issue: usize,
+        by: &'static str,
+        body: String,
+    },
+    React {
+        issue: usize,
+        by: &'static str,
+        content: &'static str,
+    },
+    Settle,
+    Pause(u64),
+    /// GitHub answers the next `times` POSTs whose path contains `path` after `ms`: wider
+    /// windows for commands to race with the steps that make those writes.
+    SlowGithub {
+        path: &'static str,
+        times: u32,
+        ms: u64,
+    },
+}
+
+fn any_user(rng: &mut Rng) -> &'static str {
+    match rng.below(10) {
+        0..=5 => rng.pick_str(&WRITERS),
+        6..=8 => rng.pick_str(&READERS),
+        _ => rng.pick_str(&BOT_LIKE),
+    }
+}
+
+fn gen_event(rng: &mut Rng, issues: usize) -> Event {
+    let issue = rng.below(issues);
+    let roll = rng.below(100);
+    match roll {
+        0..=13 => Event::Label {
+            issue,
+            by: if rng.chance(0.85) { rng.pick_str(&WRITERS) } else { any_user(rng) },
+        },
+        14..=71 => {
+            let body = match rng.below(20) {
+                0..=6 => "/orch approve".to_string(),
+                7..=8 => "/orch reject looks wrong".to_string(),
+                9..=10 => "/orch request-changes please be more specific".to_string(),
+                11..=13 => "/orch retry".to_string(),
+                14 => "/orch cancel".to_string(),
+                15..=16 => "/orch status".to_string(),
+                17 => "Thanks!\n\n/orch approve\n/orch status".to_string(),
+                18 => "> /orch approve\n\nquoted, not a command".to_string(),
+                _ => "/orch aprove".to_string(),
+            };
+            Event::Command {
+                issue,
+                by: any_user(rng),
+                body,
+            }
+        }
+        72..=89 => Event::React {
+            issue,
+            by: any_user(rng),
+            content: if rng.chance(0.75) { "+1" } else { "-1" },
+        },
+        90..=93 => Event::Settle,
+        94..=96 => Event::SlowGithub {
+            path: rng.pick_str(&["/labels", "/comments", "/reactions"]),
+            times: 1 + rng.below(3) as u32,
+            ms: 100 + rng.below(700) as u64,
+        },
+        _ => Event::Pause(20 + rng.below(300) as u64),
+    }
+}
+
+/// `sender` adds `label` on the fake (keeping the labels orch applied) and `issues.labeled` is
+/// delivered.
+async fn add_label(o: &Orch, issue: &mut IssueSpec, label: &str, sender: &str) {
+    let mut now = o.fake.state.labels(REPO, issue.number);
+    if !now.iter().any(|l| l == label) {
+        now.push(label.to_string());
+    }
+    let refs: Vec<&str> = now.iter().map(String::as_str).collect();
+    o.fake.state.set_labels(REPO, issue.number, &refs);
+    issue.labels = now.clone();
+    o.deliver("issues", &payloads::issue_labeled(&o.repo, issue, label, sender)).await;
+}
+
+fn markers(body: &str) -> Vec<i64> {
+    body.match_indices("<!-- orch:action:")
+        .filter_map(|(i, m)| {
+            let rest = &body[i + m.len()..];
+            rest.split(" -->").next().and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+/// The labels a triage proposal applies: the model's labels and `priority:<p>`.
+fn proposal_labels(proposal: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(proposal).unwrap_or_default();
+    let mut labels: Vec<String> = v["labels"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if let Some(p) = v["priority"].as_str() {
+        let p = format!("priority:{p}");
+        if !labels.contains(&p) {
+            labels.push(p);
+        }
+    }
+    labels
+}
+
+struct StoredWorkflow {
+    id: i64,
+    kind: Kind,
+    number: i64,
+    state: State,
+    requested_by: String,
+    proposal: Option<String>,
+}
+
+struct StoredTransition {
+    from: Option<State>,
+    to: State,
+    actor: String,
+    at: i64,
+}
+
+async fn stored_workflows(o: &Orch) -> Vec<StoredWorkflow> {
+    sqlx::query("SELECT id, kind, number, state, requested_by, proposal FROM workflows ORDER BY id")
+        .fetch_all(o.store.pool())
+        .await
+        .expect("workflows are readable")
+        .iter()
+        .map(|r| StoredWorkflow {
+            id: r.get(0),
+            kind: r.get::<String, _>(1).parse().expect("a known kind"),
+            number: r.get(2),
+            state: r.get::<String, _>(3).parse().expect("a known state"),
+            requested_by: r.get(4),
+            proposal: r.get(5),
+        })
+        .collect()
+}
+
+async fn stored_transitions(o: &Orch, id: i64) -> Vec<StoredTransition> {
+    sqlx::query("SELECT from_state, to_state, actor, at FROM workflow_transitions WHERE workflow_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(o.store.pool())
+        .await
+        .expect("transitions are readable")
+        .iter()
+        .map(|r| StoredTransition {
+            from: r.get::<Option<String>, _>(0).map(|s| s.parse().expect("a known state")),
+            to: r.get::<String, _>(1).parse().expect("a known state"),
+            actor: r.get(2),
+            at: r.get(3),
+        })
+        .collect()
+}
+
+/// (voter, decision, at) of every vote of a workflow, voided ones included.
+async fn stored_votes(o: &Orch, id: i64) -> Vec<(String, String, String, i64)> {
+    sqlx::query("SELECT voter, decision, source, at FROM approvals WHERE workflow_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(o.store.pool())
+        .await
+        .expect("approvals are readable")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// Checks what orch did after the random traffic; returns every violation found.
+async fn e2e_violations(o: &Orch, issues: &[IssueSpec], rules: &Rules) -> (Vec<String>, BTreeMap<String, usize>) {
+    let mut bad = Vec::new();
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let wfs = stored_workflows(o).await;
+    let writer = |login: &str| WRITERS.iter().any(|w| w.eq_ignore_ascii_case(login));
+    for wf in &wfs {
+        *states.entry(wf.state.to_string()).or_default() += 1;
+        let rows = stored_transitions(o, wf.id).await;
+        let path: Vec<String> = rows.iter().map(|r| r.to.to_string()).collect();
+        let w = format!("workflow {} ({} #{}, path {path:?})", wf.id, wf.kind, wf.number);
+        match rows.first() {
+            Some(r) if r.from.is_none() && r.to == State::START => {}
+            _ => bad.push(format!("{w}: does not start with the creation row")),
+        }
+        for (i, pair) in rows.windows(2).enumerate() {
+            let (prev, row) = (&pair[0], &pair[1]);
+            let Some(from) = row.from else {
+                bad.push(format!("{w}: row {} has no from state", i + 1));
+                continue;
+            };
+            if from != prev.to {
+                bad.push(format!("{w}: row {} leaves {from} but the workflow was in {}", i + 1, prev.to));
+            }
+            let steps: Vec<Step> = Step::ALL.into_iter().filter(|s| next(wf.kind, from, *s) == Ok(row.to)).collect();
+            if steps.is_empty() {
+                bad.push(format!("{w}: {from} → {} is no step of state::next", row.to));
+            }
+            if row.to == State::Approved {
+                match from {
+                    State::WaitingUserApproval => {
+                        // A quorum before it: `required` writers whose latest vote then was an
+                        // approval, one of them not the requester unless self-approval is allowed.
+                        let votes = stored_votes(o, wf.id).await;
+                        let mut latest: BTreeMap<String, &str> = BTreeMap::new();
+                        for (voter, decision, _, _) in votes.iter().filter(|v| v.3 <= row.at) {
+                            latest.insert(voter.to_lowercase(), decision.as_str());
+                        }
+                        let approving: Vec<&String> = latest
+                            .iter()
+                            .filter(|(v, d)| **d == "approve" && writer(v))
+                            .map(|(v, _)| v)
+                            .collect();
+                        let other = approving.iter().any(|v| !v.eq_ignore_ascii_case(&wf.requested_by));
+                        if (approving.len() as u32) < rules.required || !(rules.allow_self_approval || other) {
+                            bad.push(format!(
+                                "{w}: APPROVED by {} without a quorum ({rules:?}, requester {}) before it: {votes:?}",
+                                row.actor, wf.requested_by
+                            ));
+                        }
+                        if !writer(&row.actor) {
+                            bad.push(format!("{w}: APPROVED with actor {}", row.actor));
+                        }
+                    }
+                    // `add_labels` needs approval under this policy: no auto-approval either.
+                    _ => bad.push(format!("{w}: APPROVED from {from} by {}", row.actor)),
+                }
+            }
+            if row.to == State::ApplyingChanges && prev.to != State::Approved {
+                bad.push(format!("{w}: APPLYING_CHANGES after {}", prev.to));
+            }
+        }
+        if rows.last().map(|r| r.to) != Some(wf.state) {
+            bad.push(format!("{w}: stored state {} is not where its history ends", wf.state));
+        }
+        for (voter, _, source, _) in stored_votes(o, wf.id).await {
+            if source != "policy" && !writer(&voter) {
+                bad.push(format!("{w}: a vote by {voter} ({source}), who may not vote, is in the ledger"));
+            }
+        }
+    }
+    // At most one live workflow of a kind per issue.
+    let mut live: HashMap<(i64, Kind), usize> = HashMap::new();
+    for wf in wfs.iter().filter(|w| !w.state.is_terminal()) {
+        *live.entry((wf.number, wf.kind)).or_default() += 1;
+    }
+    for ((number, kind), n) in live.into_iter().filter(|(_, n)| *n > 1) {
+        bad.push(format!("#{number}: {n} live {kind} workflows"));
+    }
+    // Labels: only DONE triage workflows applied any, and only those they proposed.
+    let rows = sqlx::query("SELECT idempotency_key, status FROM actions WHERE kind = 'labels' ORDER BY id")
+        .fetch_all(o.store.pool())
+        .await
+        .expect("actions are readable");
+    for r in rows {
+        let (key, status): (String, String) = (r.get(0), r.get(1));
+        let id: Option<i64> = key
+            .strip_prefix("wf")
+            .and_then(|k| k.split(':').next())
+            .and_then(|n| n.parse().ok());
+        let wf = wfs.iter().find(|w| Some(w.id) == id);
+        match wf {
+            Some(wf) if wf.kind == Kind::Triage && wf.state == State::Done => {}
+            Some(wf) => bad.push(format!(
+                "labels action {key} ({status}) of workflow {} which is a {} workflow in {}",
+                wf.id, wf.kind, wf.state
+            )),
+            None => bad.push(format!("labels action {key} ({status}) of no workflow")),
+        }
+    }
+    let posts = o.fake.state.log();
+    for issue in issues {
+        let done: Vec<&StoredWorkflow> = wfs
+            .iter()
+            .filter(|w| w.number == issue.number && w.kind == Kind::Triage && w.state == State::Done)
+            .collect();
+        let allowed: BTreeSet<String> = done
+            .iter()
+            .flat_map(|w| proposal_labels(w.proposal.as_deref().unwrap_or("null")))
+            .chain(["orch:triage".to_string()])
+            .collect();
+        let labels = o.fake.state.labels(REPO, issue.number);
+        for l in &labels {
+            if !allowed.contains(l) {
+                bad.push(format!(
+                    "#{}: label `{l}` but no DONE triage workflow proposed it ({labels:?})",
+                    issue.number
+                ));
+            }
+        }
+        let label_posts = posts
+            .iter()
+            .filter(|(m, p)| m == "POST" && p.ends_with(&format!("/issues/{}/labels", issue.number)))
+            .count();
+        if label_posts > done.len() {
+            bad.push(format!(
+                "#{}: labels were added {label_posts} times by {} DONE triage workflows",
+                issue.number,
+                done.len()
+            ));
+        }
+        // Commands of bots and of users named like orch never ran: no 👀 on their comments.
+        for c in o.fake.state.comments(REPO, issue.number) {
+            let acknowledged = o.fake.state.reactions(c.id).iter().any(|(content, _)| content == "eyes");
+            if acknowledged && (BOT_LIKE.contains(&c.author.as_str()) || c.author == orch::github::fake::APP_LOGIN) {
+                bad.push(format!(
+                    "#{}: orch acknowledged a command of {}: {:?}",
+                    issue.number, c.author, c.body
+                ));
+            }
+        }
+    }
+    // Every orch comment carries one marker, and no marker is on GitHub twice.
+    let mut seen: HashMap<i64, (i64, usize)> = HashMap::new();
+    for issue in issues {
+        for c in o.fake.state.bot_comments(REPO, issue.number) {
+            let m = markers(&c.body);
+            if m.len() != 1 {
+                bad.push(format!("#{}: orch comment {} has markers {m:?}: {:?}", issue.number, c.id, c.body));
+            }
+            for id in m {
+                let e = seen.entry(id).or_insert((issue.number, 0));
+                e.1 += 1;
+                if e.1 == 2 {
+                    let body: String = c.body.chars().take(160).collect();
+                    bad.push(format!(
+                        "action {id}: its comment is on GitHub more than once (#{} and #{}): {body:?}",
+                        e.0, issue.number
+                    ));
+                }
+            }
+        }
+    }
+    // Nothing failed for good.
+    for (sql, what) in [
+        ("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'", "failed deliveries"),
+        ("SELECT COUNT(*) FROM jobs WHERE status = 'failed'", "failed jobs"),
+    ] {
+        let n: i64 = sqlx::query(sql).fetch_one(o.store.pool()).await.expect("readable").get(0);
+        if n > 0 {
+            bad.push(format!("{n} {what}"));
+        }
+    }
+    (bad, states)
+}
+
+async fn random_traffic_keeps_every_invariant(backend: Backend) {
+    let seed = master_seed();
+    let events = cases(300);
+    let mut rng = Rng::new(seed);
+    // The approval rules vary with the seed.
+    let rules = Rules {
+        required: 1 + rng.below(2) as u32,
+        allow_self_approval: rng.chance(0.3),
+    };
+    let policy = format!(
+        "{POLICY}approvals: {{required: {}, allow_self_approval: {}, reactions: true}}\n",
+        rules.required, rules.allow_self_approval
+    );
+    let Some(mut o) = Orch::start(backend, &policy).await else { return };
+    for w in WRITERS {
+        o.user(w, if w == "mara" { "maintain" } else { "write" });
+    }
+    o.user("kai", "admin");
+    for r in READERS {
+        o.user(r, "read");
+    }
+    o.user("Orch", "admin");
+    let titles = [
+        ("Crash on start", "It crashes when the config is empty."),
+        ("How do I configure the port?", "Where is it set?"),
+        ("Add dark mode", "Please add a dark theme."),
+        ("Parser panics on empty input", "Stack trace attached."),
+    ];
+    let mut issues: Vec<IssueSpec> = titles.iter().map(|(t, b)| o.open_issue(t, b, "dev-kim")).collect();
+    let started = Instant::now();
+    let mut log: Vec<String> = Vec::new();
+    for n in 0..events {
+        // Bounded in time: what was sent so far is checked all the same.
+        if started.elapsed() > Duration::from_secs(20) {
+            log.push(format!("(stopped after {n} events: time budget)"));
+            break;
+        }
+        let event = gen_event(&mut rng, issues.len());
+        log.push(format!("{event:?}"));
+        match event {
+            Event::Label { issue, by } => add_label(&o, &mut issues[issue], "orch:triage", by).await,
+            Event::Command { issue, by, body } => {
+                o.comment(&issues[issue], by, &body).await;
+            }
+            Event::React { issue, by, content } => {
+                // On one of the issue's proposal comments, old ones included.
+                let proposals: Vec<i64> = o
+                    .fake
+                    .state
+                    .bot_comments(REPO, issues[issue].number)
+                    .into_iter()
+                    .filter(|c| c.body.contains(" proposal (workflow "))
+                    .map(|c| c.id)
+                    .collect();
+                if proposals.is_empty() {
+                    continue;
+                }
+                let comment = *rng.pick(&proposals);
+                // GitHub keeps one reaction of a kind per user.
+                if !o.fake.state.reactions(comment).contains(&(content.to_string(), by.to_string())) {
+                    o.fake.state.react(comment, by, payloads::user_type(by), content);
+                }
+            }
+            Event::Settle => o.wait_idle(30).await,
+            Event::Pause(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Event::SlowGithub { path, times, ms } => o.fake.state.inject(orch::github::fake::Fault::new(
+                "POST".parse().unwrap(),
+                path,
+                times,
+                orch::github::fake::FaultKind::Delay(Duration::from_millis(ms)),
+            )),
+        }
+    }
+    o.wait_idle(30).await;
+    // Reactions added last are seen by the next poll; then nothing may move while we look.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    o.wait_idle(30).await;
+    let mut diagnostics = o.diagnostics().await;
+    o.stop().await;
+    // Jobs claimed more than once: taken over after a lease ran out, or retried after an error.
+    let again: Vec<(String, Option<String>, Option<i64>, i64)> =
+        sqlx::query("SELECT kind, delivery_guid, workflow_id, attempts FROM jobs WHERE attempts > 1 ORDER BY id")
+            .fetch_all(o.store.pool())
+            .await
+            .expect("jobs are readable")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+    diagnostics.push_str(&format!(
+        "jobs claimed more than once (kind, delivery, workflow, attempts): {again:?}\n"
+    ));
+    let (bad, states) = e2e_violations(&o, &issues, &rules).await;
+    let wfs = stored_workflows(&o).await;
+    let mut paths = String::new();
+    for wf in &wfs {
+        let rows = stored_transitions(&o, wf.id).await;
+        let p: Vec<String> = rows.iter().map(|r| format!("{}({})", r.to, r.actor)).collect();
+        paths.push_str(&format!("  {} #{} {}: {}\n", wf.id, wf.number, wf.kind, p.join(" → ")));
+    }
+    eprintln!(
+        "e2e property: {} events in {:.1}s, {rules:?}, {} workflows, final states {states:?} (seed {seed:#x})",
+        log.len(),
+        started.elapsed().as_secs_f64(),
+        wfs.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "{} invariant violation(s) (seed {seed:#x}; replay with ORCH_PROPERTY_SEED={seed:#x} ORCH_PROPERTY_CASES={events}):\n  {}\n\
+         events:\n  {}\nworkflows:\n{paths}\n{diagnostics}",
+        bad.len(),
+        bad.join("\n  "),
+        log.join("\n  ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_random_traffic_keeps_every_invariant() {
+    random_traffic_keeps_every_invariant(Backend::Sqlite).await
+}
+
+/// A deterministic witness for the invariant "labels come only from DONE triage workflows":
+/// `/orch cancel` arrives while the approved workflow is applying (GitHub holds the labels
+/// request for 2 s). The same checks as after the random traffic apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_cancel_while_applying_keeps_every_invariant() {
+    use orch::github::fake::{Fault, FaultKind};
+    let Some(mut o) = Orch::start(Backend::Sqlite, POLICY).await else {
+        return;
+    };
+    o.user("mara", "maintain");
+    o.user("lee", "write");
+    let mut issue = o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim");
+    add_label(&o, &mut issue, "orch:triage", "mara").await;
+    o.eventually("the proposal", Duration::from_secs(15), || async {
+        let w = o.workflow_states().await;
+        w.first().filter(|(_, _, s)| s == "WAITING_USER_APPROVAL").map(|_| ())
+    })
+    .await;
+    let labels = format!("/issues/{}/labels", issue.number);
+    o.fake.state.inject(Fault::new(
+        "POST".parse().unwrap(),
+        &labels,
+        1,
+        FaultKind::Delay(Duration::from_secs(2)),
+    ));
+    o.comment(&issue, "lee", "/orch approve").await;
+    o.eventually_sync("the labels request", Duration::from_secs(15), || {
+        o.fake
+            .state
+            .log()
+            .iter()
+            .any(|(m, p)| m == "POST" && p.ends_with(&labels))
+            .then_some(())
+    })
+    .await;
+    // The workflow is in APPLYING_CHANGES now, its labels on their way to GitHub.
+    o.comment(&issue, "mara", "/orch cancel").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    o.wait_idle(30).await;
+    o.stop().await;
+    let rules = Rules::default();
+    let (bad, states) = e2e_violations(&o, std::slice::from_ref(&issue), &rules).await;
+    let comments: Vec<String> = o.fake.state.bot_comments(REPO, issue.number).into_iter().map(|c| c.body).collect();
+    let path: Vec<String> = o.transitions(1).await.into_iter().map(|(_, to, a)| format!("{to}({a})")).collect();
+    assert!(
+        bad.is_empty(),
+        "cancel while applying: {states:?}, path {path:?}\nviolations:\n  {}\nlabels on GitHub: {:?}\norch's comments: {comments:#?}",
+        bad.join("\n  "),
+        o.fake.state.labels(REPO, issue.number)
+    );
+}
