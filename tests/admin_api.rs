@@ -185,6 +185,31 @@ async fn pending_then_approve_applies_the_labels(backend: Backend) {
     assert_eq!(admin(&o, "get", "/pending", None).await.1["workflows"], json!([]));
 }
 
+/// An approval given through the API passes the same Gate 3 as any other: a patch approved by an
+/// operator after the maintainers forbade its paths is blocked, and nothing reaches the repository.
+async fn an_api_approval_is_refused_at_gate_three_when_the_policy_tightened(backend: Backend) {
+    let Some(o) = orch(backend).await else { return };
+    let issue = o.open_issue("Off by one", "answer() should be 42", "dev-kim");
+    o.comment(&issue, "mara", "/orch propose fix `src/lib.rs` to return 42").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    o.set_policy("phase: 4\npaths: {forbidden: [\"src/**\"]}\n");
+
+    let (status, answer) = admin(&o, "post", &format!("/approve/{id}"), Some(json!({ "operator": "ana" }))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["approvals"]["approvers"], json!(["operator:ana"]), "{answer}");
+    o.wait_state(id, "BLOCKED_POLICY").await;
+    let path: Vec<String> = o.transitions(id).await.into_iter().map(|(_, to, _)| to).collect();
+    assert_eq!(path[path.len() - 2..], ["APPROVED", "BLOCKED_POLICY"], "{path:?}");
+    let said = o.bot_comments(issue.number).last().cloned().unwrap();
+    assert!(said.contains("paths.forbidden") && said.contains("src/lib.rs"), "{said}");
+    assert!(o.fake.state.pulls(REPO).is_empty(), "no pull request");
+    assert_eq!(o.fake.state.branches(REPO), vec!["main".to_string()], "no branch");
+    // Nothing is pending any more, and the refusal is in the workflow's record.
+    let (_, pending) = admin(&o, "get", "/pending", None).await;
+    assert_eq!(pending["workflows"], json!([]), "{pending}");
+}
+
 async fn reject_fails_the_workflow(backend: Backend) {
     let Some(o) = orch(backend).await else { return };
     let (id, number) = waiting_triage(&o).await;
@@ -433,6 +458,7 @@ mod sqlite_only {
 
 both_backends!(
     pending_then_approve_applies_the_labels,
+    an_api_approval_is_refused_at_gate_three_when_the_policy_tightened,
     reject_fails_the_workflow,
     dispatch_triage_starts_a_workflow,
     audit_pages_filters_and_verifies,

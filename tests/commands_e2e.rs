@@ -109,6 +109,21 @@ async fn votes(o: &Orch) -> Vec<(i64, String, String, String)> {
         .collect()
 }
 
+/// The `command_denied` audit rows in order, as (subject, verb, reply).
+async fn command_denials(o: &Orch) -> Vec<(String, String, String)> {
+    sqlx::query("SELECT subject, details FROM audit_log WHERE kind = 'command_denied' ORDER BY seq")
+        .fetch_all(o.store.pool())
+        .await
+        .expect("the audit log is readable")
+        .iter()
+        .map(|r| {
+            let details: serde_json::Value = serde_json::from_str(&r.get::<String, _>(1)).expect("details are JSON");
+            let text = |k: &str| details[k].as_str().unwrap_or_default().to_string();
+            (r.get(0), text("verb"), text("reply"))
+        })
+        .collect()
+}
+
 /// (attempt, previous_id, reason) of workflow `id`.
 async fn attempt_of(o: &Orch, id: i64) -> (i64, Option<i64>, Option<String>) {
     let r = sqlx::query("SELECT attempt, previous_id, reason FROM workflows WHERE id = $1")
@@ -248,6 +263,33 @@ async fn commands_without_write_permission_are_refused_and_change_nothing(backen
     );
     assert_eq!(o.bot_comments(pr.number).len(), 1, "only the refusal of /orch plan");
 
+    // Each refusal is in the audit log: who was refused what, where, and the reply they got.
+    let denials = command_denials(&o).await;
+    let verbs: Vec<&str> = denials.iter().map(|(_, verb, _)| verb.as_str()).collect();
+    assert_eq!(
+        verbs,
+        [
+            "approve",
+            "reject",
+            "request-changes",
+            "retry",
+            "cancel",
+            "triage",
+            "plan",
+            "propose",
+            "approve",
+            "reject"
+        ],
+        "{denials:?}"
+    );
+    for (subject, verb, reply) in &denials {
+        let number = if verb == "plan" { pr.number } else { issue.number };
+        assert_eq!(subject, &format!("{REPO}#{number}"), "{verb}");
+        assert!(reply.contains("needs write, maintain or admin permission"), "{verb}: {reply}");
+    }
+    assert!(denials[8].2.starts_with("@tess, "), "{:?}", denials[8]);
+    assert!(denials[9].2.starts_with("@stranger, "), "{:?}", denials[9]);
+
     // status and help are open to anyone, and acknowledged.
     let (comment, replies) = ask(&o, &issue, "rin", "/orch status").await;
     assert_eq!(replies.len(), 1, "{replies:?}");
@@ -309,6 +351,40 @@ async fn triage_command_then_approve_applies_the_labels(backend: Backend) {
     );
     assert_eq!(actor_into(&o, id, "APPROVED").await.as_deref(), Some("lee"));
     assert_eq!(votes(&o).await, vec![(id, "lee".into(), "approve".into(), "command".into())]);
+}
+
+/// `approvals.approvers` of the repository's policy lets a listed user without write access
+/// approve (GitHub's permission is then not asked); someone not listed with the same access is
+/// still refused, and the listed approver's vote applies the labels.
+async fn a_listed_approver_without_write_access_may_approve(backend: Backend) {
+    let policy = "phase: 4\napprovals:\n  approvers: [RIN]\n";
+    let Some(o) = orch(backend, policy).await else { return };
+    let (issue, id) = waiting_triage(&o).await;
+
+    let (comment, replies) = ask(&o, &issue, "tess", "/orch approve").await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(replies[0].starts_with(&denied("tess", "/orch approve", "triage")), "{}", replies[0]);
+    assert!(reactions(&o, comment).is_empty());
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
+    assert_eq!(command_denials(&o).await.len(), 1);
+
+    // rin has only read access on GitHub, but the policy names them (case does not matter).
+    let (comment, replies) = ask(&o, &issue, "rin", "/orch approve").await;
+    o.wait_state(id, "DONE").await;
+    assert_eq!(reactions(&o, comment), eyes());
+    assert_eq!(
+        o.fake.state.labels(REPO, issue.number),
+        vec!["bug".to_string(), "priority:p1".into()]
+    );
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].starts_with(&format!("Applied labels `bug`, `priority:p1` (workflow {id}, approved by @rin).")),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(actor_into(&o, id, "APPROVED").await.as_deref(), Some("rin"));
+    assert_eq!(votes(&o).await, vec![(id, "rin".into(), "approve".into(), "command".into())]);
+    assert_eq!(command_denials(&o).await.len(), 1, "rin's approval was not a denial");
 }
 
 /// `/orch plan` on a pull request: the QA plan is auto-safe by default, so the policy approves
@@ -1005,6 +1081,7 @@ async fn a_redelivered_approve_does_not_approve_a_later_proposal(backend: Backen
 both_backends!(
     commands_without_write_permission_are_refused_and_change_nothing,
     propose_request_changes_retry_reject_retry_cancel,
+    a_listed_approver_without_write_access_may_approve,
 );
 
 /// One `#[tokio::test]` on SQLite for each `async fn(Backend)`, with the attributes given (`#[ignore]`).

@@ -1,7 +1,8 @@
 //! Model output is untrusted: whatever the (scripted) model answers, nothing the policy forbids
 //! is posted or applied, and the user sees why. And the guardrails of SPEC §10 end to end: the
 //! breaker opens at the error rate, refuses calls while open, closes on reset; a call whose
-//! projected cost passes the run's ceiling is refused before anything is spent.
+//! projected cost passes the run's ceiling, or the spending window's, is refused before anything is
+//! spent.
 
 mod common;
 #[path = "common/e2e.rs"]
@@ -175,6 +176,78 @@ async fn a_call_projected_past_the_run_ceiling_is_refused(backend: Backend) {
     );
 }
 
+/// Records a finished model call of workflow `workflow_id` that cost `cost_usd`, started at
+/// `started_at`: spending the window ceiling counts, made by whichever workflow.
+async fn spent(o: &Orch, workflow_id: i64, cost_usd: f64, started_at: i64) {
+    use orch::store::model_calls::{finish, start, Finished, NewModelCall, Outcome};
+    let mut tx = o.store.begin().await.unwrap();
+    let call = NewModelCall {
+        workflow_id,
+        task: "triage",
+        template: "triage.v1",
+        prompt: "p",
+        prompt_sha256: "0",
+        provider: "fake",
+        model: "claude-sonnet-4-5",
+        max_output_tokens: 1,
+        not_seen: &[],
+    };
+    let id = start(&mut *tx, &call, started_at).await.unwrap();
+    let done = Finished {
+        outcome: Outcome::Ok,
+        error: None,
+        answer: None,
+        tokens_in: 1,
+        tokens_out: 1,
+        cost_usd,
+        price_known: true,
+        attempts: 1,
+        latency_ms: 1,
+    };
+    finish(&mut *tx, id, &done, started_at).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// `limits.max_cost_per_window_usd` counts what every workflow spent in the last
+/// `limits.window_minutes`: spending older than the window does not count; a call that would
+/// pass the ceiling inside it is refused before anything is spent, and the user is told why.
+async fn a_call_projected_past_the_window_ceiling_is_refused(backend: Backend) {
+    let policy = "phase: 4\nllm: {model: claude-sonnet-4-5}\nlimits: {max_cost_per_window_usd: 1.0, window_minutes: 60}\n";
+    let Some(o) = Orch::start(backend, policy).await else { return };
+    o.user("mara", "maintain");
+    let mut first = o.open_issue("Crash", "crash", "dev-kim");
+    o.label_issue(&mut first, "orch:triage", "mara").await;
+    o.wait_state(1, "WAITING_USER_APPROVAL").await;
+
+    // Five dollars spent 61 minutes ago: outside the window, so a new triage still runs.
+    let now = orch::store::now_ms();
+    spent(&o, 1, 5.0, now - 61 * 60_000).await;
+    let mut second = o.open_issue("Hang", "hangs", "dev-kim");
+    o.label_issue(&mut second, "orch:triage", "mara").await;
+    o.wait_state(2, "WAITING_USER_APPROVAL").await;
+
+    // Ninety-nine cents spent just now: with what the two triages cost, the next call's
+    // projected cost would pass the dollar.
+    spent(&o, 1, 0.99, orch::store::now_ms()).await;
+    let mut third = o.open_issue("Leak", "leaks", "dev-kim");
+    o.label_issue(&mut third, "orch:triage", "mara").await;
+    o.wait_state(3, "FAILED").await;
+    let said = o.bot_comments(third.number).join("\n");
+    assert!(
+        said.contains("Workflow 3 stopped before asking the model") && said.contains("would take spending past $1.00 in 60 minutes"),
+        "{said}"
+    );
+    assert!(
+        orch::store::model_calls::for_workflow(o.store.pool(), 3).await.unwrap().is_empty(),
+        "nothing was spent on the refused workflow"
+    );
+    assert_eq!(
+        orch::store::model_calls::for_workflow(o.store.pool(), 2).await.unwrap().len(),
+        1,
+        "the second triage asked the model"
+    );
+}
+
 async fn commands_and_fake_markers_in_model_text_are_never_posted(backend: Backend) {
     // The model was talked into writing commands for other bots, and orch's own marker.
     let script = json!([
@@ -291,4 +364,5 @@ both_backends!(
     an_answer_with_unknown_fields_is_refused,
     the_breaker_opens_refuses_and_closes_on_reset,
     a_call_projected_past_the_run_ceiling_is_refused,
+    a_call_projected_past_the_window_ceiling_is_refused,
 );
