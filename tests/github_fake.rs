@@ -22,18 +22,25 @@ struct Env {
     _keys: tempfile::TempDir,
     fake: FakeGithub,
     client: GithubClient,
+    tokens: Arc<TokenCache>,
 }
 
 async fn env(policy: RetryPolicy) -> Env {
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = common::key_pair(keys.path());
     let fake = FakeGithub::start(77, &public, Duration::from_secs(3600)).await.unwrap();
+    common::check_bodies(&fake.state);
     let credentials = AppCredentials::from_pem(77, &private, "ORCH_GITHUB_PRIVATE_KEY").unwrap();
     let http = reqwest::Client::new();
     let tokens = Arc::new(TokenCache::new(credentials, &fake.url(), http.clone(), policy.clone()));
     // Pacing is tested on its own; elsewhere it would only slow the tests down.
-    let client = GithubClient::new(http, &fake.url(), tokens, policy).with_pace(Duration::ZERO);
-    Env { _keys: keys, fake, client }
+    let client = GithubClient::new(http, &fake.url(), tokens.clone(), policy).with_pace(Duration::ZERO);
+    Env {
+        _keys: keys,
+        fake,
+        client,
+        tokens,
+    }
 }
 
 fn quick() -> RetryPolicy {
@@ -594,6 +601,24 @@ async fn orch_finds_and_edits_its_own_comment() {
     bodies_valid(&e);
 }
 
+/// Each answer counts the hour's requests down as GitHub does; the client keeps the latest
+/// headroom for `/metrics`; once none is left, the next request is refused until the reset, an
+/// hour away, and orch gives up at once with a clear error instead of waiting that long.
+#[tokio::test]
+async fn the_primary_rate_limit_counts_down_and_runs_out() {
+    let e = env(quick()).await;
+    e.fake.state.set_rate_limit(3);
+    for left in [2, 1, 0] {
+        e.client.list_issue_comments(5, REPO, 40).await.unwrap();
+        assert_eq!(e.client.rate_limit(), Some((left, 3)));
+    }
+    let started = std::time::Instant::now();
+    let err = e.client.list_issue_comments(5, REPO, 40).await.unwrap_err();
+    assert!(err.to_string().contains("rate limit"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    assert_eq!(e.fake.state.rate_used(), 3, "the refused request is not counted");
+}
+
 #[tokio::test]
 async fn an_exhausted_rate_limit_is_waited_out_until_its_reset() {
     let e = env(quick()).await;
@@ -721,6 +746,40 @@ async fn a_dry_run_client_records_writes_as_dry_run(backend: Backend) {
         .unwrap();
     assert!(matches!(sent, Sent::DryRun { .. }), "{sent:?}");
     assert!(e.fake.state.comments(REPO, 10).is_empty());
+}
+
+/// With GitHub's description attached, the fake answers a body GitHub would refuse as GitHub
+/// does (422 "Invalid request", the problem named) without applying it, and remembers it.
+#[tokio::test]
+async fn the_fake_refuses_bodies_githubs_description_refuses() {
+    let e = env(quick()).await;
+    if common::rest_description().is_none() {
+        return; // skipped loudly outside CI; CI requires the description
+    }
+    let n = e.fake.state.open_issue(REPO, "Crash", "crash", "dev-kim");
+    let token = e.tokens.token(5).await.unwrap();
+    let post = |body: serde_json::Value| {
+        reqwest::Client::new()
+            .post(format!("{}/repos/{REPO}/issues/{n}/comments", e.fake.url()))
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+            .json(&body)
+            .send()
+    };
+    let refused = post(serde_json::json!({ "body": "hi", "bogus": true })).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let answer: serde_json::Value = refused.json().await.unwrap();
+    let text = answer["message"].as_str().unwrap();
+    assert!(text.starts_with("Invalid request.") && text.contains("`bogus`"), "{text}");
+    assert!(e.fake.state.comments(REPO, n).is_empty(), "nothing was applied");
+    let violations = e.fake.state.body_violations();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0].contains(&format!("POST /repos/{REPO}/issues/{n}/comments")),
+        "{violations:?}"
+    );
+    // A valid body goes through.
+    assert_eq!(post(serde_json::json!({ "body": "hi" })).await.unwrap().status().as_u16(), 201);
+    assert_eq!(e.fake.state.comments(REPO, n).len(), 1);
 }
 
 /// The body check itself refuses what GitHub's description does not allow.

@@ -4,8 +4,10 @@
 //! answers with GitHub's status codes and headers, and injects faults on request.
 //!
 //! One middleware ([`gate`]) does what every request goes through on GitHub: it is logged, its
-//! JSON body kept (the tests check each against GitHub's description), faults applied, the token
-//! and the repository's installation checked and the rate limit counted. Handlers only model.
+//! JSON body kept, faults applied, the token and the repository's installation checked and the
+//! rate limit counted, and — once the tests attached GitHub's REST description
+//! ([`FakeState::check_bodies_against`]) — a body GitHub's schema refuses is refused with a 422
+//! and remembered ([`FakeState::body_violations`]). Handlers only model.
 
 // Handlers short-circuit with the ready HTTP answer GitHub would give; boxing those answers
 // would buy nothing in a test double.
@@ -25,6 +27,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use super::rest_schema::RestDescription;
 
 /// The login orch's installation token acts as.
 pub const APP_LOGIN: &str = "orch[bot]";
@@ -117,12 +121,20 @@ struct Model {
     rate_used: u64,
     /// While set and in the future, the primary rate limit is used up until then (unix seconds).
     rate_reset_at: Option<u64>,
+    /// Requests an installation may make per hour (None: GitHub's 5,000).
+    rate_limit: Option<u64>,
+    /// When the current hour of the primary rate limit began (unix seconds; 0: not yet).
+    rate_window_started: u64,
     git: Git,
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
     /// Every JSON body received: (method, path, body), for checks against GitHub's description.
     bodies: Vec<(String, String, serde_json::Value)>,
+    /// GitHub's REST description, when attached: request bodies are checked against it.
+    description: Option<Arc<RestDescription>>,
+    /// What the description found wrong with request bodies, one line per problem.
+    body_violations: Vec<String>,
     /// The App's webhook deliveries, one per attempt, in the order they were made.
     hook_deliveries: Vec<FakeHookDelivery>,
     /// Where redeliveries are sent: (orch's base URL, webhook secret).
@@ -160,6 +172,11 @@ impl FakeHookDelivery {
 }
 
 impl Model {
+    /// The primary rate limit as (limit, used, reset in unix seconds).
+    fn rate_status(&self) -> (u64, u64, u64) {
+        (self.rate_limit.unwrap_or(5000), self.rate_used, self.rate_window_started + 3600)
+    }
+
     /// The next issue or pull request number of `repo`.
     fn next_number(&self, repo: &str) -> i64 {
         let issues = self.issues.keys().filter(|(r, _)| r == repo).map(|(_, n)| *n);
@@ -337,12 +354,25 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
         _ => {}
     }
     // Endpoints that take the App's JWT check it themselves; the rest need an installation token.
-    if !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation")) {
+    let authenticated = !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation"));
+    if authenticated {
         if let Err(r) = s.authorize(&parts.headers, &path) {
             return r;
         }
     }
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    if let Err(r) = s.check_body(&method, &path, &bytes) {
+        return r;
+    }
+    let mut response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    if authenticated {
+        let (limit, used, reset) = s.model().rate_status();
+        let h = response.headers_mut();
+        h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(limit.saturating_sub(used)));
+        h.insert("x-ratelimit-used", HeaderValue::from(used));
+        h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+        h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    }
     match fault {
         Some(FaultKind::ApplyThenStall(d)) => {
             tokio::time::sleep(d).await;
@@ -364,6 +394,37 @@ impl FakeState {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
             m.bodies.push((method.to_string(), path.to_string(), v));
         }
+    }
+
+    /// Checks a request's JSON body against GitHub's description, when one is attached: GitHub
+    /// answers a body its schema refuses with 422 "Invalid request", and so does the fake, which
+    /// also remembers the problems for the tests to assert on.
+    fn check_body(&self, method: &Method, path: &str, body: &[u8]) -> Result<(), Response> {
+        let mut m = self.model();
+        let Some(description) = m.description.clone() else { return Ok(()) };
+        if body.is_empty() {
+            return Ok(());
+        }
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(()); // the handler answers "Problems parsing JSON"
+        };
+        let problems = description.problems(method.as_str(), path, &value);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        m.body_violations.extend(problems.iter().cloned());
+        drop(m);
+        Err(unprocessable(&format!("Invalid request.\n\n{}", problems.join("\n"))))
+    }
+
+    /// From now on, request bodies are checked against `description` (see [`gate`]).
+    pub fn check_bodies_against(&self, description: RestDescription) {
+        self.model().description = Some(Arc::new(description));
+    }
+
+    /// Every problem GitHub's description found with a request body since it was attached.
+    pub fn body_violations(&self) -> Vec<String> {
+        self.model().body_violations.clone()
     }
 
     /// Takes the fault that applies to a request, if any.
@@ -409,6 +470,21 @@ impl FakeState {
                 return Err(r);
             }
             m.rate_reset_at = None;
+        }
+        // GitHub's primary limit: so many requests per hour, counted down in every answer.
+        let now = unix_now();
+        if m.rate_window_started == 0 || now >= m.rate_window_started + 3600 {
+            m.rate_window_started = now;
+            m.rate_used = 0;
+        }
+        let (limit, used, reset) = m.rate_status();
+        if used >= limit {
+            drop(m);
+            let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
+            r.headers_mut().insert("x-ratelimit-limit", HeaderValue::from(limit));
+            r.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            r.headers_mut().insert("x-ratelimit-reset", HeaderValue::from(reset));
+            return Err(r);
         }
         m.rate_used += 1;
         Ok(installation)
@@ -667,7 +743,12 @@ impl FakeState {
         self.model().rate_reset_at = Some(reset);
     }
 
-    /// Requests counted against the rate limit so far.
+    /// Lets each hour hold only `per_hour` requests (GitHub's primary rate limit; 5,000 unless set).
+    pub fn set_rate_limit(&self, per_hour: u64) {
+        self.model().rate_limit = Some(per_hour);
+    }
+
+    /// Requests counted against the rate limit so far (this hour).
     pub fn rate_used(&self) -> u64 {
         self.model().rate_used
     }
@@ -1405,7 +1486,7 @@ async fn list_reactions(State(s): State<Arc<FakeState>>, Path((_owner, _repo, co
     let etag = format!("W/\"{:08x}\"", crc32fast::hash(body.to_string().as_bytes()));
     if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         // GitHub does not count a 304 against the rate limit.
-        m.rate_used -= 1;
+        m.rate_used = m.rate_used.saturating_sub(1);
         drop(m);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert("etag", HeaderValue::from_str(&etag).expect("ascii"));

@@ -6,4 +6,5 @@ pub mod auth;
 pub mod client;
 pub mod fake;
 pub mod redeliver;
+pub mod rest_schema;
 pub mod retry;

@@ -89,6 +89,7 @@ impl Orch {
         let fake = FakeGithub::start(APP_ID, &public, Duration::from_secs(3600))
             .await
             .expect("the fake GitHub starts");
+        common::check_bodies(&fake.state);
         fake.state.add_repo(REPO, INSTALLATION, "main");
         let main_sha = fake.state.init_repo(
             REPO,
@@ -123,7 +124,7 @@ impl Orch {
             db,
             fake,
             server: Some(server),
-            http: reqwest::Client::new(),
+            http: common::test_http(),
             store,
             repo: repo(),
             main_sha,
@@ -469,4 +470,11 @@ impl Orch {
 async fn boot(env: &HashMap<String, String>) -> Server {
     let config = Config::from_map(env).expect("the e2e configuration is valid");
     Server::start(&config).await.expect("orch starts")
+}
+
+/// Every body orch sent the fake during the test is one GitHub's description accepts.
+impl Drop for Orch {
+    fn drop(&mut self) {
+        common::assert_bodies_were_valid(&self.fake.state);
+    }
 }

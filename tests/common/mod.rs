@@ -245,3 +245,52 @@ pub fn key_pair(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
     assert!(pubout.status.success());
     (std::fs::read(private).unwrap(), std::fs::read(public).unwrap())
 }
+
+/// GitHub's REST description of the shared reference folder
+/// (`../shared/reference/github-rest-subset.json`, or `ORCH_REFERENCE_REST`), which is not part of
+/// this repository. In CI it must be there; elsewhere its absence skips the body checks, loudly.
+pub fn rest_description() -> Option<orch::github::rest_schema::RestDescription> {
+    let path = std::env::var("ORCH_REFERENCE_REST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/github-rest-subset.json"));
+    if !path.exists() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "GitHub's REST description not found at {} in CI",
+            path.display()
+        );
+        eprintln!("SKIPPED: no REST description at {}; request bodies are not checked", path.display());
+        return None;
+    }
+    Some(orch::github::rest_schema::RestDescription::load(&path).expect("GitHub's REST description loads"))
+}
+
+/// Makes `fake` refuse (422) and remember every request body GitHub's description refuses.
+pub fn check_bodies(fake: &orch::github::fake::FakeState) {
+    if let Some(description) = rest_description() {
+        fake.check_bodies_against(description);
+    }
+}
+
+/// Fails the test, unless it is failing already, when orch sent GitHub a body its description
+/// refuses: every end-to-end test checks every body it made orch send.
+pub fn assert_bodies_were_valid(fake: &orch::github::fake::FakeState) {
+    if std::thread::panicking() {
+        return;
+    }
+    let violations = fake.body_violations();
+    assert!(
+        violations.is_empty(),
+        "orch sent request bodies GitHub's REST description refuses:\n{}",
+        violations.join("\n")
+    );
+}
+
+/// The harnesses' HTTP client: a request to orch that never gets an answer fails the test
+/// after 30 s with the request named, rather than hanging it.
+pub fn test_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}

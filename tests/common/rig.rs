@@ -53,6 +53,7 @@ impl Rig {
         let keys = tempfile::tempdir().unwrap();
         let (_private, public) = common::key_pair(keys.path());
         let fake = FakeGithub::start(APP_ID, &public, Duration::from_secs(3600)).await.unwrap();
+        common::check_bodies(&fake.state);
         fake.state.add_repo(REPO, INSTALLATION, "main");
         let main_sha = fake.state.init_repo(
             REPO,
@@ -96,7 +97,7 @@ impl Rig {
             }],
             starts: 0,
             store,
-            http: reqwest::Client::new(),
+            http: common::test_http(),
             logs,
             main_sha,
         })
@@ -290,6 +291,7 @@ impl Drop for Rig {
                 let _ = child.wait();
             }
         }
+        common::assert_bodies_were_valid(&self.fake.state);
     }
 }
 
