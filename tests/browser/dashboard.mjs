@@ -1,5 +1,5 @@
 // Drives orch's dashboard in headless Chromium (Debian's /usr/bin/chromium, never a downloaded
-// browser): log in, open the waiting workflow from the pending list, approve it, reload until
+// browser) with JavaScript disabled: log in, open the waiting workflow from the pending list, approve it, reload until
 // it is DONE, and check that POSTs without the session cookie or without the right CSRF token
 // are refused. Screenshots of every page go to <screenshot-dir>.
 //
@@ -22,7 +22,9 @@ function check(cond, what) {
 
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true });
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  // JavaScript off: the dashboard must work as plain HTML forms (playwright still drives the
+  // page from outside, as a user's clicks and typing would).
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, javaScriptEnabled: false });
   const page = await context.newPage();
   const shot = (name) => page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
 
@@ -37,6 +39,7 @@ try {
   await page.fill('input[name=token]', token);
   await page.click('form[action="/ui/login"] button');
   check(new URL(page.url()).pathname === '/ui/', 'logging in opens the workflows list');
+  check((await page.$$('script')).length === 0, 'the dashboard sends no script at all');
   const cookie = (await context.cookies()).find((c) => c.name === 'orch_session');
   check(cookie !== undefined, 'Chromium kept the Secure session cookie over http://127.0.0.1');
   check(cookie.httpOnly && cookie.secure && cookie.sameSite === 'Strict' && cookie.path === '/ui', 'the cookie is HttpOnly, Secure, SameSite=Strict, Path=/ui');
