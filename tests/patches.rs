@@ -108,6 +108,29 @@ async fn approve_by_comment_opens_a_pull_request_with_exactly_the_patch(backend:
         .last()
         .unwrap()
         .starts_with(&format!("Opened pull request #{}", pulls[0].number)));
+    // The proposal's check run: decided, so no buttons any more, and it says so; its per-file
+    // annotation is still there.
+    let runs = o.fake.state.check_runs(REPO);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = o
+        .eventually_sync("the check run is closed", std::time::Duration::from_secs(10), || {
+            o.fake.state.check_run(runs[0].id).filter(|r| r.actions.is_empty())
+        })
+        .await;
+    assert_eq!(run.conclusion.as_deref(), Some("success"));
+    assert!(
+        run.summary
+            .starts_with("**Approved and applied: the pull request is linked on the issue.**"),
+        "{}",
+        run.summary
+    );
+    assert!(
+        run.summary.contains("`src/lib.rs`") && run.summary.contains("<!-- orch:action:"),
+        "{}",
+        run.summary
+    );
+    assert_eq!(run.annotations.len(), 1, "{:?}", run.annotations);
+    assert_eq!(run.annotations[0]["path"], "src/lib.rs");
 }
 
 async fn a_base_that_moved_under_the_patch_needs_a_human(backend: Backend) {

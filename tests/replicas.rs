@@ -327,14 +327,34 @@ async fn three_replicas_process_every_delivery_once_and_each_workflow_by_one_wor
     // jobs it holds (leased to it) at that moment are read just before the kill.
     let victim_process = *rig.replicas[VICTIM].runs.last().unwrap();
     let victim_log = rig.log_path(victim_process);
-    rig.wait_for("the victim to run a workflow step", Duration::from_secs(30), || async {
+    let running_a_step = || {
         let log = std::fs::read_to_string(&victim_log).unwrap();
         executions(victim_process, &log)
             .iter()
             .any(|e| e.end.is_none() && e.workflow != 0)
-            .then_some(())
-    })
-    .await;
+    };
+    // The step may end between reading the log and the kill: the victim is frozen (SIGSTOP)
+    // first, the log read again, and the victim let go to try again if the step ended meanwhile.
+    let signal = |name: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([name, &victim_pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {name} {victim_pid}");
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        rig.wait_for("the victim to run a workflow step", Duration::from_secs(30), || async {
+            running_a_step().then_some(())
+        })
+        .await;
+        signal("-STOP");
+        if running_a_step() {
+            break;
+        }
+        signal("-CONT");
+        assert!(std::time::Instant::now() < deadline, "the victim never stopped inside a workflow step");
+    }
     let owned = format!("SELECT id, kind, attempts FROM jobs WHERE status = 'running' AND lease_owner LIKE '{victim_pid}-%'");
     let held: Vec<(i64, String, i64)> = sqlx::query(&owned)
         .fetch_all(rig.store.pool())

@@ -432,6 +432,25 @@ async fn the_reject_button_rejects_as_its_presser(backend: Backend) {
     .await;
     assert!(o.fake.state.pulls(REPO).is_empty(), "nothing applied");
     assert_eq!(o.fake.state.branches(REPO), ["main"]);
+    // The decided proposal's check run loses its buttons and says how it ended; it stays the
+    // write that created it (its marker is kept).
+    let closed = o
+        .eventually_sync("the check run is closed", WAIT, || {
+            o.fake.state.check_run(run.id).filter(|r| r.actions.is_empty())
+        })
+        .await;
+    assert_eq!(closed.conclusion.as_deref(), Some("neutral"));
+    assert!(
+        closed.summary.starts_with("**Closed without being applied.**") && closed.summary.contains("rejected by @lee"),
+        "{}",
+        closed.summary
+    );
+    let marker = run.summary.rfind("<!-- orch:action:").map(|i| &run.summary[i..]).unwrap();
+    assert!(closed.summary.ends_with(marker), "{}", closed.summary);
+    assert_eq!(
+        closed.title.as_deref(),
+        Some(format!("Patch proposal for #{} (workflow {id}): FAILED", issue.number).as_str())
+    );
 }
 
 both_backends!(

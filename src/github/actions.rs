@@ -3,7 +3,7 @@
 //! marker, so a write whose answer was lost (a crash, a timeout after GitHub applied it) is found
 //! and recorded instead of being made twice. In dry-run the action is recorded and nothing sent.
 
-use super::client::{CheckRunSpec, ClientError, GithubClient};
+use super::client::{CheckRunSpec, CheckRunUpdate, ClientError, GithubClient};
 use crate::store::{actions, now_ms, Store};
 
 /// GitHub's limit for a comment body, in characters.
@@ -269,6 +269,49 @@ pub async fn check_run_once(
                 truncate(&spec.summary, CHECK_RUN_TEXT_LIMIT, mark.chars().count() + 2)
             );
             client.create_check_run(installation, repo, &marked).await
+        },
+    )
+    .await
+}
+
+/// Updates check run `check_run_id` at most once for `key` (an update repeated after a lost
+/// answer is harmless, so nothing is looked for first). The new summary ends with the marker of
+/// the action that created the run, when orch made it, so the run stays recognisable as that
+/// write.
+pub async fn check_run_update_once(
+    store: &Store,
+    client: Option<&GithubClient>,
+    key: &str,
+    installation: i64,
+    repo: &str,
+    check_run_id: i64,
+    update: &CheckRunUpdate,
+) -> Result<Sent, ActionError> {
+    let keep_marker = actions::made(store.pool(), "check_run", repo, check_run_id).await?.map(marker);
+    let keep_marker = keep_marker.as_deref();
+    let write = Write {
+        key,
+        installation,
+        repo,
+        kind: "check_run_update",
+        target: format!("check-run:{check_run_id}"),
+    };
+    once(
+        store,
+        client,
+        write,
+        |_| async { Ok(None) },
+        |_| async move {
+            let client = client.expect("only called when sending");
+            let mut update = update.clone();
+            if let Some(mark) = keep_marker {
+                update.summary = format!(
+                    "{}\n\n{mark}",
+                    truncate(&update.summary, CHECK_RUN_TEXT_LIMIT, mark.chars().count() + 2)
+                );
+            }
+            client.update_check_run(installation, repo, check_run_id, &update).await?;
+            Ok(check_run_id)
         },
     )
     .await

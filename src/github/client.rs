@@ -32,6 +32,16 @@ pub struct CheckRunSpec {
     pub actions: Vec<CheckAction>,
 }
 
+/// A change to a completed check run: its conclusion, what it says, and its buttons (an empty
+/// list takes them all away).
+#[derive(Debug, Clone)]
+pub struct CheckRunUpdate {
+    pub conclusion: String,
+    pub title: String,
+    pub summary: String,
+    pub actions: Vec<CheckAction>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Annotation {
     pub path: String,
@@ -515,6 +525,20 @@ impl GithubClient {
             self.request(installation, Method::PATCH, &path, Some(&body), true).await?;
         }
         Ok(created.id)
+    }
+
+    /// Updates check run `id` (`PATCH /repos/{repo}/check-runs/{id}`): conclusion, title,
+    /// summary (cut at GitHub's limit) and buttons. Repeating it changes nothing more.
+    pub async fn update_check_run(&self, installation: i64, repo: &str, id: i64, update: &CheckRunUpdate) -> Result<(), ClientError> {
+        use super::actions::{truncate, CHECK_RUN_TEXT_LIMIT};
+        let body = serde_json::json!({
+            "conclusion": update.conclusion,
+            "output": { "title": update.title, "summary": truncate(&update.summary, CHECK_RUN_TEXT_LIMIT, 0) },
+            "actions": update.actions,
+        });
+        let path = format!("/repos/{repo}/check-runs/{id}");
+        self.request(installation, Method::PATCH, &path, Some(&body), true).await?;
+        Ok(())
     }
 }
 

@@ -93,3 +93,17 @@ pub async fn status<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64) -> sql
         .await?;
     Ok((r.try_get(0)?, r.try_get(1)?))
 }
+
+/// The done action of `kind` in `repository` that GitHub answered with `github_id` (for example
+/// the action that created a check run), if any.
+pub async fn made<'c, E: Executor<'c, Database = Db>>(conn: E, kind: &str, repository: &str, github_id: i64) -> sqlx::Result<Option<i64>> {
+    let r = sqlx::query(
+        "SELECT id FROM actions WHERE kind = $1 AND repository = $2 AND github_id = $3 AND status = 'done' ORDER BY id LIMIT 1",
+    )
+    .bind(kind.to_string())
+    .bind(repository.to_string())
+    .bind(github_id)
+    .fetch_optional(conn)
+    .await?;
+    r.map(|r| r.try_get(0)).transpose()
+}

@@ -167,7 +167,10 @@ impl Engine {
                 }
                 State::ApplyingChanges => self.apply(&wf).await?,
                 State::PrCreated => self.announce_pr(&wf).await?,
-                State::NeedsHuman | State::Done | State::Failed | State::BlockedPolicy => return Ok(Next::Idle),
+                State::NeedsHuman | State::Done | State::Failed | State::BlockedPolicy => {
+                    self.close_check_run(&wf).await?;
+                    return Ok(Next::Idle);
+                }
             }
         }
         anyhow::bail!("workflow {id} did not settle")
@@ -634,8 +637,55 @@ impl Engine {
         if let Some(t @ Tally::Rejected { .. }) = &tally {
             let text = format!("Workflow {} was {}; nothing was applied.", wf.id, t.summary());
             self.comment(wf, &format!("wf{}:rejected", wf.id), &text).await?;
+            self.close_check_run(&self.load(wf.id).await?).await?;
         }
         Ok(tally)
+    }
+
+    /// Once a patch proposal is decided (the workflow ended, applied or not), its check run says
+    /// how, and its Approve/Reject buttons go: GitHub would otherwise keep offering them. Once per
+    /// check run; a no-op before the end or without a check run.
+    pub async fn close_check_run(&self, wf: &Workflow) -> anyhow::Result<()> {
+        let (Kind::Patch, Some(run)) = (wf.kind, wf.check_run_id) else {
+            return Ok(());
+        };
+        let (conclusion, outcome) = match wf.state {
+            State::Done | State::PrCreated => ("success", "Approved and applied: the pull request is linked on the issue."),
+            State::BlockedPolicy => ("failure", "Blocked by policy: nothing was applied."),
+            State::NeedsHuman => (
+                "neutral",
+                "Waiting for a human: nothing was applied; `/orch retry` makes a new proposal.",
+            ),
+            State::Failed => ("neutral", "Closed without being applied."),
+            _ => return Ok(()),
+        };
+        let reason = wf.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let mut summary = format!(
+            "**{outcome}**\n\nWorkflow {} ended `{}`{reason}; this proposal takes no more approvals.",
+            wf.id,
+            wf.state.as_str()
+        );
+        if let Ok(Proposal::Patch(patch)) = Self::proposal_of(wf) {
+            summary.push_str("\n\n---\n\n");
+            summary.push_str(&messages::patch(&patch));
+        }
+        let update = crate::github::client::CheckRunUpdate {
+            conclusion: conclusion.into(),
+            title: format!("Patch proposal for #{} (workflow {}): {}", wf.number, wf.id, wf.state.as_str()),
+            summary,
+            actions: Vec::new(),
+        };
+        actions::check_run_update_once(
+            &self.store,
+            Some(&self.github),
+            &format!("wf{}:check-closed:{run}", wf.id),
+            wf.installation_id,
+            &wf.repository,
+            run,
+            &update,
+        )
+        .await?;
+        Ok(())
     }
 
     /// WAITING_USER_APPROVAL: polls the proposal's reactions (GitHub sends no webhook for them)

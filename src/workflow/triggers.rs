@@ -304,6 +304,7 @@ impl Engine {
             )
             .await?;
         }
+        let workflow_id = run.workflow_id;
         let reply = match run {
             TriggerRun { reply: Some(text), .. } => text,
             TriggerRun {
@@ -326,6 +327,11 @@ impl Engine {
         };
         if !reply.is_empty() {
             self.reply(&t.at, &format!("{}:reply", t.key), &reply).await?;
+        }
+        // A command or vote that ended a patch proposal (reject, cancel, request-changes) retires
+        // its check run's buttons; repeated on a redelivery, it changes nothing.
+        if let Some(id) = workflow_id {
+            self.close_check_run(&self.load(id).await?).await?;
         }
         Ok(())
     }
