@@ -324,19 +324,7 @@ async fn triage_command_then_approve_applies_the_labels(backend: Backend) {
     );
     assert_eq!(actor_into(&o, id, "INGESTED").await.as_deref(), Some("mara"));
 
-    let (comment, replies) = ask(&o, &issue, "lee", "/orch approve").await;
-    o.wait_state(id, "DONE").await;
-    assert_eq!(reactions(&o, comment), eyes());
-    assert_eq!(
-        o.fake.state.labels(REPO, issue.number),
-        vec!["bug".to_string(), "priority:p1".into()]
-    );
-    assert_eq!(replies.len(), 1, "{replies:?}");
-    assert!(
-        replies[0].starts_with(&format!("Applied labels `bug`, `priority:p1` (workflow {id}, approved by @lee).")),
-        "{}",
-        replies[0]
-    );
+    approve_applies_the_labels(&o, &issue, id, "lee").await;
     assert_eq!(
         path(&o, id).await,
         [
@@ -349,8 +337,29 @@ async fn triage_command_then_approve_applies_the_labels(backend: Backend) {
             "DONE"
         ]
     );
-    assert_eq!(actor_into(&o, id, "APPROVED").await.as_deref(), Some("lee"));
-    assert_eq!(votes(&o).await, vec![(id, "lee".into(), "approve".into(), "command".into())]);
+}
+
+/// `login` comments `/orch approve` on the waiting triage `id` of `issue`: acknowledged, the
+/// proposed labels applied, one reply naming the approver, the move to APPROVED made as them and
+/// their vote the only one in the ledger.
+async fn approve_applies_the_labels(o: &Orch, issue: &IssueSpec, id: i64, login: &str) {
+    let (comment, replies) = ask(o, issue, login, "/orch approve").await;
+    o.wait_state(id, "DONE").await;
+    assert_eq!(reactions(o, comment), eyes());
+    assert_eq!(
+        o.fake.state.labels(REPO, issue.number),
+        vec!["bug".to_string(), "priority:p1".into()]
+    );
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0].starts_with(&format!(
+            "Applied labels `bug`, `priority:p1` (workflow {id}, approved by @{login})."
+        )),
+        "{}",
+        replies[0]
+    );
+    assert_eq!(actor_into(o, id, "APPROVED").await.as_deref(), Some(login));
+    assert_eq!(votes(o).await, vec![(id, login.into(), "approve".into(), "command".into())]);
 }
 
 /// `approvals.approvers` of the repository's policy lets a listed user without write access
@@ -369,21 +378,7 @@ async fn a_listed_approver_without_write_access_may_approve(backend: Backend) {
     assert_eq!(command_denials(&o).await.len(), 1);
 
     // rin has only read access on GitHub, but the policy names them (case does not matter).
-    let (comment, replies) = ask(&o, &issue, "rin", "/orch approve").await;
-    o.wait_state(id, "DONE").await;
-    assert_eq!(reactions(&o, comment), eyes());
-    assert_eq!(
-        o.fake.state.labels(REPO, issue.number),
-        vec!["bug".to_string(), "priority:p1".into()]
-    );
-    assert_eq!(replies.len(), 1, "{replies:?}");
-    assert!(
-        replies[0].starts_with(&format!("Applied labels `bug`, `priority:p1` (workflow {id}, approved by @rin).")),
-        "{}",
-        replies[0]
-    );
-    assert_eq!(actor_into(&o, id, "APPROVED").await.as_deref(), Some("rin"));
-    assert_eq!(votes(&o).await, vec![(id, "rin".into(), "approve".into(), "command".into())]);
+    approve_applies_the_labels(&o, &issue, id, "rin").await;
     assert_eq!(command_denials(&o).await.len(), 1, "rin's approval was not a denial");
 }
 

@@ -327,14 +327,20 @@ async fn three_replicas_process_every_delivery_once_and_each_workflow_by_one_wor
     // jobs it holds (leased to it) at that moment are read just before the kill.
     let victim_process = *rig.replicas[VICTIM].runs.last().unwrap();
     let victim_log = rig.log_path(victim_process);
-    let running_a_step = || {
+    // The workflow jobs the victim's log shows started and not ended.
+    let steps_in_log = || -> BTreeSet<i64> {
         let log = std::fs::read_to_string(&victim_log).unwrap();
         executions(victim_process, &log)
             .iter()
-            .any(|e| e.end.is_none() && e.workflow != 0)
+            .filter(|e| e.end.is_none() && e.workflow != 0)
+            .map(|e| e.job)
+            .collect()
     };
-    // The step may end between reading the log and the kill: the victim is frozen (SIGSTOP)
-    // first, the log read again, and the victim let go to try again if the step ended meanwhile.
+    let owned = format!("SELECT id, kind, attempts FROM jobs WHERE status = 'running' AND lease_owner LIKE '{victim_pid}-%'");
+    // A step may end between reading the log and the kill, and a job may be committed done with
+    // its log line still unwritten. So the victim is frozen (SIGSTOP) first; it is killed only if
+    // then its log shows a workflow step under way that the database still has leased to it
+    // (one another replica must take over); otherwise it runs on (SIGCONT) and is tried again.
     let signal = |name: &str| {
         let ok = std::process::Command::new("kill")
             .args([name, &victim_pid.to_string()])
@@ -343,26 +349,29 @@ async fn three_replicas_process_every_delivery_once_and_each_workflow_by_one_wor
         assert!(ok, "kill {name} {victim_pid}");
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let held: Vec<(i64, String, i64)> = loop {
         rig.wait_for("the victim to run a workflow step", Duration::from_secs(30), || async {
-            running_a_step().then_some(())
+            (!steps_in_log().is_empty()).then_some(())
         })
         .await;
         signal("-STOP");
-        if running_a_step() {
-            break;
+        let steps = steps_in_log();
+        let held: Vec<(i64, String, i64)> = sqlx::query(&owned)
+            .fetch_all(rig.store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if held.iter().any(|(id, kind, _)| kind == "workflow" && steps.contains(id)) {
+            break held;
         }
         signal("-CONT");
-        assert!(std::time::Instant::now() < deadline, "the victim never stopped inside a workflow step");
-    }
-    let owned = format!("SELECT id, kind, attempts FROM jobs WHERE status = 'running' AND lease_owner LIKE '{victim_pid}-%'");
-    let held: Vec<(i64, String, i64)> = sqlx::query(&owned)
-        .fetch_all(rig.store.pool())
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the victim never stopped inside a leased workflow step"
+        );
+    };
     balancer.live.lock().unwrap()[VICTIM] = false;
     rig.kill_at(VICTIM);
     let killed_at = unix_micros(SystemTime::now());
