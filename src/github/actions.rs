@@ -1,7 +1,9 @@
 //! Exactly-once GitHub writes. Each write is an action row with an idempotency key; its body
-//! carries the hidden marker `<!-- orch:action:<id> -->`. Before creating, orch looks for the
-//! marker, so a write whose answer was lost (a crash, a timeout after GitHub applied it) is found
-//! and recorded instead of being made twice. In dry-run the action is recorded and nothing sent.
+//! carries the hidden marker `<!-- orch:action:<id>:<tag> -->` (tagged with the server key, see
+//! [`super::marks`]). Before creating, orch looks for the marker in what orch's App wrote, so a
+//! write whose answer was lost (a crash, a timeout after GitHub applied it) is found and recorded
+//! instead of being made twice, and nobody else's comment can pass for it. In dry-run the action
+//! is recorded and nothing sent.
 
 use super::client::{CheckRunSpec, CheckRunUpdate, ClientError, GithubClient};
 use crate::store::{actions, now_ms, Store};
@@ -13,10 +15,6 @@ pub const CHECK_RUN_TEXT_LIMIT: usize = 65_535;
 /// How long a worker may hold an action while it makes it without confirming it; a maker that
 /// died holds it up this long. Errors give it back at once.
 const ACTION_LEASE_MS: i64 = 10_000;
-
-pub fn marker(action_id: i64) -> String {
-    format!("<!-- orch:action:{action_id} -->")
-}
 
 /// Cuts `text` so that, with `reserve` more characters appended, it stays within `limit`
 /// characters, and says so at the cut.
@@ -146,7 +144,7 @@ where
     };
     let attempts = client.policy().max_attempts.max(1);
     for attempt in 1..=attempts {
-        let found = match find(marker(action.id)).await {
+        let found = match find(client.marker(action.id)).await {
             Ok(found) => found,
             Err(e) => {
                 let _write = store.write_guard().await;
@@ -167,7 +165,7 @@ where
                 github_id: found,
             });
         }
-        match create(marker(action.id)).await {
+        match create(client.marker(action.id)).await {
             Ok(github_id) => {
                 finish("done", Some(github_id), None).await?;
                 return Ok(Sent::Done {
@@ -258,8 +256,13 @@ pub async fn check_run_once(
         write,
         |mark| async move {
             let client = client.expect("only called when sending");
+            // Only orch's App's check runs count: anyone's run may quote the marker.
+            let me = client.app_identity(installation).await?;
             let runs = client.check_runs_for_ref(installation, repo, &spec.head_sha).await?;
-            Ok(runs.iter().find(|r| r.name == spec.name && r.summary.contains(&mark)).map(|r| r.id))
+            Ok(runs
+                .iter()
+                .find(|r| r.app_id == Some(me.app_id) && r.name == spec.name && r.summary.contains(&mark))
+                .map(|r| r.id))
         },
         |mark| async move {
             let client = client.expect("only called when sending");
@@ -287,8 +290,7 @@ pub async fn check_run_update_once(
     check_run_id: i64,
     update: &CheckRunUpdate,
 ) -> Result<Sent, ActionError> {
-    let keep_marker = actions::made(store.pool(), "check_run", repo, check_run_id).await?.map(marker);
-    let keep_marker = keep_marker.as_deref();
+    let keep_marker = actions::made(store.pool(), "check_run", repo, check_run_id).await?;
     let write = Write {
         key,
         installation,
@@ -304,7 +306,7 @@ pub async fn check_run_update_once(
         |_| async move {
             let client = client.expect("only called when sending");
             let mut update = update.clone();
-            if let Some(mark) = keep_marker {
+            if let Some(mark) = keep_marker.map(|id| client.marker(id)) {
                 update.summary = format!(
                     "{}\n\n{mark}",
                     truncate(&update.summary, CHECK_RUN_TEXT_LIMIT, mark.chars().count() + 2)
@@ -486,7 +488,7 @@ mod tests {
         let short = "hello";
         assert_eq!(truncate(short, COMMENT_LIMIT, 30), "hello");
         let long: String = "é".repeat(COMMENT_LIMIT + 10);
-        let reserve = marker(123).chars().count() + 2;
+        let reserve = crate::github::marks::MarkerKey::random().marker(123).chars().count() + 2;
         let cut = truncate(&long, COMMENT_LIMIT, reserve);
         assert_eq!(cut.chars().count() + reserve, COMMENT_LIMIT);
         assert!(cut.ends_with("(truncated: GitHub's size limit was reached)"));

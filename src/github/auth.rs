@@ -1,6 +1,7 @@
 //! GitHub App authentication: an App JWT (RS256, `iat` 60 s in the past, `exp` 9 minutes ahead,
-//! `iss` the App id) buys installation tokens, which are cached per installation until shortly
-//! before they expire and refreshed once when GitHub answers 401.
+//! `iss` the App id) buys installation tokens, which are cached per installation and scope (one
+//! repository, the permissions a request needs) until shortly before they expire and refreshed
+//! once when GitHub answers 401.
 
 use super::retry::{self, GithubError, RetryPolicy};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -113,13 +114,46 @@ struct Cached {
     expires_at: u64,
 }
 
-/// Installation tokens, cached per installation.
+/// What an installation token may reach (SPEC §12): one repository of the installation (by name,
+/// without the owner; None: every repository it grants) and only these permissions
+/// (`(name, "read" | "write")`, sorted; empty: all the App has).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenScope {
+    pub repository: Option<String>,
+    pub permissions: Vec<(&'static str, &'static str)>,
+}
+
+impl TokenScope {
+    /// One repository (or none) and one permission.
+    pub fn new(repository: Option<String>, permission: &'static str, level: &'static str) -> Self {
+        Self {
+            repository,
+            permissions: vec![(permission, level)],
+        }
+    }
+
+    /// The body of `POST /app/installations/{id}/access_tokens` that asks for this scope.
+    fn request_body(&self) -> serde_json::Value {
+        let mut body = serde_json::Map::new();
+        if let Some(r) = &self.repository {
+            body.insert("repositories".into(), serde_json::json!([r]));
+        }
+        if !self.permissions.is_empty() {
+            let permissions: serde_json::Map<String, serde_json::Value> =
+                self.permissions.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+            body.insert("permissions".into(), serde_json::Value::Object(permissions));
+        }
+        serde_json::Value::Object(body)
+    }
+}
+
+/// Installation tokens, cached per installation and scope (None: the installation-wide token).
 pub struct TokenCache {
     credentials: AppCredentials,
     api_url: String,
     client: reqwest::Client,
     policy: RetryPolicy,
-    tokens: Mutex<HashMap<i64, Cached>>,
+    tokens: Mutex<HashMap<(i64, Option<TokenScope>), Cached>>,
 }
 
 impl TokenCache {
@@ -133,24 +167,42 @@ impl TokenCache {
         }
     }
 
-    /// A token for `installation`, from the cache while it has more than [`REFRESH_MARGIN`] left.
+    /// An installation-wide token for `installation` (every repository and permission it grants),
+    /// from the cache while it has more than [`REFRESH_MARGIN`] left. Requests use
+    /// [`TokenCache::scoped_token`].
     pub async fn token(&self, installation: i64) -> Result<SecretString, AuthError> {
+        self.fetch(installation, None).await
+    }
+
+    /// A token of `installation` that reaches only `scope`, cached like [`TokenCache::token`].
+    pub async fn scoped_token(&self, installation: i64, scope: &TokenScope) -> Result<SecretString, AuthError> {
+        self.fetch(installation, Some(scope)).await
+    }
+
+    async fn fetch(&self, installation: i64, scope: Option<&TokenScope>) -> Result<SecretString, AuthError> {
+        let key = (installation, scope.cloned());
         let now = unix_now();
-        if let Some(c) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&installation) {
+        if let Some(c) = self.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             if c.expires_at > now + REFRESH_MARGIN.as_secs() {
                 return Ok(c.token.clone());
             }
         }
         let url = format!("{}/app/installations/{installation}/access_tokens", self.api_url);
         let jwt = self.credentials.jwt();
+        let body = scope.map(TokenScope::request_body);
         let response = retry::send(
             || {
-                self.client
+                let r = self
+                    .client
                     .post(&url)
                     .bearer_auth(&jwt)
                     .header("accept", "application/vnd.github+json")
                     .header("x-github-api-version", "2022-11-28")
-                    .header("user-agent", "orch")
+                    .header("user-agent", "orch");
+                match &body {
+                    Some(b) => r.json(b),
+                    None => r,
+                }
             },
             &self.policy,
         )
@@ -160,7 +212,7 @@ impl TokenCache {
             parse_timestamp(&answer.expires_at).ok_or_else(|| AuthError::Answer(format!("expires_at {:?}", answer.expires_at)))?;
         let token = SecretString::from(answer.token);
         self.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            installation,
+            key,
             Cached {
                 token: token.clone(),
                 expires_at,
@@ -174,9 +226,13 @@ impl TokenCache {
         self.credentials.jwt()
     }
 
-    /// Forgets the cached token (GitHub answered 401 with it); the next call fetches a new one.
+    /// Forgets the installation's cached tokens (GitHub answered 401 with one: they are revoked
+    /// together); the next call fetches a new one.
     pub fn invalidate(&self, installation: i64) {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(&installation);
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(i, _), _| *i != installation);
     }
 }
 

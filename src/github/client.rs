@@ -2,6 +2,7 @@
 //! layer. Operations are added here as the pipeline needs them.
 
 use super::auth::{AuthError, TokenCache};
+use super::marks::{AppIdentity, MarkerKey};
 use super::retry::{self, GithubError, RetryPolicy};
 use reqwest::{Method, Response};
 use secrecy::ExposeSecret;
@@ -70,6 +71,9 @@ pub enum ClientError {
     /// `ORCH_GITHUB_DRY_RUN`: the write was logged and not sent.
     #[error("dry-run: {method} {path} was not sent")]
     DryRun { method: String, path: String },
+    /// A path that must not go into a URL (see [`check_path`]); nothing was sent.
+    #[error(transparent)]
+    Path(#[from] PathError),
 }
 
 /// The GitHub client's error behind an error chain, if any: found directly or inside the
@@ -100,6 +104,37 @@ pub struct IssueComment {
     pub id: i64,
     #[serde(default)]
     pub body: String,
+    /// The author (GitHub's `user`; null for a deleted account).
+    #[serde(default)]
+    pub user: Option<Account>,
+    /// The App that wrote it, when an App's token did (GitHub's `performed_via_github_app`).
+    #[serde(default)]
+    pub performed_via_github_app: Option<AppRef>,
+}
+
+impl IssueComment {
+    /// Whether orch's App wrote this comment (by ids, never by login or by what it says).
+    pub fn written_by(&self, me: &AppIdentity) -> bool {
+        me.wrote(self.user.as_ref().map(|u| u.id), self.performed_via_github_app.as_ref().map(|a| a.id))
+    }
+}
+
+/// A GitHub account as payloads and answers describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Account {
+    pub id: i64,
+    #[serde(default)]
+    pub login: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+}
+
+/// A GitHub App as named in an answer (`performed_via_github_app`, a check run's `app`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppRef {
+    pub id: i64,
+    #[serde(default)]
+    pub slug: Option<String>,
 }
 
 /// (repository, login) → (permission, when GitHub said so).
@@ -121,6 +156,10 @@ pub struct GithubClient {
     last_write: Arc<tokio::sync::Mutex<HashMap<i64, Instant>>>,
     /// Writes are logged and refused before they leave (reads still go out).
     dry_run: bool,
+    /// Tags orch's hidden markers (SPEC §6).
+    marker_key: Arc<MarkerKey>,
+    /// orch's App and bot account ids, learned once from GitHub.
+    identity: Arc<tokio::sync::OnceCell<AppIdentity>>,
 }
 
 /// The default spacing of content-creating requests per installation.
@@ -174,6 +213,8 @@ pub struct CheckRunSummary {
     pub name: String,
     pub status: String,
     pub summary: String,
+    /// The App that created it (GitHub's `app.id`).
+    pub app_id: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +230,8 @@ struct ListedCheckRun {
     status: String,
     #[serde(default)]
     output: Option<ListedOutput>,
+    #[serde(default)]
+    app: Option<AppRef>,
 }
 
 #[derive(Deserialize)]
@@ -228,7 +271,24 @@ impl GithubClient {
             pace: DEFAULT_PACE,
             last_write: Arc::default(),
             dry_run: false,
+            marker_key: Arc::new(MarkerKey::random()),
+            identity: Arc::default(),
         }
+    }
+
+    /// The same client tagging markers with `key` (every replica must use the same key).
+    pub fn with_marker_key(mut self, key: MarkerKey) -> Self {
+        self.marker_key = Arc::new(key);
+        self
+    }
+
+    /// The hidden marker of action `id`, tagged with the server key.
+    pub fn marker(&self, id: i64) -> String {
+        self.marker_key.marker(id)
+    }
+
+    pub fn marker_key(&self) -> &MarkerKey {
+        &self.marker_key
     }
 
     /// The same client in dry-run: no write reaches GitHub, whichever code path asks for it.
@@ -306,6 +366,9 @@ impl GithubClient {
         creates: bool,
         if_none_match: Option<&str>,
     ) -> Result<Response, ClientError> {
+        // A path that could step out of its repository never leaves (SPEC §12).
+        check_url_path(path)?;
+        let scope = token_scope(&method, path);
         let url = format!("{}{path}", self.api_url);
         let policy = if creates {
             self.policy.single_attempt()
@@ -323,7 +386,7 @@ impl GithubClient {
             self.pace_write(installation).await;
         }
         for refreshed in [false, true] {
-            let token = self.tokens.token(installation).await?;
+            let token = self.tokens.scoped_token(installation, &scope).await?;
             let result = retry::send(
                 || {
                     let mut r = self
@@ -420,7 +483,9 @@ impl GithubClient {
         .await
     }
 
-    /// orch's own comment that carries `marker` (a hidden `<!-- orch:… -->` line), if any.
+    /// orch's own comment that carries `marker` (a hidden `<!-- orch:… -->` line), if any. A
+    /// comment is orch's only when GitHub says orch's App wrote it: the same text in anyone
+    /// else's comment (an outsider's, another App's) is not orch's write.
     pub async fn find_comment_with_marker(
         &self,
         installation: i64,
@@ -428,11 +493,12 @@ impl GithubClient {
         issue: i64,
         marker: &str,
     ) -> Result<Option<IssueComment>, ClientError> {
+        let me = self.app_identity(installation).await?;
         Ok(self
             .list_issue_comments(installation, repo, issue)
             .await?
             .into_iter()
-            .find(|c| c.body.contains(marker)))
+            .find(|c| c.written_by(&me) && c.body.contains(marker)))
     }
 
     /// Adds labels (adding one that is there already changes nothing, so this is idempotent).
@@ -577,6 +643,7 @@ impl GithubClient {
                 name: r.name,
                 status: r.status,
                 summary: r.output.and_then(|o| o.summary).unwrap_or_default(),
+                app_id: r.app.map(|a| a.id),
             })
             .collect())
     }
@@ -592,8 +659,7 @@ impl GithubClient {
     /// A file's text at `git_ref` (the default branch when None); None when there is no such file.
     pub async fn file(&self, installation: i64, repo: &str, path: &str, git_ref: Option<&str>) -> Result<Option<String>, ClientError> {
         use base64::Engine;
-        let encoded: Vec<String> = path.split('/').map(encode_path_segment).collect();
-        let mut url = format!("/repos/{repo}/contents/{}", encoded.join("/"));
+        let mut url = format!("/repos/{repo}/contents/{}", encode_path(path)?);
         if let Some(r) = git_ref {
             url.push_str(&format!("?ref={}", encode_path_segment(r)));
         }
@@ -919,6 +985,7 @@ impl GithubClient {
                 path: path.to_string(),
             });
         }
+        check_url_path(path)?;
         let url = format!("{}{path}", self.api_url);
         let jwt = self.tokens.app_jwt();
         let response = retry::send(
@@ -939,6 +1006,26 @@ impl GithubClient {
         )
         .await?;
         Ok(response)
+    }
+
+    /// orch's App id and its bot account's id, asked once (`GET /app`, then
+    /// `GET /users/<slug>[bot]`) and kept: what tells orch's own comments and check runs apart.
+    pub async fn app_identity(&self, installation: i64) -> Result<AppIdentity, ClientError> {
+        self.identity
+            .get_or_try_init(|| async {
+                let app = self.app_info().await?;
+                let slug = app
+                    .slug
+                    .ok_or_else(|| ClientError::Decode("GET /app answered without the App's slug".into()))?;
+                let path = format!("/users/{}", encode_path_segment(&format!("{slug}[bot]")));
+                let bot: Account = Self::json(self.request(installation, Method::GET, &path, None, false).await?).await?;
+                Ok(AppIdentity {
+                    app_id: app.id,
+                    bot_user_id: bot.id,
+                })
+            })
+            .await
+            .copied()
     }
 
     /// `GET /app`: the App the JWT belongs to; proves the key and App id are what GitHub knows.
@@ -971,6 +1058,128 @@ impl GithubClient {
     }
 }
 
+/// A path refused before it goes into a URL: it could name something outside what it is meant
+/// to (`..` walks up to another repository's endpoints once the URL is normalised).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the path {path:?} is refused: {problem}")]
+pub struct PathError {
+    pub path: String,
+    pub problem: &'static str,
+}
+
+/// Checks a repository-relative path (a file, a git ref): segments separated by `/`, none empty,
+/// `.` or `..`, no leading `/`, no backslash, no control character.
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    let refuse = |problem| {
+        Err(PathError {
+            path: path.to_string(),
+            problem,
+        })
+    };
+    if path.is_empty() {
+        return refuse("it is empty");
+    }
+    if path.starts_with('/') {
+        return refuse("it starts with `/`");
+    }
+    if path.chars().any(char::is_control) {
+        return refuse("it holds a control character");
+    }
+    if path.contains('\\') {
+        return refuse("it holds a backslash");
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return refuse("it has an empty segment (`//` or a trailing `/`)"),
+            "." | ".." => return refuse("it has a `.` or `..` segment"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A checked path, percent-encoded segment by segment (the `/` between segments kept).
+pub fn encode_path(path: &str) -> Result<String, PathError> {
+    check_path(path)?;
+    Ok(path.split('/').map(encode_path_segment).collect::<Vec<_>>().join("/"))
+}
+
+/// The last check of every URL path orch sends (before the query): each segment, percent-decoded,
+/// is neither empty, `.` nor `..` and holds no control character or backslash. Whatever built the
+/// path, nothing that a URL parser would normalise away reaches GitHub.
+fn check_url_path(path_and_query: &str) -> Result<(), PathError> {
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let refuse = |problem| {
+        Err(PathError {
+            path: path.to_string(),
+            problem,
+        })
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return refuse("a request path must start with `/`");
+    };
+    for segment in rest.split('/') {
+        let decoded = percent_decode(segment);
+        match decoded.as_str() {
+            "" => return refuse("it has an empty segment"),
+            "." | ".." => return refuse("it has a `.` or `..` segment"),
+            d if d.chars().any(char::is_control) || d.contains('\\') => {
+                return refuse("it holds a control character or a backslash")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `%XX` sequences decoded (lossily: only the checks above read the result).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The token a request needs (SPEC §12): one for the repository it addresses, with the one
+/// permission its endpoint needs — read for reads, write for writes — so that a token handed to
+/// one repository's step can read nothing else. Requests outside `/repos/` (a user lookup) get a
+/// metadata-only token.
+fn token_scope(method: &Method, path_and_query: &str) -> super::auth::TokenScope {
+    use super::auth::TokenScope;
+    let path = path_and_query.split('?').next().unwrap_or_default();
+    let Some(rest) = path.strip_prefix("/repos/") else {
+        return TokenScope::new(None, "metadata", "read");
+    };
+    let mut parts = rest.split('/');
+    let (_owner, name) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let tail: Vec<&str> = parts.collect();
+    let permission = match tail.first().copied() {
+        None | Some("collaborators" | "installation") => "metadata",
+        Some("issues" | "labels") => "issues",
+        Some("pulls") => "pull_requests",
+        Some("check-runs" | "check-suites") => "checks",
+        Some("commits") if tail.contains(&"check-runs") => "checks",
+        _ => "contents",
+    };
+    let level = if permission == "metadata" || matches!(*method, Method::GET | Method::HEAD) {
+        "read"
+    } else {
+        "write"
+    };
+    TokenScope::new(Some(percent_decode(name)), permission, level)
+}
+
 /// Percent-encodes a value for one path segment (labels may hold spaces, colons, slashes).
 fn encode_path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -986,6 +1195,64 @@ fn encode_path_segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bad_paths_are_refused_with_their_reason() {
+        use super::{check_path, encode_path};
+        for (bad, why) in [
+            ("../../acme/private/contents/secret.txt", "`..`"),
+            ("src/./lib.rs", "`.`"),
+            ("..", "`..`"),
+            ("/etc/passwd", "starts with `/`"),
+            ("src//lib.rs", "empty segment"),
+            ("src/", "empty segment"),
+            ("", "empty"),
+            ("src/lib\u{0}.rs", "control character"),
+            ("src/lib\n.rs", "control character"),
+            ("src\\..\\x", "backslash"),
+        ] {
+            let err = check_path(bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "the error names the path: {err}");
+        }
+        assert_eq!(encode_path("src/a b/..x.rs").unwrap(), "src/a%20b/..x.rs");
+        assert_eq!(encode_path(".github/orch.yml").unwrap(), ".github/orch.yml");
+    }
+
+    #[test]
+    fn no_request_path_can_be_normalised_elsewhere() {
+        use super::check_url_path;
+        assert!(check_url_path("/repos/acme/widgets/contents/src/lib.rs?ref=main").is_ok());
+        assert!(check_url_path("/repos/acme/widgets/issues/1/labels/a%2Fb").is_ok());
+        for bad in [
+            "/repos/acme/widgets/contents/../../private/contents/x",
+            "/repos/acme/widgets/contents/%2e%2E/x",
+            "/repos/acme/widgets/contents/./x",
+            "/repos/acme/widgets//x",
+            "/repos/acme/widgets/contents/a%0Ab",
+            "/repos/acme/widgets/contents/a%5Cb",
+            "repos/acme/widgets",
+        ] {
+            assert!(check_url_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_request_gets_a_token_for_its_repository_and_permission() {
+        use super::token_scope;
+        use reqwest::Method;
+        let s = token_scope(&Method::GET, "/repos/acme/widgets/contents/src/lib.rs?ref=x");
+        assert_eq!((s.repository.as_deref(), s.permissions.clone()), (Some("widgets"), vec![("contents", "read")]));
+        let s = token_scope(&Method::POST, "/repos/acme/widgets/issues/3/comments");
+        assert_eq!(s.permissions, vec![("issues", "write")]);
+        assert_eq!(token_scope(&Method::PATCH, "/repos/acme/w/check-runs/9").permissions, vec![("checks", "write")]);
+        assert_eq!(token_scope(&Method::GET, "/repos/acme/w/commits/abc/check-runs").permissions, vec![("checks", "read")]);
+        assert_eq!(token_scope(&Method::POST, "/repos/acme/w/pulls").permissions, vec![("pull_requests", "write")]);
+        assert_eq!(token_scope(&Method::POST, "/repos/acme/w/git/refs").permissions, vec![("contents", "write")]);
+        assert_eq!(token_scope(&Method::GET, "/repos/acme/w/collaborators/bob/permission").permissions, vec![("metadata", "read")]);
+        let s = token_scope(&Method::GET, "/users/orch%5Bbot%5D");
+        assert_eq!((s.repository, s.permissions), (None, vec![("metadata", "read")]));
+    }
+
     #[test]
     fn path_segments_are_encoded() {
         assert_eq!(super::encode_path_segment("priority: p1/x y"), "priority%3A%20p1%2Fx%20y");

@@ -32,6 +32,21 @@ use super::rest_schema::RestDescription;
 
 /// The login orch's installation token acts as.
 pub const APP_LOGIN: &str = "orch[bot]";
+/// The App's slug, as `GET /app` answers (its bot account is `<slug>[bot]`).
+pub const APP_SLUG: &str = "orch";
+
+/// The numeric account id of `login`: stable, GitHub-like, and the same as the test payloads'
+/// (`tests/common/payloads.rs`, `stable_id("user", login)`), so a payload's `user.id` and the
+/// fake's agree. orch's bot account `orch[bot]` has one too, and only orch's token writes as it.
+pub fn user_id(login: &str) -> i64 {
+    // FNV-1a, folded into a range that looks like GitHub ids.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in "user".bytes().chain([0]).chain(login.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    1_000_000 + (h % 900_000_000) as i64
+}
 
 /// What a fault does to a matching request.
 #[derive(Debug, Clone)]
@@ -77,6 +92,9 @@ pub struct FakeComment {
     pub author: String,
     /// `User` or `Bot`, as GitHub's `user.type`.
     pub author_type: String,
+    /// The App whose installation token wrote it (GitHub's `performed_via_github_app.id`);
+    /// None for a comment a person wrote.
+    pub via_app: Option<u64>,
 }
 
 /// An issue, or the issue side of a pull request (GitHub numbers both from one sequence).
@@ -97,10 +115,21 @@ pub struct FakeRepo {
     pub default_branch: String,
 }
 
+/// What an installation token may reach, as it was asked for (`repositories`, `permissions`).
+#[derive(Debug, Clone, Default)]
+struct TokenScope {
+    /// Repository names (without the owner); None: every repository of the installation.
+    repositories: Option<Vec<String>>,
+    /// Permission → `read` or `write`; None: everything the App may do.
+    permissions: Option<BTreeMap<String, String>>,
+}
+
 #[derive(Default)]
 struct Model {
     /// Installation tokens: token → (installation, expiry unix seconds).
     tokens: HashMap<String, (i64, u64)>,
+    /// What each token was scoped to when it was made.
+    token_scopes: HashMap<String, TokenScope>,
     /// owner/repo → repository. Requests for a repository that is registered here must come
     /// from its installation (others get GitHub's 404); unregistered ones are open to any token.
     repos: BTreeMap<String, FakeRepo>,
@@ -255,6 +284,8 @@ pub struct FakeCheckRun {
     pub actions: Vec<serde_json::Value>,
     /// Annotations received per request, in order.
     pub annotation_batches: Vec<usize>,
+    /// The App that created it (GitHub's `app.id`): only Apps create check runs.
+    pub app_id: u64,
 }
 
 pub struct FakeState {
@@ -356,7 +387,7 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
     // Endpoints that take the App's JWT check it themselves; the rest need an installation token.
     let authenticated = !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation"));
     if authenticated {
-        if let Err(r) = s.authorize(&parts.headers, &path) {
+        if let Err(r) = s.authorize(&parts.headers, &method, &path) {
             return r;
         }
     }
@@ -444,7 +475,7 @@ impl FakeState {
 
     /// Checks an installation token as GitHub does: known and unexpired, its installation the
     /// repository's, and the rate limit not used up. Counts the request against the limit.
-    fn authorize(&self, headers: &HeaderMap, path: &str) -> Result<i64, Response> {
+    fn authorize(&self, headers: &HeaderMap, method: &Method, path: &str) -> Result<i64, Response> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -459,6 +490,24 @@ impl FakeState {
             // GitHub hides repositories an installation cannot see behind a 404.
             if m.repos.get(&repo).is_some_and(|r| r.installation != installation) {
                 return Err(not_found());
+            }
+            // A token asked for some repositories sees no other: GitHub answers 404, as for a
+            // repository that does not exist.
+            let scope = m.token_scopes.get(token).cloned().unwrap_or_default();
+            let name = repo.split_once('/').map(|(_, n)| n).unwrap_or_default();
+            if scope.repositories.as_ref().is_some_and(|names| !names.iter().any(|n| n == name)) {
+                return Err(not_found());
+            }
+            // A token without the permission the endpoint needs is refused.
+            if let (Some(permissions), Some((needed, level))) = (&scope.permissions, permission_needed(method, path)) {
+                let held = permissions.get(needed).map(String::as_str);
+                let enough = match level {
+                    "read" => matches!(held, Some("read" | "write")),
+                    _ => held == Some("write"),
+                };
+                if !enough {
+                    return Err(message(StatusCode::FORBIDDEN, "Resource not accessible by integration"));
+                }
             }
         }
         if let Some(reset) = m.rate_reset_at {
@@ -569,6 +618,7 @@ impl FakeState {
                 body: body.to_string(),
                 author: login.to_string(),
                 author_type: user_type.to_string(),
+                via_app: None,
             });
         id
     }
@@ -764,7 +814,49 @@ impl FakeState {
 
     /// Expires every installation token now (as if GitHub revoked them).
     pub fn revoke_tokens(&self) {
-        self.model().tokens.clear();
+        let mut m = self.model();
+        m.tokens.clear();
+        m.token_scopes.clear();
+    }
+
+    /// Another App (`app_id`, acting as `login`, e.g. `other[bot]`) comments on an issue through
+    /// its own installation token; returns the comment's id.
+    pub fn app_comment(&self, repo: &str, issue: i64, app_id: u64, login: &str, body: &str) -> i64 {
+        let id = self.next_id();
+        self.model()
+            .comments
+            .entry((repo.to_string(), issue))
+            .or_default()
+            .push(FakeComment {
+                id,
+                body: body.to_string(),
+                author: login.to_string(),
+                author_type: "Bot".into(),
+                via_app: Some(app_id),
+            });
+        id
+    }
+
+    /// Another App (`app_id`) creates a check run on `head_sha`; returns its id.
+    pub fn app_check_run(&self, repo: &str, app_id: u64, name: &str, head_sha: &str, summary: &str) -> i64 {
+        let id = self.next_id();
+        let run = FakeCheckRun {
+            id,
+            repo: repo.to_string(),
+            name: name.to_string(),
+            head_sha: head_sha.to_string(),
+            status: "completed".into(),
+            conclusion: Some("neutral".into()),
+            title: None,
+            summary: summary.to_string(),
+            text: None,
+            annotations: vec![],
+            actions: vec![],
+            annotation_batches: vec![],
+            app_id,
+        };
+        self.model().check_runs.insert(id, run);
+        id
     }
 
     /// GitHub delivered `event` with the GUID `guid` and orch's endpoint answered `status_code`
@@ -857,7 +949,7 @@ async fn get_app(State(s): State<Arc<FakeState>>, headers: HeaderMap) -> Respons
     }
     answer(
         StatusCode::OK,
-        json!({ "id": s.app_id, "slug": "orch", "name": "orch", "owner": { "login": "acme" } }),
+        json!({ "id": s.app_id, "slug": APP_SLUG, "name": "orch", "owner": { "login": "acme" } }),
     )
 }
 
@@ -942,6 +1034,34 @@ async fn redeliver_hook(State(s): State<Arc<FakeState>>, Path(id): Path<i64>, he
     answer(StatusCode::ACCEPTED, json!({}))
 }
 
+/// The permission GitHub requires of an installation token for a repository endpoint, as its
+/// documentation lists per endpoint: (permission, `read` or `write`). None: metadata, which every
+/// token has.
+fn permission_needed(method: &Method, path: &str) -> Option<(&'static str, &'static str)> {
+    let rest = path.strip_prefix("/repos/")?;
+    let tail: Vec<&str> = rest.split('/').skip(2).collect();
+    let permission = match tail.first().copied()? {
+        "collaborators" | "installation" => return None,
+        "issues" | "labels" => "issues",
+        "pulls" => "pull_requests",
+        "check-runs" | "check-suites" => "checks",
+        "commits" if tail.get(2) == Some(&"check-runs") => "checks",
+        "git" | "contents" | "commits" | "branches" | "compare" | "tarball" => "contents",
+        _ => return None,
+    };
+    let level = if *method == Method::GET || *method == Method::HEAD { "read" } else { "write" };
+    Some((permission, level))
+}
+
+/// `GET /users/{username}`: a public account (the fake knows every login; its id is [`user_id`]).
+async fn get_user(Path(login): Path<String>) -> Response {
+    let kind = if login.ends_with("[bot]") { "Bot" } else { "User" };
+    answer(
+        StatusCode::OK,
+        json!({ "login": login, "id": user_id(&login), "type": kind, "site_admin": false }),
+    )
+}
+
 /// `owner/repo` of a `/repos/{owner}/{repo}/…` path.
 fn repo_of(path: &str) -> Option<String> {
     let mut parts = path.strip_prefix("/repos/")?.splitn(3, '/');
@@ -951,11 +1071,47 @@ fn repo_of(path: &str) -> Option<String> {
 type RepoPath = Path<(String, String)>;
 type ItemPath = Path<(String, String, i64)>;
 
-async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path<i64>, headers: HeaderMap) -> Response {
+async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path<i64>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = s.verify_jwt(&headers) {
         return r;
     }
+    // `repositories` (names) and `permissions` narrow the token; without them it reaches every
+    // repository of the installation with all the App's permissions.
+    let mut scope = TokenScope::default();
+    if !body.is_empty() {
+        let request = match json_body(&body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        if let Some(names) = request.get("repositories") {
+            let Some(names) = names.as_array().and_then(|a| a.iter().map(|n| n.as_str().map(str::to_string)).collect()) else {
+                return unprocessable("Invalid request: `repositories` must be an array of names");
+            };
+            scope.repositories = Some(names);
+        }
+        if let Some(permissions) = request.get("permissions") {
+            let Some(permissions) = permissions
+                .as_object()
+                .and_then(|o| o.iter().map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            else {
+                return unprocessable("Invalid request: `permissions` must map names to levels");
+            };
+            scope.permissions = Some(permissions);
+        }
+    }
     let mut m = s.model();
+    // A repository the installation does not grant cannot be asked for (GitHub: 422).
+    if let Some(names) = &scope.repositories {
+        let granted = |name: &String| {
+            m.repos.is_empty()
+                || m.repos
+                    .iter()
+                    .any(|(full, r)| r.installation == installation && full.split_once('/').is_some_and(|(_, n)| n == name))
+        };
+        if !names.iter().all(granted) {
+            return unprocessable("There is at least one repository that does not exist or is not accessible to the parent installation.");
+        }
+    }
     // With repositories registered, only their installations exist.
     if !m.repos.is_empty() && !m.repos.values().any(|r| r.installation == installation) {
         return not_found();
@@ -965,6 +1121,7 @@ async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path
     let token = format!("ghs_{}", hex::encode(random));
     let expires = unix_now() + s.token_lifetime.as_secs();
     m.tokens.insert(token.clone(), (installation, expires));
+    m.token_scopes.insert(token.clone(), scope);
     answer(
         StatusCode::CREATED,
         json!({ "token": token, "expires_at": format_timestamp(expires) }),
@@ -1036,7 +1193,9 @@ impl Paging {
 }
 
 fn comment_json(c: &FakeComment) -> serde_json::Value {
-    json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "type": c.author_type } })
+    let app = c.via_app.map(|id| json!({ "id": id, "slug": if c.author == APP_LOGIN { APP_SLUG.to_string() } else { c.author.trim_end_matches("[bot]").to_string() } }));
+    json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "id": user_id(&c.author), "type": c.author_type },
+            "performed_via_github_app": app })
 }
 
 async fn list_comments(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath, Query(paging): Query<Paging>) -> Response {
@@ -1066,11 +1225,13 @@ async fn create_comment(State(s): State<Arc<FakeState>>, Path((owner, repo, issu
         Err(r) => return r,
     };
     let id = s.next_id();
+    // Written with the App's installation token: GitHub names the App and its bot account.
     let comment = FakeComment {
         id,
         body: text,
         author: APP_LOGIN.into(),
         author_type: "Bot".into(),
+        via_app: Some(s.app_id),
     };
     s.model()
         .comments
@@ -1190,6 +1351,7 @@ fn check_run_problem(body: &serde_json::Value) -> Option<String> {
 
 fn check_run_json(r: &FakeCheckRun) -> serde_json::Value {
     json!({ "id": r.id, "name": r.name, "head_sha": r.head_sha, "status": r.status, "conclusion": r.conclusion,
+            "app": { "id": r.app_id },
             "output": { "title": r.title, "summary": r.summary, "text": r.text, "annotations_count": r.annotations.len() } })
 }
 
@@ -1223,6 +1385,7 @@ async fn create_check_run(State(s): State<Arc<FakeState>>, Path((owner, repo)): 
         annotation_batches: vec![annotations.len()],
         annotations,
         actions: body.get("actions").and_then(|a| a.as_array()).cloned().unwrap_or_default(),
+        app_id: s.app_id,
     };
     let json = check_run_json(&run);
     s.model().check_runs.insert(run.id, run);
@@ -1578,6 +1741,7 @@ impl FakeGithub {
             .route("/app", get(get_app))
             .route("/app/hook/deliveries", get(list_hook_deliveries))
             .route("/app/hook/deliveries/{id}/attempts", post(redeliver_hook))
+            .route("/users/{username}", get(get_user))
             .route("/repos/{owner}/{repo}", get(get_repo))
             .route("/repos/{owner}/{repo}/installation", get(repo_installation))
             .route("/repos/{owner}/{repo}/issues/{issue}", get(get_issue))

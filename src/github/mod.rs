@@ -5,6 +5,7 @@ pub mod actions;
 pub mod auth;
 pub mod client;
 pub mod fake;
+pub mod marks;
 pub mod redeliver;
 pub mod rest_schema;
 pub mod retry;

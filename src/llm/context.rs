@@ -89,14 +89,22 @@ fn items(context: &Context, whole_files: bool) -> Vec<Item> {
     out
 }
 
+/// The pack, with the paths that were refused before anything was read named first.
+fn with_refused(context: &Context, mut pack: Pack) -> Pack {
+    let mut not_seen: Vec<String> = context.refused.iter().map(|r| format!("file {r}")).collect();
+    not_seen.append(&mut pack.not_seen);
+    pack.not_seen = not_seen;
+    pack
+}
+
 /// Packs `context` under `budget_tokens`, truncating any item (see the module documentation).
 pub fn pack(context: &Context, budget_tokens: u32) -> Pack {
-    build(items(context, false), budget_tokens)
+    with_refused(context, build(items(context, false), budget_tokens))
 }
 
 /// Packs `context` for `task`: for patches, files are shown whole or not at all.
 pub fn pack_for(task: Task, context: &Context, budget_tokens: u32) -> Pack {
-    build(items(context, task == Task::Patch), budget_tokens)
+    with_refused(context, build(items(context, task == Task::Patch), budget_tokens))
 }
 
 fn build(items: Vec<Item>, budget_tokens: u32) -> Pack {
@@ -219,6 +227,7 @@ mod tests {
             instruction: Some("fix `src/x.rs`".into()),
             feedback: None,
             files: vec![("src/x.rs".into(), "fn main() {}\n".repeat(40))],
+            refused: vec![],
         }
     }
 

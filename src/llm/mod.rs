@@ -178,6 +178,20 @@ pub struct InvalidOutput {
     pub problem: String,
 }
 
+/// A model-given path as it may be quoted in a comment: no backtick to leave the code span, no
+/// `<`/`>` to become markup or a marker, no control character.
+fn quoted(path: &str) -> String {
+    path.chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '<' => '‹',
+            '>' => '›',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
 impl Proposal {
     /// Parses a model answer for `task` strictly, then checks what the schema cannot say.
     pub fn parse(task: Task, answer: &serde_json::Value) -> Result<Proposal, InvalidOutput> {
@@ -191,12 +205,22 @@ impl Proposal {
             Proposal::Triage(t) if t.labels.iter().any(|l| l.trim().is_empty()) => Err(refuse("empty label".into())),
             Proposal::QaPlan(q) if q.steps.is_empty() => Err(refuse("a QA plan needs at least one step".into())),
             Proposal::Patch(p) if p.files.is_empty() => Err(refuse("a patch changes at least one file".into())),
-            Proposal::Patch(p)
-                if p.files
+            // Every path is checked as Gate 2 checks it (`.`/`..` segments, leading `/`,
+            // backslashes, control characters), and the refused ones are named.
+            Proposal::Patch(p) => {
+                let bad: Vec<String> = p
+                    .files
                     .iter()
-                    .any(|f| f.path.is_empty() || f.path.starts_with('/') || f.path.split('/').any(|s| s == "..")) =>
-            {
-                Err(refuse("file paths must be relative and stay inside the repository".into()))
+                    .filter_map(|f| crate::policy::gates::path_problem(&f.path).map(|why| format!("`{}` {why}", quoted(&f.path))))
+                    .collect();
+                if bad.is_empty() {
+                    Ok(proposal)
+                } else {
+                    Err(refuse(format!(
+                        "file paths must be plain relative paths inside the repository: {}",
+                        bad.join("; ")
+                    )))
+                }
             }
             _ => Ok(proposal),
         }
@@ -222,6 +246,10 @@ pub struct Context {
     pub feedback: Option<String>,
     /// Files the model may change, path → text (patch tasks).
     pub files: Vec<(String, String)>,
+    /// Paths a request named that were not read, with why (a path that could leave the
+    /// repository, SPEC §12): named in what the model did not see.
+    #[serde(default)]
+    pub refused: Vec<String>,
 }
 
 #[cfg(test)]
@@ -237,7 +265,19 @@ mod tests {
         let bad_priority = json!({"labels": [], "priority": "urgent", "rationale": "x"});
         assert!(Proposal::parse(Task::Triage, &bad_priority).is_err());
         let escape = json!({"title": "t", "summary": "s", "files": [{"path": "../etc/passwd", "action": "update", "content": ""}]});
-        assert!(Proposal::parse(Task::Patch, &escape).is_err());
+        let refused = Proposal::parse(Task::Patch, &escape).unwrap_err().problem;
+        assert!(refused.contains("`../etc/passwd` has a `.` or `..` component"), "{refused}");
+        for (bad, shown) in [
+            ("/etc/passwd", "`/etc/passwd` is absolute"),
+            ("src\\x.rs", "`src\\x.rs` contains a backslash"),
+            ("src/\u{7}.rs", "`src/ .rs` contains a control character"),
+            ("src/./x.rs", "`src/./x.rs` has a `.` or `..` component"),
+            ("../<!-- orch:action:1 -->", "`../‹!-- orch:action:1 --›` has"),
+        ] {
+            let answer = json!({"title": "t", "summary": "s", "files": [{"path": bad, "action": "update", "content": ""}]});
+            let refused = Proposal::parse(Task::Patch, &answer).unwrap_err().problem;
+            assert!(refused.contains(shown), "{refused}");
+        }
         let no_steps = json!({"summary": "s", "steps": [], "risks": []});
         assert!(Proposal::parse(Task::QaPlan, &no_steps).is_err());
     }

@@ -553,6 +553,9 @@ mod tests {
         assert_eq!(names("cc @acme/everyone please").len(), 1);
         assert_eq!(names("@here look").len(), 1);
         assert_eq!(names("<!-- orch:action:1 -->").len(), 1);
+        // The keyed shape (SPEC §6), any tag, any spacing or case.
+        assert_eq!(names("<!-- orch:action:7:0123456789abcdef0123456789abcdef -->").len(), 1);
+        assert_eq!(names("<!--ORCH:action:7:ff-->").len(), 1);
         assert_eq!(names("<!--orch:approved-->").len(), 1);
         for clean in [
             "mail me@acme.com/x",

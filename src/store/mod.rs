@@ -12,6 +12,7 @@ pub mod installations;
 pub mod jobs;
 pub mod model_calls;
 pub mod policies;
+pub mod server_keys;
 pub mod trigger_runs;
 pub mod workflows;
 

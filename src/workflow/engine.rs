@@ -181,16 +181,27 @@ impl Engine {
         let (inst, repo) = (wf.installation_id, wf.repository.as_str());
         let issue = self.github.issue(inst, repo, wf.number).await?;
         let comments = self.github.list_issue_comments(inst, repo, wf.number).await?;
+        // orch's own comments are its output, not the conversation: they are left out by who
+        // wrote them (GitHub's word), never by what they say. Everyone else's comment is kept
+        // whole, marker-shaped text included, so a forged marker can neither pass for orch's
+        // words nor hide a user's text from the model.
+        let me = self.github.app_identity(inst).await?;
         let recent: Vec<String> = comments
             .iter()
             .rev()
-            .filter(|c| !c.body.contains("<!-- orch:action:"))
+            .filter(|c| !c.written_by(&me))
             .take(5)
             .map(|c| c.body.chars().take(500).collect())
             .collect();
         let mut files = Vec::new();
+        let mut refused = Vec::new();
         if let Some(instruction) = &wf.instruction {
             for path in instruction.split('`').skip(1).step_by(2).filter(|p| !p.contains(' ')).take(5) {
+                // A path that could leave the repository is named, never fetched (SPEC §12).
+                if let Err(e) = crate::github::client::check_path(path) {
+                    refused.push(format!("{path:?} (refused: {})", e.problem));
+                    continue;
+                }
                 if let Some(text) = self.github.file(inst, repo, path, None).await? {
                     files.push((path.to_string(), text));
                 }
@@ -206,6 +217,7 @@ impl Engine {
             instruction: wf.instruction.clone(),
             feedback,
             files,
+            refused,
         })
     }
 
