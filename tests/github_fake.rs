@@ -6,10 +6,10 @@ mod reference;
 
 use common::{Backend, TestDb};
 use orch::github::actions::{
-    check_run_once, comment_once, labels_once, marker, pull_once, reaction_once, remove_label_once, PullSpec, Sent, COMMENT_LIMIT,
+    check_run_once, comment_once, labels_once, pull_once, reaction_once, remove_label_once, PullSpec, Sent, COMMENT_LIMIT,
 };
-use orch::github::auth::{AppCredentials, TokenCache};
-use orch::github::client::{Annotation, CheckAction, CheckRunSpec, GithubClient, Reactions, TreeChange};
+use orch::github::auth::{AppCredentials, TokenCache, TokenScope};
+use orch::github::client::{Annotation, CheckAction, CheckRunSpec, ClientError, GithubClient, Reactions, TreeChange};
 use orch::github::fake::{FakeGithub, Fault, FaultKind};
 use orch::github::retry::RetryPolicy;
 use reqwest::Method;
@@ -78,7 +78,7 @@ async fn a_comment_is_posted_once_per_key(backend: Backend) {
     assert_eq!(comments.len(), 1);
     assert_eq!(comments[0].id, github_id);
     assert!(comments[0].body.starts_with("Proposed labels: bug"));
-    assert!(comments[0].body.ends_with(&marker(action_id)));
+    assert!(comments[0].body.ends_with(&e.client.marker(action_id)));
     // The same key again: answered from the store, nothing sent.
     let requests = e.fake.state.log().len();
     let again = comment_once(&store, Some(&e.client), "wf-1/proposal", 5, REPO, 12, "Proposed labels: bug")
@@ -360,7 +360,7 @@ async fn a_check_run_whose_answer_was_lost_is_not_repeated(backend: Backend) {
     let runs = e.client.check_runs_for_ref(5, REPO, sha).await.unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].id, github_id);
-    assert!(runs[0].summary.ends_with(&marker(action_id)));
+    assert!(runs[0].summary.ends_with(&e.client.marker(action_id)));
     assert_eq!(count(&e.fake.state.log(), "POST", "/check-runs"), 1);
     // Asked again: answered from the action row.
     assert_eq!(
@@ -493,7 +493,59 @@ async fn label_and_reaction_writes_are_actions_too(backend: Backend) {
     bodies_valid(&e);
 }
 
+/// Attack 1 at the client: every marker orch could use for its first 40 actions — untagged, with
+/// a wrong tag, and even with the right tag — sits in comments of an outsider and of another App
+/// before orch writes. None of them is orch's write: orch posts its own comment and records it.
+async fn forged_markers_do_not_pass_for_orchs_comments(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    for id in 1..=40 {
+        e.fake.state.user_comment(REPO, 40, "mallory", "User", &format!("<!-- orch:action:{id} -->"));
+        let wrong = format!("<!-- orch:action:{id}:{} -->", "0".repeat(32));
+        e.fake.state.user_comment(REPO, 40, "mallory", "User", &wrong);
+        e.fake.state.user_comment(REPO, 40, "mallory", "User", &e.client.marker(id));
+        e.fake.state.app_comment(REPO, 40, 999, "other[bot]", &e.client.marker(id));
+    }
+    let sent = comment_once(&store, Some(&e.client), "wf-40/proposal", 5, REPO, 40, "Proposed labels: bug")
+        .await
+        .unwrap();
+    let Sent::Done { action_id, github_id } = sent else { panic!("{sent:?}") };
+    assert!(action_id <= 40, "the test forged this action's marker: {action_id}");
+    let comments = e.fake.state.comments(REPO, 40);
+    let mine = comments.iter().find(|c| c.id == github_id).expect("orch's own comment");
+    assert_eq!((mine.author.as_str(), mine.via_app), ("orch[bot]", Some(77)));
+    assert!(mine.body.starts_with("Proposed labels: bug") && mine.body.ends_with(&e.client.marker(action_id)));
+    assert_eq!(count(&e.fake.state.log(), "POST", "/issues/40/comments"), 1);
+    // Found again by the lookup (its own comment only).
+    let found = e.client.find_comment_with_marker(5, REPO, 40, &e.client.marker(action_id)).await.unwrap();
+    assert_eq!(found.map(|c| c.id), Some(github_id));
+    bodies_valid(&e);
+}
+
+/// A check run of another App that carries orch's marker is not orch's check run.
+async fn another_apps_check_run_is_not_orchs(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let e = env(quick()).await;
+    let sha = "1a1b2c3d4e5f60718293a4b5c6d7e8f901234567";
+    for id in 1..=40 {
+        e.fake
+            .state
+            .app_check_run(REPO, 999, "orch/patch", sha, &format!("forged\n\n{}", e.client.marker(id)));
+    }
+    let sent = check_run_once(&store, Some(&e.client), "wf-41/patch", 5, REPO, &patch_run(sha))
+        .await
+        .unwrap();
+    let Sent::Done { github_id, .. } = sent else { panic!("{sent:?}") };
+    assert_eq!(e.fake.state.check_run(github_id).map(|r| r.app_id), Some(77));
+    assert_eq!(count(&e.fake.state.log(), "POST", "/check-runs"), 1);
+    bodies_valid(&e);
+}
+
 both_backends!(
+    forged_markers_do_not_pass_for_orchs_comments,
+    another_apps_check_run_is_not_orchs,
     a_pull_request_whose_answer_was_lost_is_found_by_its_branch,
     label_and_reaction_writes_are_actions_too,
     a_dry_run_client_records_writes_as_dry_run,
@@ -567,6 +619,62 @@ async fn content_creating_requests_are_paced_per_installation() {
     client.create_issue_comment(6, REPO, 21, "other installation").await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
     bodies_valid(&e);
+}
+
+/// Attack 2 at the client: tokens reach one repository with one permission, as GitHub enforces
+/// it (404 for another repository, 403 without the permission), and a path that could leave the
+/// repository is refused before any request.
+#[tokio::test]
+async fn a_token_reaches_one_repository_with_one_permission() {
+    let e = env(quick()).await;
+    e.fake.state.add_repo(REPO, 5, "main");
+    e.fake.state.add_repo("acme/private", 5, "main");
+    e.fake.state.set_file(REPO, "README.md", "# widgets");
+    e.fake.state.set_file("acme/private", "secret.txt", "s3cret");
+    assert_eq!(e.client.file(5, REPO, "README.md", None).await.unwrap().as_deref(), Some("# widgets"));
+    let bodies = e.fake.state.bodies();
+    let asked = bodies
+        .iter()
+        .find(|(m, p, _)| m == "POST" && p.ends_with("/access_tokens"))
+        .map(|(_, _, b)| b.clone())
+        .expect("a token was asked for");
+    assert_eq!(asked, serde_json::json!({ "repositories": ["widgets"], "permissions": { "contents": "read" } }));
+
+    let token = e
+        .tokens
+        .scoped_token(5, &TokenScope::new(Some("widgets".into()), "contents", "read"))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str| {
+        use secrecy::ExposeSecret;
+        let r = http
+            .request(method.clone(), format!("{}{path}", e.fake.url()))
+            .bearer_auth(token.expose_secret())
+            .header("user-agent", "test");
+        match method {
+            Method::GET => r,
+            _ => r.json(&serde_json::json!({ "body": "hi" })),
+        }
+        .send()
+    };
+    assert_eq!(call(Method::GET, "/repos/acme/widgets/contents/README.md").await.unwrap().status(), 200);
+    assert_eq!(call(Method::GET, "/repos/acme/private/contents/secret.txt").await.unwrap().status(), 404);
+    let refused = call(Method::POST, "/repos/acme/widgets/issues/1/comments").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("Resource not accessible by integration"));
+    // The installation does not grant this repository: no token for it at all.
+    let none = e.tokens.scoped_token(5, &TokenScope::new(Some("elsewhere".into()), "contents", "read")).await;
+    assert!(none.is_err());
+
+    let sent = e.fake.state.log().len();
+    for bad in ["../../acme/private/contents/secret.txt", "/etc/passwd", "a/./b", "a\\b", "a\u{0}b", "a//b"] {
+        let err = e.client.file(5, REPO, bad, None).await.unwrap_err();
+        assert!(matches!(err, ClientError::Path(_)), "{bad:?}: {err}");
+        assert!(err.to_string().contains(&format!("{bad:?}")), "the error names the path: {err}");
+    }
+    assert!(matches!(e.client.remove_label(5, REPO, 1, "..").await, Err(ClientError::Path(_))));
+    assert_eq!(e.fake.state.log().len(), sent, "no request left for a bad path");
 }
 
 #[tokio::test]
@@ -881,10 +989,11 @@ async fn issues_pull_requests_and_repositories_are_modelled() {
     // A user's comment reads back with its author and type.
     let c = e.fake.state.user_comment(REPO, issue, "dependabot[bot]", "Bot", "hi");
     assert_eq!(e.client.issue_comment(5, REPO, c).await.unwrap().body, "hi");
-    // An installation sees only its repositories (GitHub answers 404), and unknown
+    // An installation sees only its repositories (its tokens are asked per repository, and
+    // GitHub refuses a token for one the installation does not grant), and unknown
     // installations get no token.
     let err = e.client.issue(5, "other/private", 1).await.unwrap_err();
-    assert!(err.to_string().contains("404"), "{err}");
+    assert!(err.to_string().contains("not accessible to the parent installation"), "{err}");
     assert!(e.client.issue(99, REPO, issue).await.is_err());
 }
 

@@ -98,7 +98,7 @@ struct KillPoint {
 
 fn markers(body: &str) -> Vec<i64> {
     body.match_indices("<!-- orch:action:")
-        .filter_map(|(i, m)| body[i + m.len()..].split(" -->").next().and_then(|n| n.parse().ok()))
+        .filter_map(|(i, m)| body[i + m.len()..].split([':', ' ']).next().and_then(|n| n.parse().ok()))
         .collect()
 }
 

@@ -866,7 +866,7 @@ fn markers(body: &str) -> Vec<i64> {
     body.match_indices("<!-- orch:action:")
         .filter_map(|(i, m)| {
             let rest = &body[i + m.len()..];
-            rest.split(" -->").next().and_then(|n| n.parse().ok())
+            rest.split([':', ' ']).next().and_then(|n| n.parse().ok())
         })
         .collect()
 }

@@ -62,7 +62,7 @@ async fn wait_count(o: &Orch, state: &str, n: i64, timeout: Duration) {
 
 fn markers(body: &str) -> Vec<i64> {
     body.match_indices("<!-- orch:action:")
-        .filter_map(|(i, m)| body[i + m.len()..].split(" -->").next().and_then(|n| n.parse().ok()))
+        .filter_map(|(i, m)| body[i + m.len()..].split([':', ' ']).next().and_then(|n| n.parse().ok()))
         .collect()
 }
 
