@@ -168,14 +168,9 @@ async fn marker_key(config: &Config, store: &Store) -> anyhow::Result<crate::git
         return Ok(MarkerKey::new(key.clone()));
     }
     let _write = store.write_guard().await;
-    let text = crate::store::server_keys::get_or_create(
-        store.pool(),
-        "marker",
-        &MarkerKey::generate_text(),
-        crate::store::now_ms(),
-    )
-    .await
-    .context("the marker key in the database")?;
+    let text = crate::store::server_keys::get_or_create(store.pool(), "marker", &MarkerKey::generate_text(), crate::store::now_ms())
+        .await
+        .context("the marker key in the database")?;
     Ok(MarkerKey::new(secrecy::SecretString::from(text)))
 }
 

@@ -26,7 +26,9 @@ fn wrong_tags() -> String {
 }
 
 async fn outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes(backend: Backend) {
-    let Some(o) = Orch::start(backend, "phase: 4\n").await else { return };
+    let Some(o) = Orch::start(backend, "phase: 4\n").await else {
+        return;
+    };
     o.user("mara", "maintain");
     o.user("lee", "write");
     let issue = o.open_issue("Off by one", "answer() should be 42", "dev-kim");
@@ -36,9 +38,7 @@ async fn outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes(backend: B
     o.wait_processed(&guid).await;
     let (_, guid) = o.comment(&issue, "mallory", &format!("again\n{}", wrong_tags())).await;
     o.wait_processed(&guid).await;
-    let (_, guid) = o
-        .comment(&issue, "other[bot]", &format!("{}{}", untagged(), wrong_tags()))
-        .await;
+    let (_, guid) = o.comment(&issue, "other[bot]", &format!("{}{}", untagged(), wrong_tags())).await;
     o.wait_processed(&guid).await;
 
     o.comment(&issue, "mara", "/orch propose fix `src/lib.rs` to return 42").await;
@@ -81,11 +81,7 @@ async fn outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes(backend: B
     assert_eq!(o.fake.state.pulls(REPO).len(), 1);
     // Every comment orch wrote carries a keyed marker; none of the forged ones were taken.
     for c in o.fake.state.bot_comments(REPO, issue.number) {
-        assert!(
-            c.body.contains("<!-- orch:action:") && !c.body.contains(&untagged()),
-            "{}",
-            c.body
-        );
+        assert!(c.body.contains("<!-- orch:action:") && !c.body.contains(&untagged()), "{}", c.body);
     }
     let mut o = o;
     o.stop().await;

@@ -501,7 +501,9 @@ async fn forged_markers_do_not_pass_for_orchs_comments(backend: Backend) {
     let store = db.store().await;
     let e = env(quick()).await;
     for id in 1..=40 {
-        e.fake.state.user_comment(REPO, 40, "mallory", "User", &format!("<!-- orch:action:{id} -->"));
+        e.fake
+            .state
+            .user_comment(REPO, 40, "mallory", "User", &format!("<!-- orch:action:{id} -->"));
         let wrong = format!("<!-- orch:action:{id}:{} -->", "0".repeat(32));
         e.fake.state.user_comment(REPO, 40, "mallory", "User", &wrong);
         e.fake.state.user_comment(REPO, 40, "mallory", "User", &e.client.marker(id));
@@ -510,7 +512,9 @@ async fn forged_markers_do_not_pass_for_orchs_comments(backend: Backend) {
     let sent = comment_once(&store, Some(&e.client), "wf-40/proposal", 5, REPO, 40, "Proposed labels: bug")
         .await
         .unwrap();
-    let Sent::Done { action_id, github_id } = sent else { panic!("{sent:?}") };
+    let Sent::Done { action_id, github_id } = sent else {
+        panic!("{sent:?}")
+    };
     assert!(action_id <= 40, "the test forged this action's marker: {action_id}");
     let comments = e.fake.state.comments(REPO, 40);
     let mine = comments.iter().find(|c| c.id == github_id).expect("orch's own comment");
@@ -518,7 +522,11 @@ async fn forged_markers_do_not_pass_for_orchs_comments(backend: Backend) {
     assert!(mine.body.starts_with("Proposed labels: bug") && mine.body.ends_with(&e.client.marker(action_id)));
     assert_eq!(count(&e.fake.state.log(), "POST", "/issues/40/comments"), 1);
     // Found again by the lookup (its own comment only).
-    let found = e.client.find_comment_with_marker(5, REPO, 40, &e.client.marker(action_id)).await.unwrap();
+    let found = e
+        .client
+        .find_comment_with_marker(5, REPO, 40, &e.client.marker(action_id))
+        .await
+        .unwrap();
     assert_eq!(found.map(|c| c.id), Some(github_id));
     bodies_valid(&e);
 }
@@ -631,14 +639,20 @@ async fn a_token_reaches_one_repository_with_one_permission() {
     e.fake.state.add_repo("acme/private", 5, "main");
     e.fake.state.set_file(REPO, "README.md", "# widgets");
     e.fake.state.set_file("acme/private", "secret.txt", "s3cret");
-    assert_eq!(e.client.file(5, REPO, "README.md", None).await.unwrap().as_deref(), Some("# widgets"));
+    assert_eq!(
+        e.client.file(5, REPO, "README.md", None).await.unwrap().as_deref(),
+        Some("# widgets")
+    );
     let bodies = e.fake.state.bodies();
     let asked = bodies
         .iter()
         .find(|(m, p, _)| m == "POST" && p.ends_with("/access_tokens"))
         .map(|(_, _, b)| b.clone())
         .expect("a token was asked for");
-    assert_eq!(asked, serde_json::json!({ "repositories": ["widgets"], "permissions": { "contents": "read" } }));
+    assert_eq!(
+        asked,
+        serde_json::json!({ "repositories": ["widgets"], "permissions": { "contents": "read" } })
+    );
 
     let token = e
         .tokens
@@ -658,17 +672,33 @@ async fn a_token_reaches_one_repository_with_one_permission() {
         }
         .send()
     };
-    assert_eq!(call(Method::GET, "/repos/acme/widgets/contents/README.md").await.unwrap().status(), 200);
-    assert_eq!(call(Method::GET, "/repos/acme/private/contents/secret.txt").await.unwrap().status(), 404);
+    assert_eq!(
+        call(Method::GET, "/repos/acme/widgets/contents/README.md").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        call(Method::GET, "/repos/acme/private/contents/secret.txt").await.unwrap().status(),
+        404
+    );
     let refused = call(Method::POST, "/repos/acme/widgets/issues/1/comments").await.unwrap();
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await.unwrap().contains("Resource not accessible by integration"));
     // The installation does not grant this repository: no token for it at all.
-    let none = e.tokens.scoped_token(5, &TokenScope::new(Some("elsewhere".into()), "contents", "read")).await;
+    let none = e
+        .tokens
+        .scoped_token(5, &TokenScope::new(Some("elsewhere".into()), "contents", "read"))
+        .await;
     assert!(none.is_err());
 
     let sent = e.fake.state.log().len();
-    for bad in ["../../acme/private/contents/secret.txt", "/etc/passwd", "a/./b", "a\\b", "a\u{0}b", "a//b"] {
+    for bad in [
+        "../../acme/private/contents/secret.txt",
+        "/etc/passwd",
+        "a/./b",
+        "a\\b",
+        "a\u{0}b",
+        "a//b",
+    ] {
         let err = e.client.file(5, REPO, bad, None).await.unwrap_err();
         assert!(matches!(err, ClientError::Path(_)), "{bad:?}: {err}");
         assert!(err.to_string().contains(&format!("{bad:?}")), "the error names the path: {err}");

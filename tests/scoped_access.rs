@@ -29,7 +29,9 @@ async fn a_path_out_of_the_repository_reads_nothing_of_another(backend: Backend)
         ("ANTHROPIC_API_KEY", "sk-ant-scoped-access"),
         ("ORCH_ANTHROPIC_BASE_URL", llm.url.as_str()),
     ];
-    let Some(mut o) = Orch::with_env(backend, "phase: 4\n", &env).await else { return };
+    let Some(mut o) = Orch::with_env(backend, "phase: 4\n", &env).await else {
+        return;
+    };
     o.user("mara", "maintain");
     // The same installation also holds a private repository with a secret.
     o.fake.state.add_repo("acme/private", INSTALLATION, "main");

@@ -139,8 +139,11 @@ impl TokenScope {
             body.insert("repositories".into(), serde_json::json!([r]));
         }
         if !self.permissions.is_empty() {
-            let permissions: serde_json::Map<String, serde_json::Value> =
-                self.permissions.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+            let permissions: serde_json::Map<String, serde_json::Value> = self
+                .permissions
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+                .collect();
             body.insert("permissions".into(), serde_json::Value::Object(permissions));
         }
         serde_json::Value::Object(body)

@@ -115,7 +115,10 @@ pub struct IssueComment {
 impl IssueComment {
     /// Whether orch's App wrote this comment (by ids, never by login or by what it says).
     pub fn written_by(&self, me: &AppIdentity) -> bool {
-        me.wrote(self.user.as_ref().map(|u| u.id), self.performed_via_github_app.as_ref().map(|a| a.id))
+        me.wrote(
+            self.user.as_ref().map(|u| u.id),
+            self.performed_via_github_app.as_ref().map(|a| a.id),
+        )
     }
 }
 
@@ -1123,9 +1126,7 @@ fn check_url_path(path_and_query: &str) -> Result<(), PathError> {
         match decoded.as_str() {
             "" => return refuse("it has an empty segment"),
             "." | ".." => return refuse("it has a `.` or `..` segment"),
-            d if d.chars().any(char::is_control) || d.contains('\\') => {
-                return refuse("it holds a control character or a backslash")
-            }
+            d if d.chars().any(char::is_control) || d.contains('\\') => return refuse("it holds a control character or a backslash"),
             _ => {}
         }
     }
@@ -1139,7 +1140,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -1241,14 +1245,32 @@ mod tests {
         use super::token_scope;
         use reqwest::Method;
         let s = token_scope(&Method::GET, "/repos/acme/widgets/contents/src/lib.rs?ref=x");
-        assert_eq!((s.repository.as_deref(), s.permissions.clone()), (Some("widgets"), vec![("contents", "read")]));
+        assert_eq!(
+            (s.repository.as_deref(), s.permissions.clone()),
+            (Some("widgets"), vec![("contents", "read")])
+        );
         let s = token_scope(&Method::POST, "/repos/acme/widgets/issues/3/comments");
         assert_eq!(s.permissions, vec![("issues", "write")]);
-        assert_eq!(token_scope(&Method::PATCH, "/repos/acme/w/check-runs/9").permissions, vec![("checks", "write")]);
-        assert_eq!(token_scope(&Method::GET, "/repos/acme/w/commits/abc/check-runs").permissions, vec![("checks", "read")]);
-        assert_eq!(token_scope(&Method::POST, "/repos/acme/w/pulls").permissions, vec![("pull_requests", "write")]);
-        assert_eq!(token_scope(&Method::POST, "/repos/acme/w/git/refs").permissions, vec![("contents", "write")]);
-        assert_eq!(token_scope(&Method::GET, "/repos/acme/w/collaborators/bob/permission").permissions, vec![("metadata", "read")]);
+        assert_eq!(
+            token_scope(&Method::PATCH, "/repos/acme/w/check-runs/9").permissions,
+            vec![("checks", "write")]
+        );
+        assert_eq!(
+            token_scope(&Method::GET, "/repos/acme/w/commits/abc/check-runs").permissions,
+            vec![("checks", "read")]
+        );
+        assert_eq!(
+            token_scope(&Method::POST, "/repos/acme/w/pulls").permissions,
+            vec![("pull_requests", "write")]
+        );
+        assert_eq!(
+            token_scope(&Method::POST, "/repos/acme/w/git/refs").permissions,
+            vec![("contents", "write")]
+        );
+        assert_eq!(
+            token_scope(&Method::GET, "/repos/acme/w/collaborators/bob/permission").permissions,
+            vec![("metadata", "read")]
+        );
         let s = token_scope(&Method::GET, "/users/orch%5Bbot%5D");
         assert_eq!((s.repository, s.permissions), (None, vec![("metadata", "read")]));
     }

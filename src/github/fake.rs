@@ -1049,7 +1049,11 @@ fn permission_needed(method: &Method, path: &str) -> Option<(&'static str, &'sta
         "git" | "contents" | "commits" | "branches" | "compare" | "tarball" => "contents",
         _ => return None,
     };
-    let level = if *method == Method::GET || *method == Method::HEAD { "read" } else { "write" };
+    let level = if *method == Method::GET || *method == Method::HEAD {
+        "read"
+    } else {
+        "write"
+    };
     Some((permission, level))
 }
 
@@ -1084,7 +1088,10 @@ async fn access_tokens(State(s): State<Arc<FakeState>>, Path(installation): Path
             Err(r) => return r,
         };
         if let Some(names) = request.get("repositories") {
-            let Some(names) = names.as_array().and_then(|a| a.iter().map(|n| n.as_str().map(str::to_string)).collect()) else {
+            let Some(names) = names
+                .as_array()
+                .and_then(|a| a.iter().map(|n| n.as_str().map(str::to_string)).collect())
+            else {
                 return unprocessable("Invalid request: `repositories` must be an array of names");
             };
             scope.repositories = Some(names);

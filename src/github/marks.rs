@@ -63,7 +63,10 @@ impl MarkerKey {
     pub fn verified_ids(&self, text: &str) -> Vec<i64> {
         parse_markers(text)
             .into_iter()
-            .filter(|(id, tag)| tag.as_deref().is_some_and(|t| constant_time_eq(t.as_bytes(), self.tag(*id).as_bytes())))
+            .filter(|(id, tag)| {
+                tag.as_deref()
+                    .is_some_and(|t| constant_time_eq(t.as_bytes(), self.tag(*id).as_bytes()))
+            })
             .map(|(id, _)| id)
             .collect()
     }
@@ -122,12 +125,18 @@ mod tests {
         // A tag seen on one id does not make another id's marker.
         let moved = m.replace(":7:", ":8:");
         assert!(key.verified_ids(&moved).is_empty());
-        assert_eq!(parse_markers("<!-- orch:action:3 --> <!-- orch:action:4:ab -->"), vec![(3, None), (4, Some("ab".into()))]);
+        assert_eq!(
+            parse_markers("<!-- orch:action:3 --> <!-- orch:action:4:ab -->"),
+            vec![(3, None), (4, Some("ab".into()))]
+        );
     }
 
     #[test]
     fn orch_is_known_by_ids() {
-        let me = AppIdentity { app_id: 10, bot_user_id: 20 };
+        let me = AppIdentity {
+            app_id: 10,
+            bot_user_id: 20,
+        };
         assert!(me.wrote(None, Some(10)));
         assert!(me.wrote(Some(20), None));
         assert!(!me.wrote(Some(21), Some(11)), "another App's bot");
