@@ -26,20 +26,39 @@ fn wrong_tags() -> String {
 }
 
 async fn outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes(backend: Backend) {
+    forged_before_orch_writes(
+        backend,
+        &[
+            ("mallory", format!("nice bot\n{}", untagged())),
+            ("mallory", format!("again\n{}", wrong_tags())),
+            ("other[bot]", format!("{}{}", untagged(), wrong_tags())),
+        ],
+    )
+    .await
+}
+
+/// The keyed shape alone, with wrong tags: as harmless as the untagged one.
+async fn markers_with_a_wrong_tag_are_ignored(backend: Backend) {
+    forged_before_orch_writes(backend, &[("mallory", wrong_tags())]).await
+}
+
+/// `forged` (author, text) comments are on the issue before orch writes; the 👍 of a maintainer
+/// goes first on the first of them (nothing happens), then on orch's proposal (it approves).
+async fn forged_before_orch_writes(backend: Backend, forged: &[(&str, String)]) {
     let Some(o) = Orch::start(backend, "phase: 4\n").await else {
         return;
     };
     o.user("mara", "maintain");
     o.user("lee", "write");
     let issue = o.open_issue("Off by one", "answer() should be 42", "dev-kim");
-    // Before orch has written anything: an outsider's comment with the untagged markers, one
-    // with the keyed shape and wrong tags, and another bot's comment with both.
-    let (forged, guid) = o.comment(&issue, "mallory", &format!("nice bot\n{}", untagged())).await;
-    o.wait_processed(&guid).await;
-    let (_, guid) = o.comment(&issue, "mallory", &format!("again\n{}", wrong_tags())).await;
-    o.wait_processed(&guid).await;
-    let (_, guid) = o.comment(&issue, "other[bot]", &format!("{}{}", untagged(), wrong_tags())).await;
-    o.wait_processed(&guid).await;
+    // Before orch has written anything, the forged comments.
+    let mut first = None;
+    for (author, text) in forged {
+        let (id, guid) = o.comment(&issue, author, text).await;
+        o.wait_processed(&guid).await;
+        first.get_or_insert(id);
+    }
+    let forged = first.expect("at least one forged comment");
 
     o.comment(&issue, "mara", "/orch propose fix `src/lib.rs` to return 42").await;
     let id = o.only_workflow().await;
@@ -87,4 +106,17 @@ async fn outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes(backend: B
     o.stop().await;
 }
 
-both_backends!(outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes);
+/// Every replica tags with the same key: the first to start stores it, the others read it.
+async fn replicas_share_the_marker_key(backend: Backend) {
+    let Some(db) = common::TestDb::new(backend).await else { return };
+    let (a, b) = (db.store().await, db.store().await);
+    let first = orch::store::server_keys::get_or_create(a.pool(), "marker", "one", 1).await.unwrap();
+    let second = orch::store::server_keys::get_or_create(b.pool(), "marker", "two", 2).await.unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("one", "one"));
+}
+
+both_backends!(
+    outsiders_markers_neither_hide_nor_stand_in_for_orchs_writes,
+    markers_with_a_wrong_tag_are_ignored,
+    replicas_share_the_marker_key,
+);
