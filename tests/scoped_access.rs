@@ -92,8 +92,8 @@ async fn a_model_path_out_of_the_repository_is_blocked_by_name(backend: Backend)
         .find(|c| c.contains("blocked by policy"))
         .expect("the user is told");
     assert!(
-        blocked.contains("`src/../../private/secret.txt` has a `.` or `..` component"),
-        "{blocked}"
+        blocked.contains("`src/../../private/secret.txt` has a `.` or `..` component; only plain relative paths are accepted"),
+        "the path rule names the path: {blocked}"
     );
     assert!(o.fake.state.pulls(REPO).is_empty());
     assert_eq!(o.fake.state.branches(REPO), vec!["main".to_string()]);

@@ -433,7 +433,32 @@ impl Engine {
                 comment_text: p.summary.clone(),
             },
         };
-        Ok(gates::gate2(&compiled, &view))
+        let verdict = gates::gate2(&compiled, &view);
+        // A patch refused for its paths never reaches the path rules (it does not parse), so
+        // each path that could leave the repository is named here under its own rule.
+        Ok(match (verdict, &view) {
+            (Verdict::Blocked { mut violations }, ProposalView::Invalid { .. }) => {
+                violations.extend(Self::unsafe_paths(wf));
+                Verdict::Blocked { violations }
+            }
+            (verdict, _) => verdict,
+        })
+    }
+
+    /// The paths of a raw patch answer that are not plain relative paths, as Gate 2 rules.
+    fn unsafe_paths(wf: &Workflow) -> Vec<Rule> {
+        let raw: serde_json::Value = serde_json::from_str(wf.proposal.as_deref().unwrap_or("null")).unwrap_or_default();
+        let files = raw.get("files").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+        files
+            .iter()
+            .filter_map(|f| f.get("path")?.as_str())
+            .filter_map(|path| {
+                gates::path_problem(path).map(|problem| Rule::PathInvalid {
+                    path: path.to_string(),
+                    problem: problem.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// Records a gate's verdict in the audit log.
