@@ -428,7 +428,8 @@ async fn over_the_in_flight_limit_requests_get_503_at_once(backend: Backend) {
         stalled.push(stalled_delivery(server.addr, &format!("stall-{i}"), &body, 5).await);
     }
     // Until the server has read the stalled requests' headers they hold no slot.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // (generous on a loaded machine: an extra request let in early would be stored, not refused)
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let started = std::time::Instant::now();
     let refused = tokio::time::timeout(
         std::time::Duration::from_secs(5),
