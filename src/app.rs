@@ -26,6 +26,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     };
     let store = Store::connect(&config.database_url, sync).await?;
     store.migrate().await?;
+    // Every append of this process (and verify) uses the configured chain key.
+    crate::audit::set_key(config.audit_key.as_ref());
     Ok(store)
 }
 
@@ -98,7 +100,11 @@ impl Server {
             .await
             .with_context(|| format!("ORCH_BIND: cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
-        let app = api::router(state);
+        let edge = Arc::new(crate::webhook::edge::WebhookEdge::new(
+            config.webhook_max_in_flight,
+            config.webhook_body_timeout,
+        ));
+        let app = api::router(state).layer(axum::middleware::from_fn_with_state(edge, crate::webhook::edge::guard));
         let mut http_stop = stop_rx.clone();
         let http = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -168,16 +168,14 @@ pub async fn run(once: bool) -> anyhow::Result<()> {
 /// Part two: orch with a GitHub App against the fake GitHub.
 async fn workflows(dir: &std::path::Path, once: bool) -> anyhow::Result<()> {
     use crate::github::fake::{FakeGithub, FakeState};
-    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     const REPO: &str = "acme/widgets";
     const INSTALLATION: i64 = 77;
     println!();
     println!("Part two: workflows against an in-process fake GitHub");
     // A throwaway App key for this run, so that the fake checks real signatures.
-    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).context("generating the demo App key")?;
+    let (private, public) = crate::github::auth::generate_app_key().context("generating the demo App key")?;
     let pem_path = dir.join("demo-app.pem");
-    std::fs::write(&pem_path, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
-    let public = key.to_public_key().to_public_key_pem(LineEnding::LF)?;
+    std::fs::write(&pem_path, private.as_bytes())?;
     let fake = FakeGithub::start(1, public.as_bytes(), Duration::from_secs(3600)).await?;
     let gh: &FakeState = &fake.state;
     gh.add_repo(REPO, INSTALLATION, "main");

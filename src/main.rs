@@ -64,8 +64,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain; exit 1 naming the first broken seq.
-    Verify,
+    /// Recompute the hash chain (keyed with ORCH_AUDIT_KEY when set); exit 1 naming the first
+    /// broken seq.
+    Verify {
+        /// An anchor printed earlier by `orch audit anchor` (SEQ:HASH): also proves that row SEQ
+        /// still has that hash, so nothing up to it was rewritten or cut off.
+        #[arg(long, value_name = "SEQ:HASH")]
+        anchor: Option<orch::audit::Anchor>,
+    },
+    /// Verify the chain and print its head as SEQ:HASH, to keep outside the database and pass to
+    /// `verify --anchor` later.
+    Anchor,
     /// Write every row as JSON lines, in seq order (to stdout without --out).
     Export {
         #[arg(long, value_name = "FILE")]
@@ -126,9 +135,21 @@ async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = orch::app::open_store(config).await?;
     let result = match command {
-        AuditCommand::Verify => match orch::audit::verify(store.pool()).await? {
+        AuditCommand::Verify { anchor } => match orch::audit::verify_with(
+            store.pool(),
+            config
+                .audit_key
+                .as_ref()
+                .map(|k| secrecy::ExposeSecret::expose_secret(k).as_bytes()),
+            anchor.as_ref(),
+        )
+        .await?
+        {
             verdict @ orch::audit::Verdict::Intact { .. } => {
-                println!("audit log {verdict}");
+                match anchor {
+                    Some(a) => println!("audit log {verdict}; anchor {a} matches"),
+                    None => println!("audit log {verdict}"),
+                }
                 Ok(())
             }
             orch::audit::Verdict::Broken { seq, problem } => {
@@ -136,6 +157,7 @@ async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
                 Err(anyhow::anyhow!("the audit chain is broken at seq {seq}"))
             }
         },
+        AuditCommand::Anchor => orch::audit::anchor(store.pool()).await.map(|a| println!("{a}")),
         AuditCommand::Export { out: Some(path) } => {
             let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
             let rows = orch::audit::export_jsonl(store.pool(), &mut std::io::BufWriter::new(file)).await?;
@@ -201,6 +223,8 @@ async fn doctor() -> bool {
         Err(e) => check(Some(false), "webhook secret", &e.to_string()),
     }
 
+    // The audit chain check below verifies keyed links when ORCH_AUDIT_KEY is set.
+    orch::audit::set_key(config.audit_key.as_ref());
     let missing_file = sqlite_path(&config.database_url).filter(|p| !p.exists());
     let store = match missing_file {
         Some(p) => {

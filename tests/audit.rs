@@ -502,6 +502,169 @@ async fn a_batch_append_continues_the_chain(backend: Backend) {
     ));
 }
 
+/// Replaces row `seq`'s details and recomputes every link from row 1 with `hash`, as someone with
+/// write access to the database (triggers bypassed) rewriting history would.
+async fn rewrite(store: &Store, seq: i64, details: &str, hash: impl Fn(&str, &str) -> String) {
+    let mut prev = GENESIS.to_string();
+    for r in all(store).await {
+        let details = if r.seq == seq {
+            details.to_string()
+        } else {
+            chain::canonical_json(&r.details)
+        };
+        let line = chain::canonical_line(r.seq, r.at, &r.kind, &r.actor, &r.subject, &details);
+        let new_hash = hash(&prev, &line);
+        let _write = store.write_guard().await;
+        sqlx::query("UPDATE audit_log SET details = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(details)
+            .bind(prev.clone())
+            .bind(new_hash.clone())
+            .bind(r.seq)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        prev = new_hash;
+    }
+}
+
+const KEY: &str = "audit-key-for-tests-0123456789abcdef";
+
+async fn a_truncated_tail_fails_verify_with_the_anchor(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    for i in 1..=5 {
+        append_at(&store, &entry(i), T0 + i).await;
+    }
+    let anchor = audit::anchor(store.pool()).await.unwrap();
+    assert_eq!(anchor.seq, 5);
+    assert_eq!(anchor.hash, all(&store).await[4].hash);
+    let printed = anchor.to_string();
+    assert_eq!(printed.parse::<audit::Anchor>().unwrap(), anchor);
+    for i in 6..=7 {
+        append_at(&store, &entry(i), T0 + i).await;
+    }
+    // Rows after the anchor are fine: the anchor still matches.
+    assert!(matches!(
+        audit::verify_with(store.pool(), None, Some(&anchor)).await.unwrap(),
+        Verdict::Intact { rows: 7, .. }
+    ));
+
+    bypass_triggers(&store, backend).await;
+    assert_eq!(exec(&store, "DELETE FROM audit_log WHERE seq >= 4").await.unwrap(), 4);
+    // Without the anchor the shorter chain is intact: nothing inside the database shows the cut.
+    assert!(matches!(
+        audit::verify(store.pool()).await.unwrap(),
+        Verdict::Intact { rows: 3, .. }
+    ));
+    match audit::verify_with(store.pool(), None, Some(&anchor)).await.unwrap() {
+        Verdict::Broken { seq, problem } => {
+            assert_eq!(seq, 4, "{problem}");
+            assert!(problem.contains("rows 4 to 5 are missing"), "{problem}");
+            assert!(problem.contains("cut off") && problem.contains(&printed), "{problem}");
+        }
+        v => panic!("expected the cut to be found, got {v:?}"),
+    }
+    // An anchor whose hash the row does not have: the log was rewritten up to it.
+    let other = audit::Anchor {
+        seq: 2,
+        hash: "ab".repeat(32),
+    };
+    match audit::verify_with(store.pool(), None, Some(&other)).await.unwrap() {
+        Verdict::Broken { seq, problem } => {
+            assert_eq!(seq, 2, "{problem}");
+            assert!(problem.contains("anchor"), "{problem}");
+        }
+        v => panic!("expected a mismatch at the anchor, got {v:?}"),
+    }
+    assert!("5".parse::<audit::Anchor>().is_err());
+    assert!("5:XYZ".parse::<audit::Anchor>().is_err());
+}
+
+async fn a_chain_rewritten_without_the_key_fails_with_the_key(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    audit::set_key(Some(&KEY.to_string().into()));
+    for i in 1..=5 {
+        append_at(&store, &entry(i), T0 + i).await;
+    }
+    let rows = all(&store).await;
+    // Keyed links: the stored hash is the HMAC, not the plain sha256.
+    let line = chain::canonical_line(
+        1,
+        rows[0].at,
+        &rows[0].kind,
+        &rows[0].actor,
+        &rows[0].subject,
+        &chain::canonical_json(&rows[0].details),
+    );
+    assert_eq!(rows[0].hash, chain::keyed_link_hash(KEY.as_bytes(), GENESIS, &line));
+    assert_ne!(rows[0].hash, chain::link_hash(GENESIS, &line));
+    assert!(matches!(
+        audit::verify_with(store.pool(), Some(KEY.as_bytes()), None).await.unwrap(),
+        Verdict::Intact { rows: 5, .. }
+    ));
+
+    // The attacker rewrites row 3 and rehashes the whole chain with plain sha256.
+    bypass_triggers(&store, backend).await;
+    rewrite(&store, 3, r#"{"i":3,"note":"nothing happened"}"#, chain::link_hash).await;
+    // Without the key that rewrite is a valid chain …
+    assert!(matches!(
+        audit::verify_with(store.pool(), None, None).await.unwrap(),
+        Verdict::Intact { rows: 5, .. }
+    ));
+    // … with it, the first rehashed row is named.
+    match audit::verify(store.pool()).await.unwrap() {
+        Verdict::Broken { seq, problem } => {
+            assert_eq!(seq, 1, "{problem}");
+            assert!(problem.contains("not keyed with ORCH_AUDIT_KEY"), "{problem}");
+        }
+        v => panic!("expected the rewrite to be found, got {v:?}"),
+    }
+    // Rehashed under a guessed key: refused too.
+    rewrite(&store, 3, r#"{"i":3,"note":"nothing happened"}"#, |p, l| {
+        chain::keyed_link_hash(b"guessed-key", p, l)
+    })
+    .await;
+    match audit::verify(store.pool()).await.unwrap() {
+        Verdict::Broken { seq, problem } => {
+            assert_eq!(seq, 1, "{problem}");
+            assert!(problem.contains("another key"), "{problem}");
+        }
+        v => panic!("expected the rewrite to be found, got {v:?}"),
+    }
+}
+
+async fn unkeyed_rows_verify_with_the_key_only_up_to_an_anchor(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    audit::set_key(None);
+    for i in 1..=3 {
+        append_at(&store, &entry(i), T0 + i).await;
+    }
+    // The operator anchors the unkeyed log, then turns the key on.
+    let anchor = audit::anchor(store.pool()).await.unwrap();
+    audit::set_key(Some(&KEY.to_string().into()));
+    for i in 4..=5 {
+        append_at(&store, &entry(i), T0 + i).await;
+    }
+    let key = Some(KEY.as_bytes());
+    assert!(matches!(
+        audit::verify_with(store.pool(), key, None).await.unwrap(),
+        Verdict::Broken { seq: 1, .. }
+    ));
+    assert!(matches!(
+        audit::verify_with(store.pool(), key, Some(&anchor)).await.unwrap(),
+        Verdict::Intact { rows: 5, .. }
+    ));
+    // A plain row after the anchor is still refused.
+    bypass_triggers(&store, backend).await;
+    rewrite(&store, 4, r#"{"i":4}"#, chain::link_hash).await;
+    assert!(matches!(
+        audit::verify_with(store.pool(), key, Some(&anchor)).await.unwrap(),
+        Verdict::Broken { seq: 4, .. }
+    ));
+}
+
 both_backends!(
     a_batch_append_continues_the_chain,
     appends_form_a_chain,
@@ -514,4 +677,7 @@ both_backends!(
     appends_roll_back_with_their_transaction,
     export_writes_one_object_per_line,
     page_filters_and_pages,
+    a_truncated_tail_fails_verify_with_the_anchor,
+    a_chain_rewritten_without_the_key_fails_with_the_key,
+    unkeyed_rows_verify_with_the_key_only_up_to_an_anchor,
 );

@@ -165,3 +165,63 @@ fn the_circuit_breaker_is_reset_from_the_command_line() {
     });
     assert!(verdict, "the reset is audited");
 }
+
+/// `orch audit anchor` prints the head; `verify --anchor` then catches a cut-off tail, which a
+/// plain `verify` cannot see.
+#[test]
+fn audit_anchor_then_verify_catches_a_cut_off_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.db");
+    let url = format!("sqlite://{}", path.display());
+    let key = "cli-audit-key-0123456789abcdefghij";
+    let env = [("ORCH_DATABASE_URL", url.as_str()), ("ORCH_AUDIT_KEY", key)];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let append = |n: i64| {
+        rt.block_on(async {
+            let store = orch::app::open_store(
+                &orch::config::Config::from_map(&env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap(),
+            )
+            .await
+            .unwrap();
+            for i in 0..n {
+                let e = orch::audit::Entry::new("operator", "operator:cli", "test", serde_json::json!({ "i": i }));
+                orch::audit::append_now(&store, &e).await.unwrap();
+            }
+            store.close().await;
+        })
+    };
+    append(4);
+    let (ok, anchor, err) = orch(&["audit", "anchor"], &env);
+    assert!(ok, "{err}");
+    let anchor = anchor.trim().to_string();
+    let (seq, hash) = anchor.split_once(':').expect("SEQ:HASH");
+    assert_eq!(seq, "4");
+    assert_eq!(hash.len(), 64);
+    append(2);
+    let (ok, out, err) = orch(&["audit", "verify", "--anchor", &anchor], &env);
+    assert!(ok && out.contains("intact: 6 rows") && out.contains("matches"), "{out}{err}");
+
+    // Someone with the file drops the triggers and cuts the log back to 2 rows.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 2;")
+        .unwrap();
+    drop(conn);
+    let (ok, out, _) = orch(&["audit", "verify"], &env);
+    assert!(
+        ok && out.contains("intact: 2 rows"),
+        "without the anchor the cut is invisible: {out}"
+    );
+    let (ok, out, err) = orch(&["audit", "verify", "--anchor", &anchor], &env);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("broken at seq 3") && out.contains("rows 3 to 4 are missing"),
+        "{out}{err}"
+    );
+
+    // Verifying a keyed log without the key fails, naming the likely reason.
+    let (ok, out, _) = orch(&["audit", "verify"], &env[..1]);
+    assert!(!ok && out.contains("ORCH_AUDIT_KEY"), "{out}");
+    // A malformed anchor is a usage error.
+    let (ok, _, err) = orch(&["audit", "verify", "--anchor", "4"], &env);
+    assert!(!ok && err.contains("SEQ:HASH"), "{err}");
+}

@@ -333,6 +333,143 @@ async fn raw_payload_is_kept_in_either_store(backend: Backend) {
     }
 }
 
+/// A server with the webhook edge limits set (`ORCH_WEBHOOK_BODY_TIMEOUT_MS`, `…_MAX_IN_FLIGHT`).
+async fn limited_server(db: &TestDb, body_timeout_ms: u64, max_in_flight: usize) -> orch::app::Server {
+    let mut env = db.env();
+    env.insert("ORCH_WEBHOOK_BODY_TIMEOUT_MS".into(), body_timeout_ms.to_string());
+    env.insert("ORCH_WEBHOOK_MAX_IN_FLIGHT".into(), max_in_flight.to_string());
+    orch::app::Server::start(&orch::config::Config::from_map(&env).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Opens a connection and sends the headers of a signed delivery of `body` plus its first
+/// `sent` bytes; the rest is never sent unless the caller writes it.
+async fn stalled_delivery(addr: std::net::SocketAddr, guid: &str, body: &[u8], sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sig = sign(common::SECRET, body);
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-github-event: issue_comment\r\n\
+         x-github-delivery: {guid}\r\nx-hub-signature-256: {sig}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..sent]).await.unwrap();
+    stream
+}
+
+async fn a_trickling_body_is_cut_off_after_the_timeout(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let server = limited_server(&db, 500, 8).await;
+    let body = comment_body(40, "/orch help");
+    let mut stream = stalled_delivery(server.addr, "slow-1", &body, 10).await;
+    let started = std::time::Instant::now();
+    // One byte every 100 ms: the connection is never idle, but the body would take minutes.
+    let (mut reader, mut writer) = stream.split();
+    let trickle = async {
+        for b in &body[10..body.len() - 1] {
+            if writer.write_all(std::slice::from_ref(b)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        tokio::select! {
+            _ = trickle => {}
+            _ = read => {}
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(outcome.is_ok(), "the trickling sender still held the connection after {elapsed:?}");
+    assert!(elapsed < std::time::Duration::from_secs(3), "cut off only after {elapsed:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive in time"), "{answer}");
+    assert_eq!(stored_count(&server).await, 0);
+    // Normal deliveries are unaffected.
+    let base = format!("http://{}", server.addr);
+    let (status, json) = Hook::signed("issue_comment", "fast-1", &body)
+        .send(&reqwest::Client::new(), &base)
+        .await;
+    assert_eq!(status, 202, "{json}");
+    assert_eq!(stored_count(&server).await, 1);
+    server.shutdown().await.unwrap();
+}
+
+async fn over_the_in_flight_limit_requests_get_503_at_once(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    const LIMIT: usize = 3;
+    // A long body timeout: only the concurrency limit can refuse the extra request.
+    let server = limited_server(&db, 60_000, LIMIT).await;
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    let body = comment_body(41, "/orch help");
+    let mut stalled = Vec::new();
+    for i in 0..LIMIT {
+        stalled.push(stalled_delivery(server.addr, &format!("stall-{i}"), &body, 5).await);
+    }
+    // Until the server has read the stalled requests' headers they hold no slot.
+    // (generous on a loaded machine: an extra request let in early would be stored, not refused)
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let started = std::time::Instant::now();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client
+            .post(format!("{base}/webhook"))
+            .header("x-github-event", "issue_comment")
+            .header("x-github-delivery", "extra-1")
+            .header("x-hub-signature-256", sign(common::SECRET, &body))
+            .body(body.clone())
+            .send(),
+    )
+    .await
+    .expect("request over the limit was queued instead of refused")
+    .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    // Other routes are not limited.
+    assert_eq!(client.get(format!("{base}/health")).send().await.unwrap().status().as_u16(), 200);
+    // The stalled senders give up: their slots come back and deliveries are accepted again.
+    drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, json) = Hook::signed("issue_comment", "after-1", &body).send(&client, &base).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "{json}");
+        assert!(std::time::Instant::now() < deadline, "slots never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Only that one delivery was stored.
+    assert_eq!(stored_count(&server).await, 1);
+    server.shutdown().await.unwrap();
+}
+
 both_backends!(
     raw_payload_is_kept_in_either_store,
     signed_delivery_is_stored_then_processed,
@@ -343,4 +480,6 @@ both_backends!(
     oversized_bodies_get_413,
     health_reports_store_figures,
     graceful_shutdown_answers_and_keeps_in_flight_deliveries,
+    a_trickling_body_is_cut_off_after_the_timeout,
+    over_the_in_flight_limit_requests_get_503_at_once,
 );

@@ -17,7 +17,6 @@ mod payloads;
 use anyhow::Context;
 use orch::github::fake::{FakeGithub, APP_LOGIN};
 use orch::webhook::signature::sign;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -62,10 +61,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
 
     // A throwaway App key: the fake checks the App's JWTs against its public half.
-    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)?;
+    let (private, public) = orch::github::auth::generate_app_key()?;
     let pem = dir.path().join("app.pem");
-    std::fs::write(&pem, key.to_pkcs8_pem(LineEnding::LF)?.as_bytes())?;
-    let public = key.to_public_key().to_public_key_pem(LineEnding::LF)?;
+    std::fs::write(&pem, private.as_bytes())?;
     let fake = FakeGithub::start(1, public.as_bytes(), Duration::from_secs(3600)).await?;
     fake.state.add_repo(REPO, INSTALLATION, "main");
     fake.state

@@ -15,10 +15,15 @@
 //!   sort_keys=True, ensure_ascii=False)` in Python.
 //! * `hash = lowercase_hex(sha256(prev_hash ‖ "\n" ‖ canonical_line))`, with `prev_hash` the
 //!   previous row's `hash` as 64 lowercase hex digits, and [`GENESIS`] (64 zeros) for row 1.
+//! * With `ORCH_AUDIT_KEY` set: `hash = lowercase_hex(HMAC-SHA256(key, prev_hash ‖ "\n" ‖
+//!   canonical_line))`, the key being the variable's UTF-8 bytes. Someone who can write the
+//!   database but does not hold the key cannot produce a keyed hash, so cannot rewrite a row and
+//!   recompute the chain after it.
 //!
 //! The `details` column stores the canonical text itself, and verification hashes the stored text
 //! as it is, so any change to a stored byte changes the hash.
 
+use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -56,6 +61,23 @@ pub fn link_hash(prev_hash: &str, line: &str) -> String {
     h.update(b"\n");
     h.update(line.as_bytes());
     hex::encode(h.finalize())
+}
+
+/// `lowercase_hex(HMAC-SHA256(key, prev_hash ‖ "\n" ‖ line))`.
+pub fn keyed_link_hash(key: &[u8], prev_hash: &str, line: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(prev_hash.as_bytes());
+    mac.update(b"\n");
+    mac.update(line.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The hash of a link: keyed when `key` is given, plain sha256 otherwise.
+pub fn hash_for(key: Option<&[u8]>, prev_hash: &str, line: &str) -> String {
+    match key {
+        Some(key) => keyed_link_hash(key, prev_hash, line),
+        None => link_hash(prev_hash, line),
+    }
 }
 
 fn write_value(value: &Value, out: &mut String) {
@@ -168,5 +190,18 @@ mod tests {
         assert_eq!(GENESIS.len(), 64);
         assert!(GENESIS.bytes().all(|b| b == b'0'));
         assert_eq!(canonical_line(2, -1, "a\"", "", "s", "null"), r#"[2,-1,"a\"","","s",null]"#);
+    }
+
+    #[test]
+    fn the_keyed_hash_is_hmac_sha256_over_the_same_bytes() {
+        let line = r#"[1,1700000000000,"delivery","github","acme/widgets#12",{"action":"labeled","event":"issues"}]"#;
+        // Computed independently: `printf '%s\n%s' "$GENESIS" "$line" | openssl dgst -sha256 -hmac k`.
+        assert_eq!(
+            keyed_link_hash(b"k", GENESIS, line),
+            "4a67154bc0a7763ef603541309a244d0d8d120e6a3b2a84459363b97e9634e4c"
+        );
+        assert_ne!(keyed_link_hash(b"k", GENESIS, line), link_hash(GENESIS, line));
+        assert_eq!(hash_for(None, GENESIS, line), link_hash(GENESIS, line));
+        assert_eq!(hash_for(Some(b"k"), GENESIS, line), keyed_link_hash(b"k", GENESIS, line));
     }
 }

@@ -47,6 +47,18 @@
 //! superuser) can still change rows; [`verify`] then reports the first row whose hash, `prev_hash`
 //! link or seq is wrong. Removing the newest rows leaves a shorter chain that is intact: compare
 //! the reported head hash with one kept elsewhere (an earlier export, a log line) to detect that.
+//!
+//! # Keyed chain and anchors
+//!
+//! With `ORCH_AUDIT_KEY` set ([`set_key`], once at start), new rows carry
+//! `HMAC-SHA256(key, prev_hash ‖ "\n" ‖ line)` instead of the plain sha256, and [`verify_with`]
+//! given the key refuses any row not keyed with it: someone with write access to the database but
+//! not the key can no longer rewrite a row and recompute the rest of the chain. Cutting off the
+//! newest rows is caught by an [`Anchor`] (`SEQ:HASH`, printed by `orch audit anchor`) kept outside
+//! the database: verifying against it checks that row SEQ still exists with that hash. Rows up to
+//! an anchor may be plain (written before the key was set): the anchor's hash pins them, because
+//! every hash covers the one before it. So to turn the key on for an existing log, take an anchor
+//! first and verify with it.
 
 pub mod chain;
 
@@ -145,6 +157,58 @@ impl std::fmt::Display for Verdict {
     }
 }
 
+/// The chain key of this process (`ORCH_AUDIT_KEY`), read by every append. A process-wide
+/// setting rather than a parameter because every append site (deliveries, workflows, the API…)
+/// must use the same one, and the key belongs to the deployment, not to a caller.
+static KEY: std::sync::RwLock<Option<std::sync::Arc<Vec<u8>>>> = std::sync::RwLock::new(None);
+
+/// Sets (or clears) the key new rows are hashed with; call once at start from the configuration.
+pub fn set_key(key: Option<&secrecy::SecretString>) {
+    use secrecy::ExposeSecret;
+    let key = key.map(|k| std::sync::Arc::new(k.expose_secret().as_bytes().to_vec()));
+    *KEY.write().unwrap_or_else(|e| e.into_inner()) = key;
+}
+
+fn current_key() -> Option<std::sync::Arc<Vec<u8>>> {
+    KEY.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A head of the chain kept outside the database: `SEQ:HASH` (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (seq, hash) = s
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not an anchor: expected SEQ:HASH, as `orch audit anchor` prints"))?;
+        let seq: i64 = seq
+            .parse()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("anchor seq {seq:?} is not a number ≥ 0"))?;
+        let valid = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            return Err(format!("anchor hash {hash:?} is not 64 lowercase hex digits"));
+        }
+        Ok(Anchor {
+            seq,
+            hash: hash.to_string(),
+        })
+    }
+}
+
 const COLUMNS: &str = "seq, at, kind, actor, subject, details, prev_hash, hash";
 
 /// Appends `entry` at time `now` inside the caller's transaction and returns its seq. Takes the
@@ -190,13 +254,15 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
         Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
         None => (1, GENESIS.to_string()),
     };
+    let key = current_key();
     let mut seqs = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from("INSERT INTO audit_log (seq, at, kind, actor, subject, details, prev_hash, hash) VALUES ");
         let mut rows = Vec::with_capacity(chunk.len());
         for (i, entry) in chunk.iter().enumerate() {
             let details = chain::canonical_json(&entry.details);
-            let hash = chain::link_hash(
+            let hash = chain::hash_for(
+                key.as_deref().map(Vec::as_slice),
                 &prev_hash,
                 &chain::canonical_line(seq, now, entry.kind, entry.actor, entry.subject, &details),
             );
@@ -283,12 +349,38 @@ pub async fn page<'c, E: Executor<'c, Database = Db>>(conn: E, after_seq: i64, l
     rows.iter().map(record_from).collect()
 }
 
+/// [`verify_with`] with this process's key (see [`set_key`]) and no anchor.
+pub async fn verify(pool: &AnyPool) -> anyhow::Result<Verdict> {
+    let key = current_key();
+    verify_with(pool, key.as_deref().map(Vec::as_slice), None).await
+}
+
+/// The head of an intact chain as an [`Anchor`] (`0:GENESIS` for an empty log); an error naming
+/// the break when the chain is broken, since anchoring a broken chain would vouch for it.
+pub async fn anchor(pool: &AnyPool) -> anyhow::Result<Anchor> {
+    match verify(pool).await? {
+        Verdict::Intact { rows, head } => Ok(Anchor { seq: rows, hash: head }),
+        broken @ Verdict::Broken { .. } => anyhow::bail!("not anchoring: the audit log is {broken}"),
+    }
+}
+
 /// Recomputes the chain from row 1, a page at a time, checking that seqs run 1, 2, 3 … without a
 /// gap, that each `prev_hash` is the previous row's `hash` and that each `hash` matches its row.
-/// Names the first broken seq; a missing row is named by its own (absent) seq.
-pub async fn verify(pool: &AnyPool) -> anyhow::Result<Verdict> {
+/// With `key`, every hash must be the keyed one, except rows up to `anchor` (which the anchor's
+/// hash pins); with `anchor`, row `anchor.seq` must exist and carry `anchor.hash`. Names the first
+/// broken seq; a missing row is named by its own (absent) seq.
+pub async fn verify_with(pool: &AnyPool, key: Option<&[u8]>, anchor: Option<&Anchor>) -> anyhow::Result<Verdict> {
     let mut expected = 1i64;
     let mut prev = GENESIS.to_string();
+    let pinned_up_to = anchor.map_or(0, |a| a.seq);
+    if let Some(a) = anchor.filter(|a| a.seq == 0) {
+        if a.hash != GENESIS {
+            return Ok(Verdict::Broken {
+                seq: 0,
+                problem: format!("anchor 0:{} is not the empty log's head (64 zeros)", a.hash),
+            });
+        }
+    }
     loop {
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"))
             .bind(expected - 1)
@@ -297,10 +389,16 @@ pub async fn verify(pool: &AnyPool) -> anyhow::Result<Verdict> {
             .await
             .context("reading the audit log")?;
         if rows.is_empty() {
-            return Ok(Verdict::Intact {
-                rows: expected - 1,
-                head: prev,
-            });
+            let rows = expected - 1;
+            if let Some(a) = anchor.filter(|a| a.seq > rows) {
+                let problem = if rows + 1 == a.seq {
+                    format!("row {} is missing: the log ends at seq {rows}, but the anchor {a} was taken when row {} existed; the tail was cut off", a.seq, a.seq)
+                } else {
+                    format!("rows {} to {} are missing: the log ends at seq {rows}, but the anchor {a} was taken when row {} existed; the tail was cut off", rows + 1, a.seq, a.seq)
+                };
+                return Ok(Verdict::Broken { seq: rows + 1, problem });
+            }
+            return Ok(Verdict::Intact { rows, head: prev });
         }
         for r in &rows {
             let seq: i64 = r.try_get(0)?;
@@ -329,11 +427,30 @@ pub async fn verify(pool: &AnyPool) -> anyhow::Result<Verdict> {
                 };
                 return Ok(Verdict::Broken { seq, problem });
             }
-            let recomputed = chain::link_hash(&prev_hash, &chain::canonical_line(seq, at, &kind, &actor, &subject, &details));
-            if recomputed != hash {
+            let line = chain::canonical_line(seq, at, &kind, &actor, &subject, &details);
+            let plain = chain::link_hash(&prev_hash, &line);
+            if let Some(key) = key {
+                let keyed = chain::keyed_link_hash(key, &prev_hash, &line);
+                // A plain row is accepted only where an anchor pins it: written before the key
+                // was set. Anywhere else it is what someone without the key would write.
+                if hash != keyed && !(hash == plain && seq <= pinned_up_to) {
+                    let problem = if hash == plain {
+                        "hash is plain sha256, not keyed with ORCH_AUDIT_KEY: the row was written or rewritten by someone without the key (rows written before the key was set verify only up to an anchor taken before it)".to_string()
+                    } else {
+                        format!("hash is {hash}, but the row's contents hash (keyed) to {keyed}: the row was changed, or hashed with another key")
+                    };
+                    return Ok(Verdict::Broken { seq, problem });
+                }
+            } else if plain != hash {
                 return Ok(Verdict::Broken {
                     seq,
-                    problem: format!("hash is {hash}, but the row's contents hash to {recomputed}: the row was changed"),
+                    problem: format!("hash is {hash}, but the row's contents hash to {plain}: the row was changed (or it was written with ORCH_AUDIT_KEY set; verify with the key)"),
+                });
+            }
+            if let Some(a) = anchor.filter(|a| a.seq == seq && a.hash != hash) {
+                return Ok(Verdict::Broken {
+                    seq,
+                    problem: format!("hash is {hash}, but the anchor {a} says otherwise: the log was rewritten up to the anchor"),
                 });
             }
             prev = hash;

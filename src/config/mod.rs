@@ -54,6 +54,14 @@ pub struct Config {
     pub database_url: String,
     /// Every secret currently accepted for webhook signatures (rotation: old and new).
     pub webhook_secrets: Vec<SecretString>,
+    /// How long a webhook sender may take to send its body before the request is cut off (408):
+    /// an unauthenticated sender cannot hold a connection by trickling bytes.
+    pub webhook_body_timeout: Duration,
+    /// Webhook requests handled at once; past it new ones get 503 with Retry-After at once
+    /// instead of queueing (and holding memory) without bound.
+    pub webhook_max_in_flight: usize,
+    /// The audit chain's HMAC key (`ORCH_AUDIT_KEY`, SPEC §13); plain sha256 links without it.
+    pub audit_key: Option<SecretString>,
     pub github_app_id: Option<u64>,
     pub github_private_key_path: Option<PathBuf>,
     pub github_private_key: Option<SecretString>,
@@ -111,6 +119,9 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_BIND",
     "ORCH_DATABASE_URL",
     "ORCH_WEBHOOK_SECRET",
+    "ORCH_WEBHOOK_BODY_TIMEOUT_MS",
+    "ORCH_WEBHOOK_MAX_IN_FLIGHT",
+    "ORCH_AUDIT_KEY",
     "ORCH_GITHUB_APP_ID",
     "ORCH_GITHUB_PRIVATE_KEY_PATH",
     "ORCH_GITHUB_PRIVATE_KEY",
@@ -346,7 +357,31 @@ impl Config {
         let github_max_rate_limit_wait = millis("ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS", 60_000)?;
         let llm_request_timeout = millis("ORCH_LLM_TIMEOUT_MS", 120_000)?;
         let llm_retry_backoff = millis("ORCH_LLM_RETRY_BACKOFF_MS", 1_000)?;
+        let webhook_body_timeout = millis("ORCH_WEBHOOK_BODY_TIMEOUT_MS", 10_000)?;
+        let webhook_max_in_flight = src
+            .parse::<usize>("ORCH_WEBHOOK_MAX_IN_FLIGHT", "a whole number of requests")?
+            .unwrap_or(64);
+        if webhook_max_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_WEBHOOK_MAX_IN_FLIGHT",
+                problem: "must be at least 1".into(),
+            });
+        }
+        let audit_key = src.secret("ORCH_AUDIT_KEY");
+        // A short key could be guessed offline from any row; 32 bytes is what `openssl rand -hex 16` gives.
+        if audit_key
+            .as_ref()
+            .is_some_and(|k| secrecy::ExposeSecret::expose_secret(k).len() < 32)
+        {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_AUDIT_KEY",
+                problem: "must be at least 32 characters (e.g. `openssl rand -hex 32`)".into(),
+            });
+        }
         Ok(Config {
+            webhook_body_timeout,
+            webhook_max_in_flight,
+            audit_key,
             github_request_timeout,
             github_retry_backoff,
             github_max_rate_limit_wait,

@@ -50,6 +50,34 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// A fresh 2048-bit RSA App key as PEM text: (PKCS#8 private key, SubjectPublicKeyInfo public key).
+/// For throwaway Apps (the demo, benchmarks, tests) whose fake GitHub checks real signatures; made
+/// with aws-lc-rs, the same backend that signs the JWTs.
+pub fn generate_app_key() -> anyhow::Result<(String, String)> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair as _;
+    let key =
+        aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| anyhow::anyhow!("generating an RSA key failed"))?;
+    let private = key.as_der().map_err(|_| anyhow::anyhow!("encoding the RSA private key failed"))?;
+    let public = key
+        .public_key()
+        .as_der()
+        .map_err(|_| anyhow::anyhow!("encoding the RSA public key failed"))?;
+    Ok((pem("PRIVATE KEY", private.as_ref()), pem("PUBLIC KEY", public.as_ref())))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 impl AppCredentials {
     /// From the PEM text of the private key; `var` names where it came from, for errors.
     pub fn from_pem(app_id: u64, pem: &[u8], var: &'static str) -> Result<Self, AuthError> {

@@ -124,9 +124,9 @@ impl Caps {
     /// start instead of every policy check.
     pub fn parse(text: &str) -> Result<Caps, String> {
         let file: CapsFile = if text.trim().is_empty() {
-            serde_yaml::from_str("{}")
+            serde_norway::from_str("{}")
         } else {
-            serde_yaml::from_str(text)
+            serde_norway::from_str(text)
         }
         .map_err(|e| e.to_string())?;
         if let Some(phase) = file.max_phase.filter(|p| *p > 4) {

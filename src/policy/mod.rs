@@ -255,7 +255,7 @@ impl Policy {
         if text.trim().is_empty() {
             return Ok(Policy::default());
         }
-        let policy: Policy = serde_yaml::from_str(text).map_err(|e| PolicyError {
+        let policy: Policy = serde_norway::from_str(text).map_err(|e| PolicyError {
             message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
             // The parser may place an error at the end of the text one line past the last one.
             line: e.location().map(|l| l.line().min(last_line(text))),

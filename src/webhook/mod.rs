@@ -1,5 +1,6 @@
 //! The edge: verifies signed deliveries and converts them at once into orch's own events.
 
+pub mod edge;
 pub mod event;
 pub mod handler;
 mod payload;
