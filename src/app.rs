@@ -182,6 +182,8 @@ fn engine(config: &Config, store: Store, credentials: crate::github::auth::AppCr
         reaction_poll: config.reaction_poll,
         caps: config.policy_caps.clone(),
         compiled: Default::default(),
+        public_url: config.public_url.clone(),
+        superseded_etags: Default::default(),
     })
 }
 
