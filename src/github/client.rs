@@ -738,7 +738,12 @@ impl GithubClient {
 
     /// Every file of a tree, recursively: path → blob sha (subtrees themselves are left out).
     /// A listing GitHub cut (`truncated`) is an error: a partial tree cannot be compared.
-    pub async fn tree_files(&self, installation: i64, repo: &str, tree: &str) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+    pub async fn tree_files(
+        &self,
+        installation: i64,
+        repo: &str,
+        tree: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
         let path = format!("/repos/{repo}/git/trees/{tree}?recursive=1");
         let t = Self::json::<TreeListing>(self.request(installation, Method::GET, &path, None, false).await?).await?;
         if t.truncated {

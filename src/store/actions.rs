@@ -147,7 +147,12 @@ pub async fn recorded_commit<'c, E: Executor<'c, Database = Db>>(conn: E, key: &
 
 /// The idempotency key of the done action of `kind` in `repository` that GitHub answered with
 /// `github_id` (for example `wf3:check:1:<revision>` for a proposal's check run), if any.
-pub async fn key_of<'c, E: Executor<'c, Database = Db>>(conn: E, kind: &str, repository: &str, github_id: i64) -> sqlx::Result<Option<String>> {
+pub async fn key_of<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    kind: &str,
+    repository: &str,
+    github_id: i64,
+) -> sqlx::Result<Option<String>> {
     let r = sqlx::query(
         "SELECT idempotency_key FROM actions WHERE kind = $1 AND repository = $2 AND github_id = $3 AND status = 'done' ORDER BY id LIMIT 1",
     )

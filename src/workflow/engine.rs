@@ -811,7 +811,12 @@ impl Engine {
         let earlier = crate::store::actions::done_with_prefix(self.store.pool(), &format!("wf{}:proposal:", wf.id)).await?;
         let now_revision = short(wf.proposal_hash.as_deref().unwrap_or_default());
         for (key, comment_id) in earlier.into_iter().filter(|(_, c)| *c != current) {
-            let etag = self.superseded_etags.lock().unwrap_or_else(|p| p.into_inner()).get(&comment_id).cloned();
+            let etag = self
+                .superseded_etags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&comment_id)
+                .cloned();
             let reactions = match self.github.comment_reactions(inst, repo, comment_id, etag.as_deref()).await {
                 Ok(Reactions::NotModified) => continue,
                 Ok(Reactions::Changed { etag, reactions }) => {
@@ -1243,7 +1248,8 @@ impl Engine {
         text.push_str(&format!(
             "\nSomeone with push access should look at `{branch}` and delete it; `/orch retry` then makes a new proposal."
         ));
-        self.comment(wf, &format!("wf{}:not-published:{}", wf.id, short(tip)), &text).await?;
+        self.comment(wf, &format!("wf{}:not-published:{}", wf.id, short(tip)), &text)
+            .await?;
         let reason = format!("{branch} is not the approved patch: {}", difference.headline);
         self.step(wf, Step::Conflict, "orch", &reason, false).await?;
         Ok(())
@@ -1382,7 +1388,11 @@ fn patch_difference(
             FileAction::Create | FileAction::Update => !tip.contains_key(&f.path),
         };
         if missing {
-            out.push(format!("`{}`: the patch's {} is missing", f.path, format!("{:?}", f.action).to_lowercase()));
+            out.push(format!(
+                "`{}`: the patch's {} is missing",
+                f.path,
+                format!("{:?}", f.action).to_lowercase()
+            ));
         }
     }
     out

@@ -148,5 +148,7 @@ pub fn void_vote(login: &str, what: &str, wf_id: i64, voted: Option<&str>, curre
 
 /// The revision an action key names: its last `:` part (`wf3:check:1:<revision>`).
 pub fn revision_of_key(key: &str) -> Option<&str> {
-    key.rsplit(':').next().filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit()))
+    key.rsplit(':')
+        .next()
+        .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit()))
 }

@@ -13,7 +13,7 @@ use crate::github::actions::CHECK_RUN_TEXT_LIMIT;
 pub const COMMENT_CHANGED_LINES: usize = 200;
 /// The most characters of diff the proposal comment holds (GitHub's limit is 65,536 for the
 /// whole comment, which says more than the diff).
-const COMMENT_DIFF_CHARS: usize = 40_000;
+const COMMENT_DIFF_CHARS: usize = 55_000;
 /// Lines of context around each change.
 const CONTEXT: usize = 3;
 /// Beyond this many cells (old lines × new lines, after the common start and end), a file is
@@ -335,7 +335,10 @@ pub fn comment_section(files: &[FileDiff], revision: &str, elsewhere: &str) -> S
             shown.push('\n');
         }
     }
-    let mut out = format!("**Revision `{revision}`** · {total} changed line{}\n\n", if total == 1 { "" } else { "s" });
+    let mut out = format!(
+        "**Revision `{revision}`** · {total} changed line{}\n\n",
+        if total == 1 { "" } else { "s" }
+    );
     out.push_str(&fenced(&shown));
     if cut {
         out.push_str(&format!(

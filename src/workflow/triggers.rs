@@ -759,7 +759,13 @@ impl Engine {
 
     /// The reply to a button pressed on a check run that is not the workflow's current one (an
     /// earlier revision's): such a press is void (SPEC §6). None when `check_run_id` is current.
-    async fn superseded_check_run(&self, wf: &Workflow, check_run_id: i64, login: &str, decision: Decision) -> anyhow::Result<Option<String>> {
+    async fn superseded_check_run(
+        &self,
+        wf: &Workflow,
+        check_run_id: i64,
+        login: &str,
+        decision: Decision,
+    ) -> anyhow::Result<Option<String>> {
         if wf.check_run_id.is_none_or(|current| current == check_run_id) {
             return Ok(None);
         }
