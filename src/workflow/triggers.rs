@@ -766,7 +766,7 @@ impl Engine {
         login: &str,
         decision: Decision,
     ) -> anyhow::Result<Option<String>> {
-        if wf.check_run_id.is_none_or(|current| current == check_run_id) {
+        if !wf.check_run_id.is_some_and(|current| current != check_run_id) {
             return Ok(None);
         }
         let key = crate::store::actions::key_of(self.store.pool(), "check_run", &wf.repository, check_run_id).await?;
