@@ -112,7 +112,13 @@ fn ops(a: &[&str], b: &[&str]) -> Vec<Op> {
     let (am, bm) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
     let mut out: Vec<Op> = (0..pre).map(|i| Op::Same(i, i)).collect();
     let (n, m) = (am.len(), bm.len());
-    if n.saturating_mul(m) <= LCS_CELLS {
+    if let Some(middle) = shortest_edit(am, bm, LCS_CELLS) {
+        out.extend(middle.into_iter().map(|op| match op {
+            Op::Same(i, j) => Op::Same(pre + i, pre + j),
+            Op::Del(i) => Op::Del(pre + i),
+            Op::Ins(j) => Op::Ins(pre + j),
+        }));
+    } else if n.saturating_mul(m) <= LCS_CELLS {
         // lcs[i][j]: the longest common subsequence of am[i..] and bm[j..].
         let w = m + 1;
         let mut lcs = vec![0u32; (n + 1) * w];
@@ -144,6 +150,81 @@ fn ops(a: &[&str], b: &[&str]) -> Vec<Op> {
         out.extend((0..m).map(|j| Op::Ins(pre + j)));
     }
     out.extend((0..suf).map(|k| Op::Same(a.len() - suf + k, b.len() - suf + k)));
+    out
+}
+
+/// The shortest edit script from `a` to `b` (Myers' greedy algorithm, O((N+M)·D)): cheap when
+/// a large file changes in few places. None when its trace would pass `cells` entries.
+fn shortest_edit(a: &[&str], b: &[&str], cells: usize) -> Option<Vec<Op>> {
+    let (n, m) = (a.len() as isize, b.len() as isize);
+    let max = n + m;
+    let off = max + 1;
+    let width = (2 * max + 3) as usize;
+    let mut v = vec![0isize; width];
+    // trace[d]: the furthest x reached on diagonals k = x - y in -d..=d before step d (index
+    // k + d), all that step d and the way back read.
+    let mut trace: Vec<Vec<isize>> = Vec::new();
+    let mut kept = 0usize;
+    for d in 0..=max {
+        kept += (2 * d + 1) as usize;
+        if kept > cells {
+            return None;
+        }
+        trace.push(v[(off - d) as usize..=(off + d) as usize].to_vec());
+        for k in (-d..=d).step_by(2) {
+            let down = k == -d || (k != d && v[(off + k - 1) as usize] < v[(off + k + 1) as usize]);
+            let mut x = if down {
+                v[(off + k + 1) as usize]
+            } else {
+                v[(off + k - 1) as usize] + 1
+            };
+            let mut y = x - k;
+            while x < n && y < m && a[x as usize] == b[y as usize] {
+                x += 1;
+                y += 1;
+            }
+            v[(off + k) as usize] = x;
+            if x >= n && y >= m {
+                return Some(backtrack(&trace, n, m));
+            }
+        }
+    }
+    None
+}
+
+fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<Op> {
+    let (mut x, mut y) = (n, m);
+    let mut out = Vec::new();
+    for (d, v) in trace.iter().enumerate().rev() {
+        let (d, k) = (d as isize, x - y);
+        if d == 0 {
+            // The first snake: from the start along the diagonal.
+            while x > 0 && y > 0 {
+                out.push(Op::Same((x - 1) as usize, (y - 1) as usize));
+                x -= 1;
+                y -= 1;
+            }
+            break;
+        }
+        let at = |k: isize| v[(k + d) as usize];
+        let down = k == -d || (k != d && at(k - 1) < at(k + 1));
+        let prev_k = if down { k + 1 } else { k - 1 };
+        let prev_x = at(prev_k);
+        let prev_y = prev_x - prev_k;
+        while x > prev_x && y > prev_y {
+            out.push(Op::Same((x - 1) as usize, (y - 1) as usize));
+            x -= 1;
+            y -= 1;
+        }
+        out.push(if x == prev_x {
+            Op::Ins((y - 1) as usize)
+        } else {
+            Op::Del((x - 1) as usize)
+        });
+        x = prev_x;
+        y = prev_y;
+    }
+    out.reverse();
     out
 }
 
@@ -381,6 +462,77 @@ mod tests {
         let new = old.replace("\n3\n", "\nthree\n").replace("\n25\n", "\ntwenty-five\n");
         let d = file_diff("n.txt", Some(&old), Some(&new));
         assert_eq!(d.hunks.len(), 2, "{d:?}");
+    }
+
+    #[test]
+    fn a_cut_inside_a_file_names_the_hunks_left_out() {
+        let old: String = (0..4000).map(|i| format!("line {i} {}\n", "y".repeat(200))).collect();
+        let new: String = old
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i % 10 == 5 { format!("changed {i}\n") } else { format!("{l}\n") })
+            .collect();
+        let files = vec![
+            file_diff("big.txt", Some(&old), Some(&new)),
+            file_diff("small.txt", None, Some("x\n")),
+        ];
+        assert_eq!(files[0].hunks.len(), 400);
+        let text = check_run_text(&files, "0123456789ab", "[the page](https://orch.example.com/ui/workflows/7)");
+        assert!(text.chars().count() <= CHECK_RUN_TEXT_LIMIT);
+        let cut = &text[text.find("**Cut at").unwrap()..];
+        let kept = text.matches("\n@@ -").count();
+        assert!(kept > 10, "{kept} hunks kept");
+        assert!(
+            cut.contains(&format!("- `big.txt`: hunks {} to 400 of 400 (from `@@ -", kept + 1))
+                && cut.contains("- `small.txt`: the whole file (1 hunk)")
+                && cut.contains("https://orch.example.com/ui/workflows/7"),
+            "{cut}"
+        );
+    }
+
+    #[test]
+    fn the_comment_stops_at_two_hundred_changed_lines() {
+        let new: String = (0..300).map(|i| format!("{i}\n")).collect();
+        let files = vec![file_diff("n.txt", None, Some(&new))];
+        let c = comment_section(&files, "0123456789ab", "elsewhere");
+        assert!(c.contains("\n+199\n") && !c.contains("\n+200\n"), "{c}");
+        assert!(c.contains("… 100 more changed lines not shown here"), "{c}");
+    }
+
+    #[test]
+    fn every_edit_script_turns_the_old_lines_into_the_new() {
+        // A small deterministic generator: lines from a 4-word alphabet make many matches.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for round in 0..200 {
+            let mut lines =
+                |len: u32| -> Vec<String> { (0..len).map(|_| ["a", "b", "c", "d"][(next() % 4) as usize].to_string()).collect() };
+            let (la, lb) = (round % 13, (round * 7) % 11);
+            let (a, b) = (lines(la), lines(lb));
+            let (a, b): (Vec<&str>, Vec<&str>) = (a.iter().map(String::as_str).collect(), b.iter().map(String::as_str).collect());
+            for script in [Some(ops(&a, &b)), shortest_edit(&a, &b, usize::MAX)] {
+                let script = script.expect("a script");
+                let (mut old, mut new) = (Vec::new(), Vec::new());
+                for op in script {
+                    match op {
+                        Op::Same(i, j) => {
+                            assert_eq!(a[i], b[j]);
+                            old.push(i);
+                            new.push(b[j]);
+                        }
+                        Op::Del(i) => old.push(i),
+                        Op::Ins(j) => new.push(b[j]),
+                    }
+                }
+                assert_eq!(old, (0..a.len()).collect::<Vec<_>>(), "{a:?} → {b:?}");
+                assert_eq!(new, b, "{a:?} → {b:?}");
+            }
+        }
     }
 
     #[test]
