@@ -146,6 +146,21 @@ async fn the_check_run_and_the_comment_show_the_diff_and_the_revision(backend: B
     assert!(comment.contains(&format!("```diff\n{diff}```\n")), "{comment}");
 }
 
+/// A triage proposal names its revision too.
+async fn a_triage_proposal_names_its_revision(backend: Backend) {
+    let Some(o) = orch(backend).await else { return };
+    let mut issue = o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim");
+    o.label_issue(&mut issue, "orch:triage", "mara").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let rev = revision(&o, id).await;
+    let comment = o.bot_comments(issue.number)[0].clone();
+    assert!(
+        comment.starts_with(&format!("### orch · triage proposal (workflow {id})\n\n**Revision:** `{rev}`\n")),
+        "{comment}"
+    );
+}
+
 /// A patch file of `lines` lines of about 200 characters, one of them with backticks.
 fn big_file(name: &str, lines: usize) -> String {
     (0..lines)
@@ -349,6 +364,7 @@ both_backends!(
     a_branch_created_first_by_someone_else_is_not_published,
     a_push_after_orchs_commit_is_not_published,
     the_check_run_and_the_comment_show_the_diff_and_the_revision,
+    a_triage_proposal_names_its_revision,
     a_diff_past_githubs_limit_is_cut_with_a_named_remainder,
     a_button_on_a_superseded_check_run_is_void,
     a_thumbs_up_on_a_superseded_proposal_is_void,
