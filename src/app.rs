@@ -211,6 +211,8 @@ fn engine(
         reaction_poll: config.reaction_poll,
         caps: config.policy_caps.clone(),
         compiled: Default::default(),
+        public_url: config.public_url.clone(),
+        superseded_etags: Default::default(),
     })
 }
 

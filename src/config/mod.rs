@@ -111,6 +111,9 @@ pub struct Config {
     pub llm_request_timeout: Duration,
     /// First backoff of the model's retry layer (doubled per retry).
     pub llm_retry_backoff: Duration,
+    /// The address people reach orch's dashboard at (`ORCH_PUBLIC_URL`), for links from GitHub
+    /// to the dashboard (a patch too large for its check run); None: links name the path only.
+    pub public_url: Option<String>,
 }
 
 /// Names of every variable orch reads; the TOML file may use the same names (or lower-case
@@ -153,6 +156,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS",
     "ORCH_LLM_TIMEOUT_MS",
     "ORCH_LLM_RETRY_BACKOFF_MS",
+    "ORCH_PUBLIC_URL",
 ];
 
 /// Raw key/value source: the environment over the file.
@@ -387,6 +391,10 @@ impl Config {
             github_max_rate_limit_wait,
             llm_request_timeout,
             llm_retry_backoff,
+            public_url: match src.get("ORCH_PUBLIC_URL").map(str::trim).filter(|v| !v.is_empty()) {
+                Some(_) => Some(url_var("ORCH_PUBLIC_URL", "")?),
+                None => None,
+            },
             bind,
             payload_dir: src
                 .get("ORCH_PAYLOAD_DIR")

@@ -708,6 +708,35 @@ struct CommitTree {
 }
 
 #[derive(Deserialize)]
+struct CommitWithParents {
+    tree: Sha,
+    #[serde(default)]
+    parents: Vec<Sha>,
+}
+
+/// A commit as the Git Data API describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitCommit {
+    pub tree: String,
+    pub parents: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct TreeListing {
+    tree: Vec<TreeEntry>,
+    #[serde(default)]
+    truncated: bool,
+}
+
+#[derive(Deserialize)]
+struct TreeEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+    sha: String,
+}
+
+#[derive(Deserialize)]
 struct PullNumber {
     number: i64,
 }
@@ -764,6 +793,36 @@ impl GithubClient {
                 .tree
                 .sha,
         )
+    }
+
+    /// A commit's tree and parents (Git Data API).
+    pub async fn git_commit(&self, installation: i64, repo: &str, commit: &str) -> Result<GitCommit, ClientError> {
+        let path = format!("/repos/{repo}/git/commits/{commit}");
+        let c = Self::json::<CommitWithParents>(self.request(installation, Method::GET, &path, None, false).await?).await?;
+        Ok(GitCommit {
+            tree: c.tree.sha,
+            parents: c.parents.into_iter().map(|p| p.sha).collect(),
+        })
+    }
+
+    /// Every file of a tree, recursively: path → blob sha (subtrees themselves are left out).
+    /// A listing GitHub cut (`truncated`) is an error: a partial tree cannot be compared.
+    pub async fn tree_files(
+        &self,
+        installation: i64,
+        repo: &str,
+        tree: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        let path = format!("/repos/{repo}/git/trees/{tree}?recursive=1");
+        let t = Self::json::<TreeListing>(self.request(installation, Method::GET, &path, None, false).await?).await?;
+        if t.truncated {
+            return Err(ClientError::Decode(format!("the tree {tree} is too large to list")));
+        }
+        Ok(t.tree
+            .into_iter()
+            .filter(|e| e.kind == "blob" || e.kind == "commit")
+            .map(|e| (e.path, e.sha))
+            .collect())
     }
 
     /// Stores file content; the same content gives the same blob, so this is safe to repeat.

@@ -573,6 +573,11 @@ impl FakeState {
         self.model().faults.push(fault);
     }
 
+    /// Drops every fault still waiting to be applied.
+    pub fn clear_faults(&self) {
+        self.model().faults.clear();
+    }
+
     /// Registers a repository of `installation` whose default branch is `default_branch`.
     pub fn add_repo(&self, repo: &str, installation: i64, default_branch: &str) {
         let id = self.next_id();
@@ -1470,6 +1475,19 @@ async fn get_commit(State(s): State<Arc<FakeState>>, Path((_owner, _repo, sha)):
     }
 }
 
+/// A tree, as GitHub lists it with `recursive`: the fake's trees are flat, so every entry is a
+/// file (`blob`) with its full path.
+async fn get_tree(State(s): State<Arc<FakeState>>, Path((_owner, _repo, sha)): Path<(String, String, String)>) -> Response {
+    match s.model().git.trees.get(&sha) {
+        Some(entries) => answer(
+            StatusCode::OK,
+            json!({ "sha": sha, "truncated": false,
+                    "tree": entries.iter().map(|(path, blob)| json!({ "path": path, "mode": "100644", "type": "blob", "sha": blob })).collect::<Vec<_>>() }),
+        ),
+        None => not_found(),
+    }
+}
+
 /// A Git Data write, applied under the model's lock.
 fn apply_git_write(m: &mut Model, full: &str, kind: &str, body: &serde_json::Value) -> Result<serde_json::Value, Response> {
     let refuse = |text: &str| Err(unprocessable(text));
@@ -1772,6 +1790,7 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
             .route("/repos/{owner}/{repo}/git/ref/{*git_ref}", get(get_ref))
             .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
+            .route("/repos/{owner}/{repo}/git/trees/{sha}", get(get_tree))
             .route("/repos/{owner}/{repo}/git/{kind}", post(git_write))
             .route("/repos/{owner}/{repo}/pulls", get(list_pulls).post(create_pull))
             .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))

@@ -107,3 +107,71 @@ pub async fn made<'c, E: Executor<'c, Database = Db>>(conn: E, kind: &str, repos
     .await?;
     r.map(|r| r.try_get(0)).transpose()
 }
+
+/// Records `sha` as the commit orch made for the write named `key` (the branch of a patch),
+/// before the branch points at it: a branch whose tip is not this commit was not made by orch.
+/// A later commit for the same key (the first was never published) replaces it.
+pub async fn record_commit<'c, E: Executor<'c, Database = Db> + Copy>(
+    conn: E,
+    key: &str,
+    installation_id: i64,
+    repository: &str,
+    target: &str,
+    sha: &str,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO actions (idempotency_key, installation_id, repository, kind, target, status, commit_sha, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'commit', $4, 'done', $5, $6, $6) \
+         ON CONFLICT (idempotency_key) DO UPDATE SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
+    )
+    .bind(key.to_string())
+    .bind(installation_id)
+    .bind(repository.to_string())
+    .bind(target.to_string())
+    .bind(sha.to_string())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The commit recorded for `key` by [`record_commit`], if any.
+pub async fn recorded_commit<'c, E: Executor<'c, Database = Db>>(conn: E, key: &str) -> sqlx::Result<Option<String>> {
+    let r = sqlx::query("SELECT commit_sha FROM actions WHERE idempotency_key = $1")
+        .bind(key.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(r.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten())
+}
+
+/// The idempotency key of the done action of `kind` in `repository` that GitHub answered with
+/// `github_id` (for example `wf3:check:1:<revision>` for a proposal's check run), if any.
+pub async fn key_of<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    kind: &str,
+    repository: &str,
+    github_id: i64,
+) -> sqlx::Result<Option<String>> {
+    let r = sqlx::query(
+        "SELECT idempotency_key FROM actions WHERE kind = $1 AND repository = $2 AND github_id = $3 AND status = 'done' ORDER BY id LIMIT 1",
+    )
+    .bind(kind.to_string())
+    .bind(repository.to_string())
+    .bind(github_id)
+    .fetch_optional(conn)
+    .await?;
+    r.map(|r| r.try_get(0)).transpose()
+}
+
+/// Every done action whose key starts with `prefix` (a literal: no `%` or `_`), as (key,
+/// GitHub id), oldest first: for example every proposal comment of a workflow.
+pub async fn done_with_prefix<'c, E: Executor<'c, Database = Db>>(conn: E, prefix: &str) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT idempotency_key, github_id FROM actions WHERE idempotency_key LIKE $1 AND status = 'done' AND github_id IS NOT NULL ORDER BY id",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}

@@ -566,3 +566,29 @@ pub async fn list_for_issue<'c, E: Executor<'c, Database = Db>>(conn: E, reposit
         .map(workflow_from)
         .collect()
 }
+
+/// Stores the unified diff a patch proposal is shown with (for the dashboard, which shows all
+/// of it when GitHub's size limits cut the check run).
+pub async fn set_proposal_diff<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, diff: &str, now: i64) -> sqlx::Result<bool> {
+    set_column(conn, id, "proposal_diff", Some(diff.to_string()), now).await
+}
+
+/// The diff stored by [`set_proposal_diff`], if any.
+pub async fn proposal_diff<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64) -> sqlx::Result<Option<String>> {
+    let r = sqlx::query("SELECT proposal_diff FROM workflows WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(r.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten())
+}
+
+/// Whether the reaction `reaction_id` was already recorded as a vote of `workflow_id` (counted
+/// or voided since): it was cast while its proposal was the current one.
+pub async fn reaction_recorded<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64, reaction_id: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query("SELECT 1 FROM approvals WHERE workflow_id = $1 AND source = 'reaction' AND comment_id = $2 LIMIT 1")
+        .bind(workflow_id)
+        .bind(reaction_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(r.is_some())
+}

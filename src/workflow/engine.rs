@@ -32,6 +32,11 @@ pub struct Engine {
     pub caps: crate::policy::Caps,
     /// Compiled policies by (version, phase): compiling is done once per policy version.
     pub compiled: std::sync::Mutex<std::collections::HashMap<(String, u8), std::sync::Arc<crate::policy::compiled::CompiledPolicy>>>,
+    /// `ORCH_PUBLIC_URL`: where check runs link the dashboard.
+    pub public_url: Option<String>,
+    /// The ETags of earlier (replaced) proposal comments' reactions, by comment: polling them
+    /// for void votes costs nothing while nobody reacts there.
+    pub superseded_etags: std::sync::Mutex<std::collections::HashMap<i64, String>>,
 }
 
 /// When the workflow's next job should run.
@@ -523,8 +528,17 @@ impl Engine {
             tx.commit().await?;
             return Ok(());
         }
+        // A patch is shown as its diff against the base it was proposed on (SPEC §6).
+        let diff = match &proposal {
+            Proposal::Patch(patch) => Some(self.patch_diff(wf, patch).await?),
+            _ => None,
+        };
+        let shown = diff.as_deref().map(|d| {
+            let link = super::shown::dashboard_link(self.public_url.as_deref(), wf.id);
+            super::shown::comment_section(d, short(&hash), &link)
+        });
         // Posted before the state moves: if orch dies in between, the repeat finds the comment.
-        let mut body = messages::proposal(wf, &proposal, policy.policy.approvals.reactions);
+        let mut body = messages::proposal_showing(wf, &proposal, policy.policy.approvals.reactions, shown.as_deref());
         // Whatever did not fit the model's context budget is named, so reviewers know.
         if let Some(call) = model_calls::for_workflow(self.store.pool(), wf.id).await?.last() {
             if !call.not_seen.is_empty() {
@@ -541,7 +555,7 @@ impl Engine {
             .comment(wf, &format!("wf{}:proposal:{round}:{}", wf.id, short(&hash)), &body)
             .await?;
         let check_run = match &proposal {
-            Proposal::Patch(patch) => self.patch_check_run(wf, patch, &hash).await?,
+            Proposal::Patch(patch) => self.patch_check_run(wf, patch, &hash, diff.as_deref().unwrap_or_default()).await?,
             _ => None,
         };
         let now = now_ms();
@@ -569,7 +583,13 @@ impl Engine {
 
     /// The completed check run showing a patch, with Approve and Reject buttons, on the default
     /// branch's tip (the commit the patch applies to).
-    async fn patch_check_run(&self, wf: &Workflow, patch: &llm::PatchOutput, hash: &str) -> anyhow::Result<Option<i64>> {
+    async fn patch_check_run(
+        &self,
+        wf: &Workflow,
+        patch: &llm::PatchOutput,
+        hash: &str,
+        diff: &[super::shown::FileDiff],
+    ) -> anyhow::Result<Option<i64>> {
         let repo = self.github.repository(wf.installation_id, &wf.repository).await?;
         let Some(base) = self
             .github
@@ -584,9 +604,13 @@ impl Engine {
             status: "completed".into(),
             conclusion: Some("action_required".into()),
             external_id: Some(format!("workflow:{}", wf.id)),
-            title: format!("Patch proposal for #{} (workflow {})", wf.number, wf.id),
-            summary: messages::patch(patch),
-            text: None,
+            title: format!("Patch proposal for #{} (workflow {}, revision {})", wf.number, wf.id, short(hash)),
+            summary: format!("**Revision `{}`**\n\n{}", short(hash), messages::patch(patch)),
+            text: Some(super::shown::check_run_text(
+                diff,
+                short(hash),
+                &super::shown::dashboard_link(self.public_url.as_deref(), wf.id),
+            )),
             annotations: patch
                 .files
                 .iter()
@@ -625,6 +649,23 @@ impl Engine {
             Sent::Done { github_id, .. } => Some(github_id),
             Sent::DryRun { .. } => None,
         })
+    }
+
+    /// The diff of every file of `patch` against the commit it was proposed on, stored for the
+    /// dashboard (which shows all of it).
+    async fn patch_diff(&self, wf: &Workflow, patch: &llm::PatchOutput) -> anyhow::Result<Vec<super::shown::FileDiff>> {
+        let mut files = Vec::with_capacity(patch.files.len());
+        for f in &patch.files {
+            let old = self
+                .github
+                .file(wf.installation_id, &wf.repository, &f.path, wf.head_sha.as_deref())
+                .await?;
+            let new = (f.action != FileAction::Delete).then_some(f.content.as_str());
+            files.push(super::shown::file_diff(&f.path, old.as_deref(), new));
+        }
+        let _write = self.store.write_guard().await;
+        workflows::set_proposal_diff(self.store.pool(), wf.id, &super::shown::unified(&files), now_ms()).await?;
+        Ok(files)
     }
 
     /// How many proposals `wf` has made (its PATCHES_PROPOSED entries).
@@ -732,6 +773,7 @@ impl Engine {
         let polling = policy.policy.approvals.reactions && wf.proposal_comment_id.is_some();
         if let (true, Some(comment_id)) = (polling, wf.proposal_comment_id) {
             self.poll_reactions(wf, comment_id, &policy).await?;
+            self.poll_superseded(wf, comment_id).await?;
         }
         let tally = self.settle(wf, &policy).await?;
         if matches!(tally, Some(Tally::Approved { .. } | Tally::Rejected { .. })) {
@@ -795,6 +837,54 @@ impl Engine {
         }
         let _write = self.store.write_guard().await;
         workflows::set_reactions_etag(self.store.pool(), wf.id, etag.as_deref(), now_ms()).await?;
+        Ok(())
+    }
+
+    /// 👍 and 👎 on the workflow's earlier proposal comments (replaced by a newer revision) are
+    /// void (SPEC §6): each is answered once and never recorded. Reactions that were recorded
+    /// while their comment was the current one are left alone.
+    async fn poll_superseded(&self, wf: &Workflow, current: i64) -> anyhow::Result<()> {
+        let (inst, repo) = (wf.installation_id, wf.repository.as_str());
+        let earlier = crate::store::actions::done_with_prefix(self.store.pool(), &format!("wf{}:proposal:", wf.id)).await?;
+        let now_revision = short(wf.proposal_hash.as_deref().unwrap_or_default());
+        for (key, comment_id) in earlier.into_iter().filter(|(_, c)| *c != current) {
+            let etag = self
+                .superseded_etags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&comment_id)
+                .cloned();
+            let reactions = match self.github.comment_reactions(inst, repo, comment_id, etag.as_deref()).await {
+                Ok(Reactions::NotModified) => continue,
+                Ok(Reactions::Changed { etag, reactions }) => {
+                    let mut etags = self.superseded_etags.lock().unwrap_or_else(|p| p.into_inner());
+                    if etags.len() >= 4096 {
+                        etags.clear();
+                    }
+                    if let Some(etag) = etag {
+                        etags.insert(comment_id, etag);
+                    }
+                    reactions
+                }
+                // A deleted comment holds no votes.
+                Err(ClientError::Github(crate::github::retry::GithubError::Permanent { status: 404 | 410, .. })) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for r in reactions {
+                let what = match r.content.as_str() {
+                    "+1" => "your 👍",
+                    "-1" => "your 👎",
+                    _ => continue,
+                };
+                if !approval::may_vote(&r.user.login, &r.user.kind, &self.bot_login)
+                    || workflows::reaction_recorded(self.store.pool(), wf.id, r.id).await?
+                {
+                    continue;
+                }
+                let text = messages::void_vote(&r.user.login, what, wf.id, messages::revision_of_key(&key), now_revision);
+                self.comment(wf, &format!("wf{}:void-reaction:{}", wf.id, r.id), &text).await?;
+            }
+        }
         Ok(())
     }
 
@@ -992,6 +1082,7 @@ impl Engine {
         let branch = format!("orch/{}", wf.id);
         let approvers = self.approvers(wf).await?;
         // A branch made by an earlier run of this step is the patch already committed.
+        let commit_key = format!("wf{}:commit", wf.id);
         let head = match self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? {
             Some(sha) => sha,
             None => {
@@ -1048,6 +1139,12 @@ impl Engine {
                     patch.title, patch.summary, wf.id, wf.number
                 );
                 let commit = self.github.create_commit(inst, repo, &message, &tree, &base).await?;
+                // Recorded before the branch points at it: a branch tip that is not this commit
+                // was not made by orch (SPEC §6, "the published branch is the approved patch").
+                {
+                    let _write = self.store.write_guard().await;
+                    crate::store::actions::record_commit(self.store.pool(), &commit_key, inst, repo, &branch, &commit, now_ms()).await?;
+                }
                 let blobs: Vec<&str> = changes.iter().filter_map(|c| c.blob.as_deref()).collect();
                 let audit = |found: bool| {
                     let details = serde_json::json!({
@@ -1085,6 +1182,10 @@ impl Engine {
                 }
             }
         };
+        if let Some(difference) = self.published_difference(wf, patch, &branch, &head).await? {
+            self.not_published(wf, &branch, &head, &difference).await?;
+            return Ok(());
+        }
         let default_branch = self.github.repository(inst, repo).await?.default_branch;
         let spec = PullSpec {
             title: patch.title.clone(),
@@ -1098,6 +1199,96 @@ impl Engine {
             Sent::DryRun { .. } => "dry-run: no pull request".to_string(),
         };
         self.step(wf, Step::PrCreated, "orch", &reason, false).await?;
+        Ok(())
+    }
+
+    /// How branch `branch`, whose tip is `tip`, differs from what orch published: None when the
+    /// tip is the commit orch recorded for it and that commit's tree is its parent's plus exactly
+    /// the patch. Checked before a pull request is opened or adopted, so a branch someone else
+    /// created first, or pushed to after orch, is never presented as the approved patch.
+    async fn published_difference(
+        &self,
+        wf: &Workflow,
+        patch: &llm::PatchOutput,
+        branch: &str,
+        tip: &str,
+    ) -> anyhow::Result<Option<Difference>> {
+        let (inst, repo) = (wf.installation_id, wf.repository.as_str());
+        let recorded = crate::store::actions::recorded_commit(self.store.pool(), &format!("wf{}:commit", wf.id)).await?;
+        let tip_commit = self.github.git_commit(inst, repo, tip).await?;
+        let tip_files = self.github.tree_files(inst, repo, &tip_commit.tree).await?;
+        match recorded.as_deref() {
+            Some(made) if made == tip => {
+                let [parent] = tip_commit.parents.as_slice() else {
+                    return Ok(Some(Difference {
+                        headline: format!("orch's commit `{}` has {} parents", short(tip), tip_commit.parents.len()),
+                        paths: Vec::new(),
+                    }));
+                };
+                let base = self.github.git_commit(inst, repo, parent).await?;
+                let base_files = self.github.tree_files(inst, repo, &base.tree).await?;
+                let mut paths = patch_difference(&base_files, &tip_files, patch);
+                // Same paths changed: the content must be the approved content too.
+                for f in patch.files.iter().filter(|f| f.action != FileAction::Delete) {
+                    if tip_files.contains_key(&f.path)
+                        && self.github.file(inst, repo, &f.path, Some(tip)).await?.as_deref() != Some(f.content.as_str())
+                    {
+                        paths.push(format!("`{}` is not the approved content", f.path));
+                    }
+                }
+                Ok((!paths.is_empty()).then(|| Difference {
+                    headline: format!("the tree of orch's commit `{}` is not its base plus exactly the patch", short(tip)),
+                    paths,
+                }))
+            }
+            Some(made) => {
+                let ours = self.github.git_commit(inst, repo, made).await?;
+                let ours_files = self.github.tree_files(inst, repo, &ours.tree).await?;
+                Ok(Some(Difference {
+                    headline: format!("`{branch}` was moved to `{}` after orch made `{}`", short(tip), short(made)),
+                    paths: changed_paths(&ours_files, &tip_files),
+                }))
+            }
+            None => {
+                let default_branch = self.github.repository(inst, repo).await?.default_branch;
+                let base_sha = self
+                    .github
+                    .ref_sha(inst, repo, &format!("heads/{default_branch}"))
+                    .await?
+                    .context("the default branch has no commit")?;
+                let base = self.github.git_commit(inst, repo, &base_sha).await?;
+                let base_files = self.github.tree_files(inst, repo, &base.tree).await?;
+                Ok(Some(Difference {
+                    headline: format!("`{branch}` already exists at `{}`, a commit orch did not make", short(tip)),
+                    paths: patch_difference(&base_files, &tip_files, patch),
+                }))
+            }
+        }
+    }
+
+    /// APPLYING_CHANGES → NEEDS_HUMAN: the branch is not the approved patch, so nothing is
+    /// published, and the issue is told what differs.
+    async fn not_published(&self, wf: &Workflow, branch: &str, tip: &str, difference: &Difference) -> anyhow::Result<()> {
+        let mut text = format!(
+            "Workflow {} was not published: {}, so the branch is not the approved patch and no pull request was opened.",
+            wf.id, difference.headline
+        );
+        if !difference.paths.is_empty() {
+            text.push_str("\n\nCompared with the approved patch:\n");
+            for p in difference.paths.iter().take(50) {
+                text.push_str(&format!("- {p}\n"));
+            }
+            if difference.paths.len() > 50 {
+                text.push_str(&format!("- … and {} more\n", difference.paths.len() - 50));
+            }
+        }
+        text.push_str(&format!(
+            "\nSomeone with push access should look at `{branch}` and delete it; `/orch retry` then makes a new proposal."
+        ));
+        self.comment(wf, &format!("wf{}:not-published:{}", wf.id, short(tip)), &text)
+            .await?;
+        let reason = format!("{branch} is not the approved patch: {}", difference.headline);
+        self.step(wf, Step::Conflict, "orch", &reason, false).await?;
         Ok(())
     }
 
@@ -1206,4 +1397,58 @@ impl Engine {
         self.comment(&wf, &format!("wf{}:failed", wf.id), &text).await?;
         Ok(())
     }
+}
+
+/// Why a branch is not the approved patch: one line, and the paths that differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Difference {
+    headline: String,
+    paths: Vec<String>,
+}
+
+/// How `tip` differs from `base` plus `patch`, by path (file contents are blob shas): paths
+/// changed that the patch does not change, and patch changes that are missing.
+fn patch_difference(
+    base: &std::collections::BTreeMap<String, String>,
+    tip: &std::collections::BTreeMap<String, String>,
+    patch: &llm::PatchOutput,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, what) in changed(base, tip) {
+        if !patch.files.iter().any(|f| f.path == path) {
+            out.push(format!("`{path}` {what}, which the patch does not do"));
+        }
+    }
+    for f in &patch.files {
+        let missing = match f.action {
+            FileAction::Delete => tip.contains_key(&f.path),
+            FileAction::Create | FileAction::Update => !tip.contains_key(&f.path),
+        };
+        if missing {
+            out.push(format!(
+                "`{}`: the patch's {} is missing",
+                f.path,
+                format!("{:?}", f.action).to_lowercase()
+            ));
+        }
+    }
+    out
+}
+
+/// Every path that differs between two trees, as "`path` added/changed/deleted".
+fn changed_paths(from: &std::collections::BTreeMap<String, String>, to: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    changed(from, to).map(|(path, what)| format!("`{path}` {what}")).collect()
+}
+
+fn changed<'a>(
+    from: &'a std::collections::BTreeMap<String, String>,
+    to: &'a std::collections::BTreeMap<String, String>,
+) -> impl Iterator<Item = (&'a str, &'static str)> + 'a {
+    let added_or_changed = to.iter().filter_map(move |(path, blob)| match from.get(path) {
+        None => Some((path.as_str(), "added")),
+        Some(b) if b != blob => Some((path.as_str(), "changed")),
+        Some(_) => None,
+    });
+    let deleted = from.keys().filter(move |p| !to.contains_key(*p)).map(|p| (p.as_str(), "deleted"));
+    added_or_changed.chain(deleted)
 }

@@ -29,7 +29,16 @@ fn code_list(items: &[String]) -> String {
 
 /// The proposal comment: what would happen, and how to approve it.
 pub fn proposal(wf: &Workflow, proposal: &Proposal, reactions: bool) -> String {
+    proposal_showing(wf, proposal, reactions, None)
+}
+
+/// [`proposal`], with `shown` (a patch's diff) after the description. Every proposal names its
+/// revision (the first 12 hex characters of its hash): a vote counts for that revision only.
+pub fn proposal_showing(wf: &Workflow, proposal: &Proposal, reactions: bool, shown: Option<&str>) -> String {
     let mut out = format!("### orch · {} proposal (workflow {})\n\n", kind_name(wf.kind), wf.id);
+    if let Some(hash) = wf.proposal_hash.as_deref() {
+        out.push_str(&format!("**Revision:** `{}`\n\n", &hash[..hash.len().min(12)]));
+    }
     match proposal {
         Proposal::Triage(t) => {
             out.push_str(&format!(
@@ -41,6 +50,10 @@ pub fn proposal(wf: &Workflow, proposal: &Proposal, reactions: bool) -> String {
         }
         Proposal::QaPlan(q) => out.push_str(&qa_plan(q)),
         Proposal::Patch(p) => out.push_str(&patch(p)),
+    }
+    if let Some(shown) = shown {
+        out.push('\n');
+        out.push_str(shown);
     }
     out.push_str(&format!(
         "\nTo go ahead, a maintainer replies `/orch approve`{}; `/orch reject [reason]` drops it and `/orch request-changes <feedback>` asks for another try.",
@@ -118,4 +131,24 @@ pub fn phase_too_low(what: &str, needed: u8, phase: u8) -> String {
 
 pub fn internal_error(wf_id: i64) -> String {
     format!("orch hit an internal error on workflow {wf_id} and stopped it; the operator can find the details in orch's logs. `/orch retry` starts again.")
+}
+
+/// The reply to a vote cast on a proposal that a newer one replaced (SPEC §6: a vote counts only
+/// for the revision it was cast on). `what` is the vote ("your 👍", "your press of the Approve
+/// button"); `voted` the revision it was cast on, when known.
+pub fn void_vote(login: &str, what: &str, wf_id: i64, voted: Option<&str>, current: &str) -> String {
+    let on = match voted {
+        Some(r) => format!("revision `{r}`"),
+        None => "an earlier revision".to_string(),
+    };
+    format!(
+        "@{login}, {what} was for {on} of workflow {wf_id}, which a newer proposal replaced; the current revision is `{current}`. Nothing was recorded: review the current proposal and vote there."
+    )
+}
+
+/// The revision an action key names: its last `:` part (`wf3:check:1:<revision>`).
+pub fn revision_of_key(key: &str) -> Option<&str> {
+    key.rsplit(':')
+        .next()
+        .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit()))
 }

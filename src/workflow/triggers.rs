@@ -738,6 +738,8 @@ impl Engine {
                 accepted: true,
                 text: format!("Workflow {} is `{}`; the button no longer applies.", wf.id, wf.state.as_str()),
             }
+        } else if let Some(text) = self.superseded_check_run(&wf, check_run_id, &sender.login, decision).await? {
+            Outcome::Reply { accepted: false, text }
         } else {
             Outcome::Vote {
                 vote: Vote {
@@ -753,6 +755,33 @@ impl Engine {
             }
         };
         self.record(&t, outcome).await
+    }
+
+    /// The reply to a button pressed on a check run that is not the workflow's current one (an
+    /// earlier revision's): such a press is void (SPEC §6). None when `check_run_id` is current.
+    async fn superseded_check_run(
+        &self,
+        wf: &Workflow,
+        check_run_id: i64,
+        login: &str,
+        decision: Decision,
+    ) -> anyhow::Result<Option<String>> {
+        if !wf.check_run_id.is_some_and(|current| current != check_run_id) {
+            return Ok(None);
+        }
+        let key = crate::store::actions::key_of(self.store.pool(), "check_run", &wf.repository, check_run_id).await?;
+        let current = wf.proposal_hash.as_deref().unwrap_or_default();
+        let what = match decision {
+            Decision::Approve => "your press of the Approve button",
+            Decision::Reject => "your press of the Reject button",
+        };
+        Ok(Some(messages::void_vote(
+            login,
+            what,
+            wf.id,
+            key.as_deref().and_then(messages::revision_of_key),
+            &current[..current.len().min(12)],
+        )))
     }
 
     /// New commits on a pull request: approvals bound to the old head no longer count.

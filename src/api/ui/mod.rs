@@ -407,6 +407,15 @@ async fn workflow_page(
         }
         None => b.push_str("<p>No proposal yet.</p>"),
     }
+    // The whole diff, nothing cut: the page a check run links to when GitHub's limit cut it.
+    if let Ok(Some(diff)) = workflows::proposal_diff(pool, wf.id).await {
+        let _ = write!(
+            b,
+            "<h2 id=\"diff\">Diff (revision <code>{}</code>)</h2><pre class=\"diff\">{}</pre>",
+            esc(&wf.proposal_hash.as_deref().unwrap_or_default().chars().take(12).collect::<String>()),
+            esc(&diff)
+        );
+    }
     b.push_str(
         "<h2>Approvals</h2><table><tr><th>At (UTC)</th><th>Voter</th><th>Decision</th><th>Source</th><th>Reason</th><th>Counts</th></tr>",
     );
