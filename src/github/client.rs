@@ -186,6 +186,8 @@ struct Created {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ReactionUser {
     pub login: String,
+    /// The account id: who the user is (the login is for display; it can be renamed).
+    pub id: i64,
     #[serde(rename = "type", default)]
     pub kind: String,
 }

@@ -1171,14 +1171,14 @@ async fn get_issue(State(s): State<Arc<FakeState>>, Path((owner, repo, number)):
         return answer(
             StatusCode::OK,
             json!({ "number": number, "title": i.title, "body": i.body, "state": i.state,
-                    "user": { "login": i.author, "type": "User" }, "labels": labels }),
+                    "user": user_json(&i.author, "User"), "labels": labels }),
         );
     }
     match m.git.pulls.get(&(full, number)) {
         Some(p) => answer(
             StatusCode::OK,
             json!({ "number": number, "title": p.title, "body": p.body, "state": "open",
-                    "user": { "login": p.author, "type": "User" }, "labels": labels,
+                    "user": user_json(&p.author, "User"), "labels": labels,
                     "pull_request": { "url": format!("/repos/{owner}/{repo}/pulls/{number}") } }),
         ),
         None => not_found(),
@@ -1201,7 +1201,7 @@ impl Paging {
 
 fn comment_json(c: &FakeComment) -> serde_json::Value {
     let app = c.via_app.map(|id| json!({ "id": id, "slug": if c.author == APP_LOGIN { APP_SLUG.to_string() } else { c.author.trim_end_matches("[bot]").to_string() } }));
-    json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "id": user_id(&c.author), "type": c.author_type },
+    json!({ "id": c.id, "body": c.body, "user": user_json(&c.author, &c.author_type),
             "performed_via_github_app": app })
 }
 
@@ -1556,7 +1556,7 @@ fn pull_json(m: &Model, repo: &str, p: &FakePull) -> serde_json::Value {
     let sha = |branch: &str| m.git.tip(repo, branch).map(|(sha, _)| sha).unwrap_or_default();
     let (owner, _) = repo.split_once('/').unwrap_or((repo, ""));
     json!({ "number": p.number, "title": p.title, "state": "open", "body": p.body,
-            "user": { "login": p.author, "type": if p.author == APP_LOGIN { "Bot" } else { "User" } },
+            "user": user_json(&p.author, if p.author == APP_LOGIN { "Bot" } else { "User" }),
             "head": { "ref": p.head, "sha": sha(&p.head), "label": format!("{owner}:{}", p.head) },
             "base": { "ref": p.base, "sha": sha(&p.base) } })
 }
@@ -1643,10 +1643,15 @@ async fn pull_files(State(s): State<Arc<FakeState>>, Path((owner, repo, number))
     answer(StatusCode::OK, json!(paging.page(files)))
 }
 
+/// A user as the REST API shows one: login, account id and type.
+fn user_json(login: &str, kind: &str) -> serde_json::Value {
+    json!({ "login": login, "id": user_id(login), "type": kind })
+}
+
 fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
     json!(list
         .iter()
-        .map(|(id, content, login, kind)| json!({ "id": id, "content": content, "user": { "login": login, "type": kind } }))
+        .map(|(id, content, login, kind)| json!({ "id": id, "content": content, "user": user_json(login, kind) }))
         .collect::<Vec<_>>())
 }
 

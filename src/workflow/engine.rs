@@ -502,6 +502,7 @@ impl Engine {
             let mut tx = self.store.begin().await?;
             let vote = Vote {
                 voter: POLICY_VOTER.into(),
+                voter_id: None,
                 decision: Decision::Approve,
                 source: Source::Policy,
                 binding,
@@ -644,7 +645,7 @@ impl Engine {
             required: policy.policy.approvals.required,
             allow_self_approval: policy.policy.approvals.allow_self_approval,
         };
-        Ok(Some(approval::tally(&votes, &binding, Some(&wf.requested_by), &rules)))
+        Ok(Some(approval::tally(&votes, &binding, Some(&wf.requester()), &rules)))
     }
 
     /// Moves a waiting workflow on when its ledger decides it; returns the verdict.
@@ -761,13 +762,16 @@ impl Engine {
                 "-1" => Decision::Reject,
                 _ => continue,
             };
-            if !approval::may_vote(&r.user.login, &r.user.kind, &self.bot_login) {
+            // A bot by its account type, whatever its login: bots and orch never vote.
+            if !approval::may_vote(&r.user.login, &r.user.kind) {
                 continue;
             }
             match authorize(&self.github, inst, repo, &r.user.login, &policy.policy).await? {
                 Authz::Allowed => {
+                    // The reaction's user id, from the API, is who votes; the login is shown.
                     let vote = Vote {
                         voter: r.user.login.clone(),
+                        voter_id: Some(r.user.id),
                         decision,
                         source: Source::Reaction,
                         binding: binding.clone(),
@@ -861,7 +865,7 @@ impl Engine {
             if let Authz::Denied { permission } =
                 authorize(&self.github, wf.installation_id, &wf.repository, &v.voter, &policy.policy).await?
             {
-                lost.push((v.voter.clone(), permission));
+                lost.push((v.person(), permission));
             }
         }
         if !lost.is_empty() {
@@ -872,13 +876,13 @@ impl Engine {
             let still = approval::tally(
                 &workflows::votes(&mut *tx, wf.id).await?,
                 &wf.binding().context("an approved workflow has a binding")?,
-                Some(&wf.requested_by),
+                Some(&wf.requester()),
                 &Rules {
                     required: policy.policy.approvals.required,
                     allow_self_approval: policy.policy.approvals.allow_self_approval,
                 },
             );
-            let names: Vec<String> = lost.iter().map(|(v, p)| format!("@{v} (now {p})")).collect();
+            let names: Vec<String> = lost.iter().map(|(v, p)| format!("{} (now {p})", v.display())).collect();
             if !still.is_approved() {
                 workflows::transition(
                     &mut tx,

@@ -8,4 +8,5 @@ pub mod engine;
 pub mod guard;
 pub mod messages;
 pub mod state;
+pub mod service;
 pub mod triggers;
