@@ -244,7 +244,7 @@ impl<'e> Service<'e> {
             (State::WaitingUserApproval, Some(vote)) => vote,
             _ => return Err(VoteError::NotWaiting { id, state: wf.state }),
         };
-        let mut tx = store.begin().await.map_err(anyhow::Error::from)?;
+        let mut tx = store.begin().await?;
         Self::cast(&mut tx, id, &vote, None).await.map_err(anyhow::Error::from)?;
         let subject = format!("workflow:{id}");
         let entry = audit::Entry::new(

@@ -1,0 +1,112 @@
+//! Who is who (SPEC §6): people are their numeric GitHub account ids, on both databases. A
+//! requester who renames their account is still the requester and cannot approve their own
+//! proposal; someone else who takes over a freed login is someone else; a bot that renames itself
+//! to a plain-looking login is still a bot (its account type says so) and can neither run
+//! commands nor vote.
+
+mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
+
+use common::Backend;
+use e2e::{payloads, IssueSpec, Orch, REPO};
+use serde_json::Value;
+
+/// `login` (an account whose id is `id`, whatever its login is now) comments `body` on `issue`.
+async fn comment_as(o: &Orch, issue: &IssueSpec, login: &str, id: i64, kind: &str, body: &str) -> i64 {
+    let comment = o.fake.state.user_comment(REPO, issue.number, login, kind, body);
+    let mut payload: Value = payloads::issue_comment_created(&o.repo, issue, comment, body, login, kind);
+    payload["comment"]["user"]["id"] = id.into();
+    payload["sender"]["id"] = id.into();
+    let guid = o.deliver("issue_comment", &payload).await;
+    o.wait_processed(&guid).await;
+    comment
+}
+
+fn account(login: &str) -> i64 {
+    payloads::stable_id("user", login)
+}
+
+async fn votes(o: &Orch, id: i64) -> Vec<(String, Option<i64>)> {
+    use sqlx::Row;
+    sqlx::query("SELECT voter, voter_id FROM approvals WHERE workflow_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(o.store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// The attack: the requester renames their account and approves their own proposal.
+async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
+    let Some(o) = Orch::start(backend, "phase: 4\n").await else { return };
+    o.user("mara", "maintain");
+    let mut issue = o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim");
+    o.label_issue(&mut issue, "orch:triage", "mara").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let requested_by_id: Option<i64> = sqlx::query_scalar("SELECT requested_by_id FROM workflows WHERE id = $1")
+        .bind(id)
+        .fetch_one(o.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(requested_by_id, Some(account("mara")));
+
+    // mara renames her account to `mara-renamed` (same id; GitHub keeps her permission).
+    o.user("mara-renamed", "maintain");
+    comment_as(&o, &issue, "mara-renamed", account("mara"), "User", "/orch approve").await;
+    let reply = o
+        .eventually("the vote is answered", e2e::WAIT, || async {
+            o.bot_comments(issue.number).into_iter().find(|c| c.contains("still needed"))
+        })
+        .await;
+    assert!(reply.contains("1 more approval from someone other than @mara"), "{reply}");
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{}", o.diagnostics().await);
+    assert_eq!(votes(&o, id).await, vec![("mara-renamed".to_string(), Some(account("mara")))]);
+    assert_eq!(o.fake.state.labels(REPO, issue.number), vec!["orch:triage".to_string()], "nothing applied");
+
+    // Someone else who took over the freed login `mara` is a different account: their approval
+    // counts, and the proposal is applied.
+    comment_as(&o, &issue, "mara", 4_242_424, "User", "/orch approve").await;
+    o.wait_state(id, "DONE").await;
+    assert_eq!(
+        o.fake.state.labels(REPO, issue.number),
+        vec!["orch:triage".to_string(), "bug".into(), "priority:p1".into()]
+    );
+}
+
+/// A bot renamed to a login without `[bot]` is still a bot: no command runs, no vote counts,
+/// from a comment or from a 👍.
+async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
+    let Some(o) = Orch::start(backend, "phase: 4\n").await else { return };
+    o.user("mara", "maintain");
+    // The bot has write access: only its account type keeps it out.
+    o.user("helpful-helper", "write");
+    let bot = account("helpful-helper[bot]");
+
+    let mut quiet = o.open_issue("Docs typo", "README says recieve.", "dev-kim");
+    comment_as(&o, &quiet, "helpful-helper", bot, "Bot", "/orch triage\n/orch status").await;
+    assert!(o.workflow_states().await.is_empty(), "a bot started a workflow");
+    assert!(o.bot_comments(quiet.number).is_empty(), "orch answered a bot");
+
+    o.label_issue(&mut quiet, "orch:triage", "mara").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    comment_as(&o, &quiet, "helpful-helper", bot, "Bot", "/orch approve").await;
+    let proposal: Option<i64> = sqlx::query_scalar("SELECT proposal_comment_id FROM workflows WHERE id = $1")
+        .bind(id)
+        .fetch_one(o.store.pool())
+        .await
+        .unwrap();
+    o.fake.state.react(proposal.expect("the proposal comment"), "helpful-helper", "Bot", "+1");
+    // Two reaction polls later the workflow still waits, with no vote in its ledger.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    o.wait_idle(5).await;
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
+    assert!(votes(&o, id).await.is_empty(), "{:?}", votes(&o, id).await);
+    assert_eq!(o.fake.state.labels(REPO, quiet.number), vec!["orch:triage".to_string()]);
+}
+
+both_backends!(a_renamed_requester_is_still_the_requester, a_renamed_bot_is_still_a_bot);
