@@ -496,11 +496,19 @@ async fn one_token_is_one_voter_whatever_it_claims(backend: Backend) {
     let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else { return };
     let (id, number) = waiting_triage(&o).await;
     let approve = format!("/approve/{id}");
+    let mut answers = Vec::new();
     for name in ["alice", "bob"] {
-        let (status, answer) = admin(&o, "post", &approve, Some(json!({ "operator": name }))).await;
-        assert_eq!(status, 400, "a claimed operator {name}: {answer}");
+        answers.push(admin(&o, "post", &approve, Some(json!({ "operator": name }))).await);
     }
-    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
+    // What the attack was after: a quorum of two from one token. It is not met...
+    assert_ne!(answers[1].1["approvals"]["decided"], "approved", "{answers:?}");
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{answers:?}");
+    assert_eq!(o.fake.state.labels(REPO, number), vec!["orch:triage".to_string()], "nothing applied");
+    // ...and the claimed names are refused, saying why.
+    for (status, answer) in &answers {
+        assert_eq!(*status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("credential"), "{answer}");
+    }
     // The same token twice: one voter, its latest vote.
     for _ in 0..2 {
         let (status, answer) = admin(&o, "post", &approve, None).await;

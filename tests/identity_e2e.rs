@@ -47,25 +47,40 @@ async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
     o.label_issue(&mut issue, "orch:triage", "mara").await;
     let id = o.only_workflow().await;
     o.wait_state(id, "WAITING_USER_APPROVAL").await;
+
+    // mara renames her account to `mara-renamed` (same id; GitHub keeps her permission).
+    o.user("mara-renamed", "maintain");
+    comment_as(&o, &issue, "mara-renamed", account("mara"), "User", "/orch approve").await;
+    let reply = o
+        .eventually("the vote is answered, or the proposal applied", e2e::WAIT, || async {
+            let said = o.bot_comments(issue.number).into_iter().find(|c| c.contains("still needed"));
+            match o.state_of(id).await.as_str() {
+                "WAITING_USER_APPROVAL" => said,
+                moved => Some(format!("workflow moved to {moved}")),
+            }
+        })
+        .await;
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{reply}");
+    assert!(reply.contains("1 more approval from someone other than @mara"), "{reply}");
+    assert_eq!(o.fake.state.labels(REPO, issue.number), vec!["orch:triage".to_string()], "nothing applied");
+    // Stored by id: the requester and the vote.
     let requested_by_id: Option<i64> = sqlx::query_scalar("SELECT requested_by_id FROM workflows WHERE id = $1")
         .bind(id)
         .fetch_one(o.store.pool())
         .await
         .unwrap();
     assert_eq!(requested_by_id, Some(account("mara")));
-
-    // mara renames her account to `mara-renamed` (same id; GitHub keeps her permission).
-    o.user("mara-renamed", "maintain");
-    comment_as(&o, &issue, "mara-renamed", account("mara"), "User", "/orch approve").await;
-    let reply = o
-        .eventually("the vote is answered", e2e::WAIT, || async {
-            o.bot_comments(issue.number).into_iter().find(|c| c.contains("still needed"))
+    assert_eq!(votes(&o, id).await, vec![("mara-renamed".to_string(), Some(account("mara")))]);
+    // `/orch status` shows who is who by login and id.
+    comment_as(&o, &issue, "rin", account("rin"), "User", "/orch status").await;
+    let status = o
+        .eventually("the status reply", e2e::WAIT, || async {
+            o.bot_comments(issue.number).into_iter().find(|c| c.contains("orch · status"))
         })
         .await;
-    assert!(reply.contains("1 more approval from someone other than @mara"), "{reply}");
-    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{}", o.diagnostics().await);
-    assert_eq!(votes(&o, id).await, vec![("mara-renamed".to_string(), Some(account("mara")))]);
-    assert_eq!(o.fake.state.labels(REPO, issue.number), vec!["orch:triage".to_string()], "nothing applied");
+    let mara = account("mara");
+    assert!(status.contains(&format!("requested by @mara (id {mara})")), "{status}");
+    assert!(status.contains(&format!("approved so far by @mara-renamed (id {mara})")), "{status}");
 
     // Someone else who took over the freed login `mara` is a different account: their approval
     // counts, and the proposal is applied.
@@ -105,7 +120,12 @@ async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     o.wait_idle(5).await;
     assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
-    assert!(votes(&o, id).await.is_empty(), "{:?}", votes(&o, id).await);
+    let ledger: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE workflow_id = $1")
+        .bind(id)
+        .fetch_one(o.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(ledger, 0, "a bot's vote is in the ledger");
     assert_eq!(o.fake.state.labels(REPO, quiet.number), vec!["orch:triage".to_string()]);
 }
 

@@ -728,6 +728,102 @@ fn tally_approves_only_with_a_quorum_and_a_rejection_always_wins() {
     }
 }
 
+/// A ledger of accounts by id, each vote cast under the account's original login or a renamed
+/// one: (account id, decision, bound to the current proposal, time, renamed).
+#[derive(Debug, Clone)]
+struct Renames {
+    votes: Vec<(i64, Decision, bool, i64, bool)>,
+    /// The requester's id, and whether they renamed themselves since asking.
+    requester: Option<(i64, bool)>,
+    rules: Rules,
+}
+
+fn login_of(id: i64, renamed: bool) -> String {
+    if renamed {
+        format!("renamed-{id}")
+    } else {
+        format!("user-{id}")
+    }
+}
+
+fn tally_renamed(r: &Renames, renames: bool) -> Tally {
+    let current = binding("the proposal", None, "policy-1");
+    let stale = binding("an older proposal", None, "policy-1");
+    let votes: Vec<Vote> = r
+        .votes
+        .iter()
+        .map(|&(id, decision, is_current, at, renamed)| Vote {
+            voter: login_of(id, renames && renamed),
+            voter_id: Some(id),
+            decision,
+            source: Source::Command,
+            binding: if is_current { current.clone() } else { stale.clone() },
+            reason: None,
+            at,
+        })
+        .collect();
+    let requester = r
+        .requester
+        .map(|(id, renamed)| approval::Person::new(Some(id), login_of(id, renames && renamed)));
+    approval::tally(&votes, &current, requester.as_ref(), &r.rules)
+}
+
+/// What a tally decided, without the logins it names.
+fn verdict(t: &Tally) -> (&'static str, usize, u32, bool) {
+    match t {
+        Tally::Approved { approvers } => ("approved", approvers.len(), 0, false),
+        Tally::Rejected { .. } => ("rejected", 0, 0, false),
+        Tally::Pending {
+            approvers,
+            needed,
+            self_approval_only,
+            ..
+        } => ("pending", approvers.len(), *needed, *self_approval_only),
+    }
+}
+
+/// People are their account ids: renaming any account, between any two votes or after asking,
+/// changes no verdict; and the requester's id alone never approves without
+/// `allow_self_approval`, under whatever logins.
+#[test]
+fn tally_by_account_id_ignores_renames() {
+    check(
+        "approval::tally by account id",
+        20_000,
+        |rng| Renames {
+            votes: (0..rng.below(8))
+                .map(|_| {
+                    let decision = if rng.chance(0.8) { Decision::Approve } else { Decision::Reject };
+                    (1 + rng.below(4) as i64, decision, rng.chance(0.85), rng.below(6) as i64, rng.chance(0.5))
+                })
+                .collect(),
+            requester: (!rng.chance(0.1)).then(|| (1 + rng.below(4) as i64, rng.chance(0.5))),
+            rules: Rules {
+                required: 1 + rng.below(3) as u32,
+                allow_self_approval: rng.chance(0.3),
+            },
+        },
+        |r| {
+            without_one(&r.votes)
+                .into_iter()
+                .map(|votes| Renames { votes, ..r.clone() })
+                .collect()
+        },
+        |r| {
+            let (renamed, original) = (tally_renamed(r, true), tally_renamed(r, false));
+            ensure!(
+                verdict(&renamed) == verdict(&original),
+                "renames changed the verdict: {renamed:?} vs {original:?}"
+            );
+            if let (Some((requester, _)), false) = (r.requester, r.rules.allow_self_approval) {
+                let others = r.votes.iter().any(|&(id, d, current, _, _)| id != requester && current && d == Decision::Approve);
+                ensure!(others || !renamed.is_approved(), "the requester approved alone: {renamed:?}");
+            }
+            Ok(())
+        },
+    );
+}
+
 /// Bots are bots by their account type (or a `[bot]` login, which only App bots have): a login
 /// compared with orch's decides nothing, since logins can be renamed. orch is a Bot account.
 #[test]

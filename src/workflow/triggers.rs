@@ -513,6 +513,11 @@ impl Engine {
                 for wf in all.iter().take(10) {
                     let tally = if wf.state == State::WaitingUserApproval { self.tally(wf, policy).await? } else { None };
                     text.push_str(&messages::status_line(wf, tally.as_ref()));
+                    let approvers = match &tally {
+                        Some(t) => messages::counted_approvers(&workflows::votes(self.store.pool(), wf.id).await?, wf, t),
+                        None => Vec::new(),
+                    };
+                    text.push_str(&messages::status_people(&wf.requester(), &approvers));
                     text.push('\n');
                 }
                 text.push_str(&format!("\nPolicy: phase {}, {} approval(s) required.", policy.phase, policy.policy.approvals.required));
