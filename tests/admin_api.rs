@@ -493,7 +493,9 @@ mod sqlite_only {
 /// credential is one voter whatever it claims; two credentials are two voters; an unknown token
 /// changes nothing.
 async fn one_token_is_one_voter_whatever_it_claims(backend: Backend) {
-    let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else { return };
+    let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else {
+        return;
+    };
     let (id, number) = waiting_triage(&o).await;
     let approve = format!("/approve/{id}");
     let mut answers = Vec::new();
@@ -503,7 +505,11 @@ async fn one_token_is_one_voter_whatever_it_claims(backend: Backend) {
     // What the attack was after: a quorum of two from one token. It is not met...
     assert_ne!(answers[1].1["approvals"]["decided"], "approved", "{answers:?}");
     assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{answers:?}");
-    assert_eq!(o.fake.state.labels(REPO, number), vec!["orch:triage".to_string()], "nothing applied");
+    assert_eq!(
+        o.fake.state.labels(REPO, number),
+        vec!["orch:triage".to_string()],
+        "nothing applied"
+    );
     // ...and the claimed names are refused, saying why.
     for (status, answer) in &answers {
         assert_eq!(*status, 400, "{answer}");
@@ -530,12 +536,20 @@ async fn one_token_is_one_voter_whatever_it_claims(backend: Backend) {
     assert_eq!(status, 401, "{answer}");
     assert_eq!(ledger().await, before);
     assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
-    assert_eq!(o.fake.state.labels(REPO, number), vec!["orch:triage".to_string()], "nothing applied");
+    assert_eq!(
+        o.fake.state.labels(REPO, number),
+        vec!["orch:triage".to_string()],
+        "nothing applied"
+    );
     // A second credential is a second voter: the quorum is met.
     let (status, answer) = as_operator(&o, ANA_TOKEN, "post", &approve, None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["approvals"]["decided"], "approved", "{answer}");
-    assert_eq!(answer["approvals"]["approvers"], json!(["operator:admin", "operator:ana"]), "{answer}");
+    assert_eq!(
+        answer["approvals"]["approvers"],
+        json!(["operator:admin", "operator:ana"]),
+        "{answer}"
+    );
     o.wait_state(id, "DONE").await;
 }
 
@@ -557,7 +571,9 @@ async fn dashboard_login(o: &Orch, http: &reqwest::Client, token: &str) -> Resul
 /// The dashboard votes as the operator who logged in, says who that is, and that operator is one
 /// voter whether it votes there or through the API.
 async fn the_dashboard_votes_as_the_logged_in_operator(backend: Backend) {
-    let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else { return };
+    let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else {
+        return;
+    };
     let (id, _) = waiting_triage(&o).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -601,7 +617,12 @@ async fn the_dashboard_votes_as_the_logged_in_operator(backend: Backend) {
         .unwrap();
     assert_eq!(voters, ["operator:ana", "operator:ana"]);
     let (_, audit) = admin(&o, "get", "/audit?kind=operator&actor=operator:ana", None).await;
-    let via: Vec<&str> = audit["records"].as_array().unwrap().iter().map(|r| r["details"]["via"].as_str().unwrap()).collect();
+    let via: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["details"]["via"].as_str().unwrap())
+        .collect();
     assert_eq!(via, ["dashboard", "api"], "{audit}");
     // bob is the second voter.
     let (status, answer) = as_operator(&o, BOB_TOKEN, "post", &format!("/approve/{id}"), None).await;

@@ -41,7 +41,9 @@ async fn votes(o: &Orch, id: i64) -> Vec<(String, Option<i64>)> {
 
 /// The attack: the requester renames their account and approves their own proposal.
 async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
-    let Some(o) = Orch::start(backend, "phase: 4\n").await else { return };
+    let Some(o) = Orch::start(backend, "phase: 4\n").await else {
+        return;
+    };
     o.user("mara", "maintain");
     let mut issue = o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim");
     o.label_issue(&mut issue, "orch:triage", "mara").await;
@@ -62,7 +64,11 @@ async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
         .await;
     assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{reply}");
     assert!(reply.contains("1 more approval from someone other than @mara"), "{reply}");
-    assert_eq!(o.fake.state.labels(REPO, issue.number), vec!["orch:triage".to_string()], "nothing applied");
+    assert_eq!(
+        o.fake.state.labels(REPO, issue.number),
+        vec!["orch:triage".to_string()],
+        "nothing applied"
+    );
     // Stored by id: the requester and the vote.
     let requested_by_id: Option<i64> = sqlx::query_scalar("SELECT requested_by_id FROM workflows WHERE id = $1")
         .bind(id)
@@ -80,7 +86,10 @@ async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
         .await;
     let mara = account("mara");
     assert!(status.contains(&format!("requested by @mara (id {mara})")), "{status}");
-    assert!(status.contains(&format!("approved so far by @mara-renamed (id {mara})")), "{status}");
+    assert!(
+        status.contains(&format!("approved so far by @mara-renamed (id {mara})")),
+        "{status}"
+    );
 
     // Someone else who took over the freed login `mara` is a different account: their approval
     // counts, and the proposal is applied.
@@ -95,7 +104,9 @@ async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
 /// A bot renamed to a login without `[bot]` is still a bot: no command runs, no vote counts,
 /// from a comment or from a 👍.
 async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
-    let Some(o) = Orch::start(backend, "phase: 4\n").await else { return };
+    let Some(o) = Orch::start(backend, "phase: 4\n").await else {
+        return;
+    };
     o.user("mara", "maintain");
     // The bot has write access: only its account type keeps it out.
     o.user("helpful-helper", "write");
@@ -115,7 +126,9 @@ async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
         .fetch_one(o.store.pool())
         .await
         .unwrap();
-    o.fake.state.react(proposal.expect("the proposal comment"), "helpful-helper", "Bot", "+1");
+    o.fake
+        .state
+        .react(proposal.expect("the proposal comment"), "helpful-helper", "Bot", "+1");
     // Two reaction polls later the workflow still waits, with no vote in its ledger.
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     o.wait_idle(5).await;

@@ -794,7 +794,13 @@ fn tally_by_account_id_ignores_renames() {
             votes: (0..rng.below(8))
                 .map(|_| {
                     let decision = if rng.chance(0.8) { Decision::Approve } else { Decision::Reject };
-                    (1 + rng.below(4) as i64, decision, rng.chance(0.85), rng.below(6) as i64, rng.chance(0.5))
+                    (
+                        1 + rng.below(4) as i64,
+                        decision,
+                        rng.chance(0.85),
+                        rng.below(6) as i64,
+                        rng.chance(0.5),
+                    )
                 })
                 .collect(),
             requester: (!rng.chance(0.1)).then(|| (1 + rng.below(4) as i64, rng.chance(0.5))),
@@ -816,7 +822,10 @@ fn tally_by_account_id_ignores_renames() {
                 "renames changed the verdict: {renamed:?} vs {original:?}"
             );
             if let (Some((requester, _)), false) = (r.requester, r.rules.allow_self_approval) {
-                let others = r.votes.iter().any(|&(id, d, current, _, _)| id != requester && current && d == Decision::Approve);
+                let others = r
+                    .votes
+                    .iter()
+                    .any(|&(id, d, current, _, _)| id != requester && current && d == Decision::Approve);
                 ensure!(others || !renamed.is_approved(), "the requester approved alone: {renamed:?}");
             }
             Ok(())

@@ -550,7 +550,10 @@ async fn dispatch(state: AppState, op: &OperatorName, kind: Kind, body: &Bytes) 
     };
     let service = Service::new(engine);
     // Gate 1, as for a command; the operator's credential stands for the requester's permission.
-    let admitted = service.admit(&req, &policy).await.map_err(|e| ApiError::internal("dispatch: admission", e))?;
+    let admitted = service
+        .admit(&req, &policy)
+        .await
+        .map_err(|e| ApiError::internal("dispatch: admission", e))?;
     let mut new = match admitted {
         Ok(new) => new,
         Err(Refusal::Phase { needed, phase }) => {
@@ -560,10 +563,13 @@ async fn dispatch(state: AppState, op: &OperatorName, kind: Kind, body: &Bytes) 
             ))
         }
         Err(Refusal::Policy(e)) => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("the policy does not compile: {e}"))),
-        Err(Refusal::Gate1(lines)) => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("Gate 1 refused: {}", lines.join("; ")))),
-        Err(Refusal::Denied { permission }) => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, format!("not authorized ({permission})")))
+        Err(Refusal::Gate1(lines)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("Gate 1 refused: {}", lines.join("; ")),
+            ))
         }
+        Err(Refusal::Denied { permission }) => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("not authorized ({permission})"))),
     };
     if kind == Kind::QaPlan {
         let head = engine
@@ -677,4 +683,3 @@ async fn circuit_reset(State(state): State<AppState>, Extension(op): Extension<O
         })),
     ))
 }
-

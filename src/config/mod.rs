@@ -356,10 +356,11 @@ impl Config {
         let admin_token = src.secret("ORCH_ADMIN_TOKEN");
         let admin_tokens_file = src.get("ORCH_ADMIN_TOKENS").map(PathBuf::from);
         // A malformed tokens file stops the start, naming the file and line.
-        let operators = operators::Operators::load(admin_token.as_ref(), admin_tokens_file.as_deref()).map_err(|e| ConfigError::Invalid {
-            var: "ORCH_ADMIN_TOKENS",
-            problem: e.to_string(),
-        })?;
+        let operators =
+            operators::Operators::load(admin_token.as_ref(), admin_tokens_file.as_deref()).map_err(|e| ConfigError::Invalid {
+                var: "ORCH_ADMIN_TOKENS",
+                problem: e.to_string(),
+            })?;
         Ok(Config {
             admin_tokens_file,
             operators,

@@ -40,7 +40,8 @@ impl Operators {
     pub fn load(admin_token: Option<&SecretString>, tokens_file: Option<&Path>) -> Result<Self, OperatorsError> {
         let mut ops = Operators::default();
         if let Some(token) = admin_token {
-            ops.entries.push(("admin".to_string(), Sha256::digest(token.expose_secret().as_bytes()).into()));
+            ops.entries
+                .push(("admin".to_string(), Sha256::digest(token.expose_secret().as_bytes()).into()));
         }
         if let Some(path) = tokens_file {
             let shown = path.display().to_string();
@@ -118,7 +119,11 @@ mod tests {
     #[test]
     fn names_come_from_the_credential() {
         let mut ops = Operators::load(Some(&SecretString::from("root-token")), None).unwrap();
-        let file = format!("# operators\n\nalice {}\n  bob\t{}  \n", sha("a-token"), sha("b-token").to_uppercase());
+        let file = format!(
+            "# operators\n\nalice {}\n  bob\t{}  \n",
+            sha("a-token"),
+            sha("b-token").to_uppercase()
+        );
         ops.parse("tokens", &file).unwrap();
         assert_eq!(ops.identify("root-token"), Some("admin"));
         assert_eq!(ops.identify("a-token"), Some("alice"));

@@ -511,7 +511,10 @@ mod tests {
             // A stale rejection does not reject either.
             let mut reject = stale.clone();
             reject.decision = Decision::Reject;
-            assert!(matches!(tally(&[reject], &binding(), Some(&req("alice")), &r), Tally::Pending { .. }));
+            assert!(matches!(
+                tally(&[reject], &binding(), Some(&req("alice")), &r),
+                Tally::Pending { .. }
+            ));
         }
     }
 
@@ -628,7 +631,16 @@ mod tests {
         let renamed = with_id(approve("alice-new", 1), 7);
         let t = tally(std::slice::from_ref(&renamed), &binding(), Some(&alice), &Rules::default());
         assert!(!t.is_approved(), "{t:?}");
-        assert!(matches!(t, Tally::Pending { self_approval_only: true, .. }), "{t:?}");
+        assert!(
+            matches!(
+                t,
+                Tally::Pending {
+                    self_approval_only: true,
+                    ..
+                }
+            ),
+            "{t:?}"
+        );
         // Someone else who took the old login is someone else.
         let squatter = with_id(approve("alice", 2), 99);
         assert!(tally(&[squatter], &binding(), Some(&alice), &Rules::default()).is_approved());
@@ -643,7 +655,12 @@ mod tests {
         let old_and_new = [approve("bob", 1), with_id(approve("bob", 2), 5)];
         assert!(!tally(&old_and_new, &binding(), Some(&alice), &r2).is_approved());
         // A requester recorded before ids compares by login.
-        let t = tally(&[with_id(approve("Alice", 1), 7)], &binding(), Some(&req("alice")), &Rules::default());
+        let t = tally(
+            &[with_id(approve("Alice", 1), 7)],
+            &binding(),
+            Some(&req("alice")),
+            &Rules::default(),
+        );
         assert!(!t.is_approved());
         assert_eq!(alice.display(), "@alice (id 7)");
         assert_eq!(req("operator:ana").display(), "operator:ana");

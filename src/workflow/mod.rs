@@ -7,6 +7,6 @@ pub mod authz;
 pub mod engine;
 pub mod guard;
 pub mod messages;
-pub mod state;
 pub mod service;
+pub mod state;
 pub mod triggers;

@@ -163,9 +163,9 @@ impl<'e> Service<'e> {
         // not count: asking again is the point then.
         let since = now_ms() - i64::from(policy.policy.limits.dedupe_window_hours) * 3_600_000;
         admission.duplicate_within_window = !req.retry
-            && history.iter().any(|w| {
-                w.kind == req.kind && w.state == State::Done && w.instruction == req.instruction && w.created_at >= since
-            });
+            && history
+                .iter()
+                .any(|w| w.kind == req.kind && w.state == State::Done && w.instruction == req.instruction && w.created_at >= since);
         if let Verdict::Blocked { violations } = gates::gate1(&admission) {
             return Ok(Err(Refusal::Gate1(violations.iter().map(|r| r.to_string()).collect())));
         }
@@ -237,7 +237,10 @@ impl<'e> Service<'e> {
         via: &str,
     ) -> Result<Voted, VoteError> {
         let store = &self.engine.store;
-        let wf = workflows::get(store.pool(), id).await.map_err(anyhow::Error::from)?.ok_or(VoteError::NotFound(id))?;
+        let wf = workflows::get(store.pool(), id)
+            .await
+            .map_err(anyhow::Error::from)?
+            .ok_or(VoteError::NotFound(id))?;
         let caller = Caller::Operator(operator.to_string());
         let reason = reason.filter(|r| !r.trim().is_empty());
         let vote = match (wf.state, Self::ballot(&wf, &caller, decision, Source::Api, reason)) {
@@ -253,7 +256,9 @@ impl<'e> Service<'e> {
             &subject,
             serde_json::json!({ "action": decision.as_str(), "via": via, "reason": vote.reason, "proposal_hash": vote.binding.proposal_hash }),
         );
-        audit::append(&mut tx, store.backend(), &entry, vote.at).await.map_err(anyhow::Error::from)?;
+        audit::append(&mut tx, store.backend(), &entry, vote.at)
+            .await
+            .map_err(anyhow::Error::from)?;
         tx.commit().await.map_err(anyhow::Error::from)?;
         tracing::info!(workflow = id, decision = %decision, operator, via, "operator vote recorded");
         let settled = async {

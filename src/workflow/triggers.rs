@@ -113,7 +113,9 @@ impl Engine {
                 let policy = self.policy(installation, &repo.full_name).await?;
                 if policy.policy.triggers.triage_on_open && policy.phase >= phase_needed(Work::AutoTrigger) && !issue.author.is_bot {
                     let t = delivery(&repo.full_name, issue.number, "issue_opened");
-                    let new = self.new_workflow(&t, Kind::Triage, &issue.author, None, None, "issue opened").await?;
+                    let new = self
+                        .new_workflow(&t, Kind::Triage, &issue.author, None, None, "issue opened")
+                        .await?;
                     self.record(&t, Outcome::Start(new)).await?;
                 }
             }
@@ -344,7 +346,9 @@ impl Engine {
         how: &str,
     ) -> anyhow::Result<NewWorkflow> {
         let caller = Caller::github(requester);
-        Service::new(self).new_workflow(&start_request(t, kind, &caller, instruction, head_sha, how)).await
+        Service::new(self)
+            .new_workflow(&start_request(t, kind, &caller, instruction, head_sha, how))
+            .await
     }
 
     /// Starting a workflow on request of `requester`: Gate 1, by the application service.

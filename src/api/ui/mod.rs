@@ -49,7 +49,11 @@ pub fn router() -> Router<AppState> {
 }
 
 fn status_page(status: StatusCode, title: &str, session: Option<&Session>, message: &str) -> Response {
-    (status, Html(page(title, session, &format!("<p class=\"error\">{}</p>", esc(message))))).into_response()
+    (
+        status,
+        Html(page(title, session, &format!("<p class=\"error\">{}</p>", esc(message)))),
+    )
+        .into_response()
 }
 
 fn internal(context: &str, e: impl std::fmt::Display) -> Response {
@@ -340,14 +344,7 @@ async fn workflow_page(
     let pool = state.store.pool();
     let wf = match workflows::get(pool, id).await {
         Ok(Some(wf)) => wf,
-        Ok(None) => {
-            return status_page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                Some(&session),
-                &format!("No workflow {id}."),
-            )
-        }
+        Ok(None) => return status_page(StatusCode::NOT_FOUND, "Not found", Some(&session), &format!("No workflow {id}.")),
         Err(e) => return internal("reading a workflow", e),
     };
     let subject = format!("workflow:{id}");
@@ -520,7 +517,9 @@ async fn vote(
     };
     let reason = form.get("reason").map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
     let reason = if decision == Decision::Reject { reason } else { None };
-    let voted = Service::new(&engine).operator_vote(&session.operator, id, decision, reason, "dashboard").await;
+    let voted = Service::new(&engine)
+        .operator_vote(&session.operator, id, decision, reason, "dashboard")
+        .await;
     let key = match voted {
         Ok(v) => match v.tally {
             Some(Tally::Approved { .. }) => "approved",
