@@ -109,18 +109,18 @@ async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
     };
     o.user("mara", "maintain");
     // The bot has write access: only its account type keeps it out.
-    o.user("helpful-helper", "write");
+    o.user(payloads::RENAMED_BOT, "write");
     let bot = account("helpful-helper[bot]");
 
     let mut quiet = o.open_issue("Docs typo", "README says recieve.", "dev-kim");
-    comment_as(&o, &quiet, "helpful-helper", bot, "Bot", "/orch triage\n/orch status").await;
+    comment_as(&o, &quiet, payloads::RENAMED_BOT, bot, "Bot", "/orch triage\n/orch status").await;
     assert!(o.workflow_states().await.is_empty(), "a bot started a workflow");
     assert!(o.bot_comments(quiet.number).is_empty(), "orch answered a bot");
 
     o.label_issue(&mut quiet, "orch:triage", "mara").await;
     let id = o.only_workflow().await;
     o.wait_state(id, "WAITING_USER_APPROVAL").await;
-    comment_as(&o, &quiet, "helpful-helper", bot, "Bot", "/orch approve").await;
+    comment_as(&o, &quiet, payloads::RENAMED_BOT, bot, "Bot", "/orch approve").await;
     let proposal: Option<i64> = sqlx::query_scalar("SELECT proposal_comment_id FROM workflows WHERE id = $1")
         .bind(id)
         .fetch_one(o.store.pool())
@@ -128,7 +128,7 @@ async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
         .unwrap();
     o.fake
         .state
-        .react(proposal.expect("the proposal comment"), "helpful-helper", "Bot", "+1");
+        .react(proposal.expect("the proposal comment"), payloads::RENAMED_BOT, "Bot", "+1");
     // Two reaction polls later the workflow still waits, with no vote in its ledger.
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     o.wait_idle(5).await;

@@ -876,8 +876,10 @@ const POLICY: &str = "phase: 4\n";
 const WRITERS: [&str; 3] = ["mara", "lee", "kai"];
 /// Users without it.
 const READERS: [&str; 2] = ["rin", "tess"];
-/// Bots, and a user account named like orch (its comments must never run commands).
-const BOT_LIKE: [&str; 3] = ["dependabot[bot]", "renovate[bot]", "Orch"];
+/// Bots, one of them renamed to a login without `[bot]` (type `Bot`): their comments must never
+/// run commands. (A person's account named like orch is a person: identity is the account, and
+/// orch's own account is a bot.)
+const BOT_LIKE: [&str; 3] = ["dependabot[bot]", "renovate[bot]", payloads::RENAMED_BOT];
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -1185,7 +1187,7 @@ async fn e2e_violations(o: &Orch, issues: &[IssueSpec], rules: &Rules) -> (Vec<S
                 done.len()
             ));
         }
-        // Commands of bots and of users named like orch never ran: no 👀 on their comments.
+        // Commands of bots, renamed or not, never ran: no 👀 on their comments.
         for c in o.fake.state.comments(REPO, issue.number) {
             let acknowledged = o.fake.state.reactions(c.id).iter().any(|(content, _)| content == "eyes");
             if acknowledged && (BOT_LIKE.contains(&c.author.as_str()) || c.author == orch::github::fake::APP_LOGIN) {
@@ -1251,7 +1253,7 @@ async fn random_traffic_keeps_every_invariant(backend: Backend) {
     for r in READERS {
         o.user(r, "read");
     }
-    o.user("Orch", "admin");
+    o.user(payloads::RENAMED_BOT, "admin");
     let titles = [
         ("Crash on start", "It crashes when the config is empty."),
         ("How do I configure the port?", "Where is it set?"),

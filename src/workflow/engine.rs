@@ -882,7 +882,7 @@ impl Engine {
                     allow_self_approval: policy.policy.approvals.allow_self_approval,
                 },
             );
-            let names: Vec<String> = lost.iter().map(|(v, p)| format!("{} (now {p})", v.display())).collect();
+            let names: Vec<String> = lost.iter().map(|(v, p)| format!("@{} (now {p})", v.login)).collect();
             if !still.is_approved() {
                 workflows::transition(
                     &mut tx,
