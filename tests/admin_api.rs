@@ -166,6 +166,7 @@ async fn pending_then_approve_applies_the_labels(backend: Backend) {
         (Some(id), Some("triage"), Some(REPO))
     );
     assert_eq!((w["number"].as_i64(), w["requested_by"].as_str()), (Some(number), Some("mara")));
+    assert_eq!(w["requested_by_id"].as_i64(), Some(e2e::payloads::stable_id("user", "mara")));
     assert_eq!(w["proposal_hash"].as_str().map(str::len), Some(64));
     assert_eq!(w["approvals"]["decided"], "pending");
     assert_eq!(
