@@ -52,6 +52,7 @@ async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
 
     // mara renames her account to `mara-renamed` (same id; GitHub keeps her permission).
     o.user("mara-renamed", "maintain");
+    o.fake.state.set_user_id("mara-renamed", account("mara"));
     comment_as(&o, &issue, "mara-renamed", account("mara"), "User", "/orch approve").await;
     let reply = o
         .eventually("the vote is answered, or the proposal applied", e2e::WAIT, || async {
@@ -93,6 +94,7 @@ async fn a_renamed_requester_is_still_the_requester(backend: Backend) {
 
     // Someone else who took over the freed login `mara` is a different account: their approval
     // counts, and the proposal is applied.
+    o.fake.state.set_user_id("mara", 4_242_424);
     comment_as(&o, &issue, "mara", 4_242_424, "User", "/orch approve").await;
     o.wait_state(id, "DONE").await;
     assert_eq!(
@@ -142,4 +144,54 @@ async fn a_renamed_bot_is_still_a_bot(backend: Backend) {
     assert_eq!(o.fake.state.labels(REPO, quiet.number), vec!["orch:triage".to_string()]);
 }
 
-both_backends!(a_renamed_requester_is_still_the_requester, a_renamed_bot_is_still_a_bot);
+/// Gate 3 re-checks an approver's permission by login, as GitHub's API asks; when the login
+/// has passed to another account since the vote (the approver renamed away, someone else took
+/// the name), the new holder's permission is not the approver's: the vote no longer counts.
+async fn an_approvers_login_taken_over_before_gate_three_is_refused(backend: Backend) {
+    let Some(o) = Orch::with_env(backend, "phase: 4\n", &[("ORCH_PERMISSION_CACHE_SECS", "0")]).await else {
+        return;
+    };
+    o.user("mara", "maintain");
+    o.user("lee", "write");
+    let mut issue = o.open_issue("Crash on exit", "it crashes", "dev-kim");
+    o.label_issue(&mut issue, "orch:triage", "mara").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    // lee's vote is accepted; while orch acknowledges it (the 👀 is slow), the login `lee`
+    // passes to another account that has write permission too.
+    let body = "/orch approve";
+    let comment = o.fake.state.user_comment(REPO, issue.number, "lee", "User", body);
+    o.fake.state.inject(orch::github::fake::Fault::new(
+        reqwest::Method::POST,
+        &format!("/issues/comments/{comment}/reactions"),
+        1,
+        orch::github::fake::FaultKind::Delay(std::time::Duration::from_millis(800)),
+    ));
+    let guid = o
+        .deliver(
+            "issue_comment",
+            &payloads::issue_comment_created(&o.repo, &issue, comment, body, "lee", "User"),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    o.fake.state.set_user_id("lee", 5_150_150);
+    o.wait_processed(&guid).await;
+    o.wait_idle(10).await;
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{}", o.diagnostics().await);
+    let notice = o.bot_comments(issue.number).into_iter().last().unwrap();
+    assert!(
+        notice.contains("the approval of @lee (now none: @lee is now another account) no longer counts"),
+        "{notice}"
+    );
+    assert_eq!(
+        o.fake.state.labels(REPO, issue.number),
+        vec!["orch:triage".to_string()],
+        "nothing applied"
+    );
+}
+
+both_backends!(
+    a_renamed_requester_is_still_the_requester,
+    a_renamed_bot_is_still_a_bot,
+    an_approvers_login_taken_over_before_gate_three_is_refused,
+);

@@ -69,7 +69,11 @@ const PENDING_ITEM: Ty = Ty::Obj(&[
     req("kind", Ty::Str, "`triage`, `qa_plan` or `patch`"),
     req("repository", Ty::Str, ""),
     req("number", Ty::Int, ""),
-    req("requested_by", Ty::Str, "the requester's login when they asked (display only), or `operator:<name>`"),
+    req(
+        "requested_by",
+        Ty::Str,
+        "the requester's login when they asked (display only), or `operator:<name>`",
+    ),
     req(
         "requested_by_id",
         Ty::Nullable(&Ty::Int),

@@ -141,6 +141,8 @@ struct Model {
     labels: BTreeMap<(String, i64), Vec<String>>,
     /// (owner/repo, login) → permission.
     permissions: HashMap<(String, String), String>,
+    /// Logins whose account id is not [`user_id`] of the login: accounts renamed in a test.
+    user_ids: HashMap<String, i64>,
     check_runs: BTreeMap<i64, FakeCheckRun>,
     /// comment id → reactions as (id, content, login, user type).
     reactions: BTreeMap<i64, Vec<(i64, String, String, String)>>,
@@ -658,6 +660,12 @@ impl FakeState {
         self.model()
             .labels
             .insert((repo.to_string(), issue), labels.iter().map(|l| l.to_string()).collect());
+    }
+
+    /// `login` is the account `id` (a renamed account keeps its id; a freed login taken over is
+    /// another account). Shown in the permission API's `user`; payloads are the test's to build.
+    pub fn set_user_id(&self, login: &str, id: i64) {
+        self.model().user_ids.insert(login.to_string(), id);
     }
 
     pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
@@ -1319,8 +1327,10 @@ async fn remove_label(State(s): State<Arc<FakeState>>, Path((owner, repo, issue,
 }
 
 async fn permission(State(s): State<Arc<FakeState>>, Path((owner, repo, login)): Path<(String, String, String)>) -> Response {
-    match s.model().permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
-        Some(p) => answer(StatusCode::OK, json!({ "permission": p, "user": { "login": login } })),
+    let m = s.model();
+    let id = m.user_ids.get(&login).copied().unwrap_or_else(|| user_id(&login));
+    match m.permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
+        Some(p) => answer(StatusCode::OK, json!({ "permission": p, "user": { "login": login, "id": id } })),
         // GitHub answers 404 for someone who is not a collaborator.
         None => message(StatusCode::NOT_FOUND, &format!("{login} is not a user")),
     }

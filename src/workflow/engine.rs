@@ -766,7 +766,8 @@ impl Engine {
             if !approval::may_vote(&r.user.login, &r.user.kind) {
                 continue;
             }
-            match authorize(&self.github, inst, repo, &r.user.login, &policy.policy).await? {
+            let voter = approval::Person::new(Some(r.user.id), r.user.login.clone());
+            match authorize(&self.github, inst, repo, &voter, &policy.policy).await? {
                 Authz::Allowed => {
                     // The reaction's user id, from the API, is who votes; the login is shown.
                     let vote = Vote {
@@ -863,7 +864,7 @@ impl Engine {
             .filter(|v| !matches!(v.source, Source::Policy | Source::Api) && v.decision == Decision::Approve)
         {
             if let Authz::Denied { permission } =
-                authorize(&self.github, wf.installation_id, &wf.repository, &v.voter, &policy.policy).await?
+                authorize(&self.github, wf.installation_id, &wf.repository, &v.person(), &policy.policy).await?
             {
                 lost.push((v.person(), permission));
             }

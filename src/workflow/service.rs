@@ -131,9 +131,7 @@ impl<'e> Service<'e> {
         }
         if let Caller::GitHub(person) = req.requester {
             let engine = self.engine;
-            if let Authz::Denied { permission } =
-                authorize(&engine.github, req.installation, req.repo, &person.login, &policy.policy).await?
-            {
+            if let Authz::Denied { permission } = authorize(&engine.github, req.installation, req.repo, person, &policy.policy).await? {
                 return Ok(Err(Refusal::Denied { permission }));
             }
         }

@@ -411,7 +411,16 @@ impl Engine {
                 },
                 Ok(command) => {
                     let denied = match command.needs_write() {
-                        true => authorize(&self.github, at.installation, at.repo, &author.login, &policy.policy).await?,
+                        true => {
+                            authorize(
+                                &self.github,
+                                at.installation,
+                                at.repo,
+                                &Caller::github(author).person(),
+                                &policy.policy,
+                            )
+                            .await?
+                        }
                         false => Authz::Allowed,
                     };
                     match denied {
@@ -656,8 +665,14 @@ impl Engine {
             return self.replay(&t).await;
         }
         let policy = self.policy(installation, &repo.full_name).await?;
-        let outcome = if let Authz::Denied { permission } =
-            authorize(&self.github, installation, &repo.full_name, &sender.login, &policy.policy).await?
+        let outcome = if let Authz::Denied { permission } = authorize(
+            &self.github,
+            installation,
+            &repo.full_name,
+            &Caller::github(sender).person(),
+            &policy.policy,
+        )
+        .await?
         {
             let what = if decision == Decision::Approve {
                 "the Approve button"
