@@ -94,7 +94,7 @@ impl Server {
                 dry_run: config.github_dry_run,
             }),
             engine: engine.clone(),
-            admin_token: config.admin_token.clone(),
+            operators: Arc::new(config.operators.clone()),
         };
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await

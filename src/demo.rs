@@ -238,7 +238,7 @@ async fn workflows(dir: &std::path::Path, once: bool) -> anyhow::Result<()> {
             anyhow::Ok(())
         }
     };
-    let user = |login: &str| serde_json::json!({ "login": login, "id": login.len() as i64 * 1000 + 7, "type": "User" });
+    let user = |login: &str| serde_json::json!({ "login": login, "id": crate::github::fake::user_id(login), "type": "User" });
     let repo = serde_json::json!({ "id": 4242, "full_name": REPO, "name": "widgets", "owner": { "login": "acme" }, "default_branch": "main", "private": false });
     let issue_json = |number: i64, title: &str, labels: &[&str]| {
         serde_json::json!({ "number": number, "title": title, "body": "", "state": "open", "user": user("dev-kim"),

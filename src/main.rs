@@ -107,16 +107,7 @@ async fn circuit(config: &Config, command: CircuitCommand) -> anyhow::Result<()>
     use orch::workflow::guard;
     let store = orch::app::open_store(config).await?;
     if matches!(command, CircuitCommand::Reset) {
-        let mut tx = store.begin().await?;
-        guard::reset(&mut *tx, orch::store::now_ms()).await?;
-        let entry = orch::audit::Entry {
-            kind: orch::audit::kind::OPERATOR,
-            actor: "operator:cli",
-            subject: "circuit_breaker",
-            details: serde_json::json!({ "action": "reset" }),
-        };
-        orch::audit::append(&mut tx, store.backend(), &entry, orch::store::now_ms()).await?;
-        tx.commit().await?;
+        orch::workflow::service::Service::reset_breaker(&store, "operator:cli", "cli").await?;
         println!("circuit breaker closed");
     }
     let b = guard::breaker(store.pool()).await?;

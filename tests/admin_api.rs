@@ -14,13 +14,33 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 const POLICY: &str = "phase: 4\n";
+/// `ORCH_ADMIN_TOKEN`: the operator `admin`.
 const TOKEN: &str = "operator-token-for-tests";
+/// Two more operators, from the `ORCH_ADMIN_TOKENS` file.
+const ANA_TOKEN: &str = "ana-operator-token";
+const BOB_TOKEN: &str = "bob-operator-token";
 
-async fn orch(backend: Backend) -> Option<Orch> {
-    let o = Orch::with_env(backend, POLICY, &[("ORCH_ADMIN_TOKEN", TOKEN)]).await?;
+/// An `ORCH_ADMIN_TOKENS` file naming `ana` and `bob` by their tokens' SHA-256.
+fn tokens_file() -> String {
+    use sha2::{Digest, Sha256};
+    let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    let text = format!("# name sha256-of-token\n\nana {}\nbob {}\n", sha(ANA_TOKEN), sha(BOB_TOKEN));
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), text).unwrap();
+    // Kept: a restarted orch reads it again.
+    file.into_temp_path().keep().unwrap().display().to_string()
+}
+
+async fn orch_with(backend: Backend, policy: &str) -> Option<Orch> {
+    let tokens = tokens_file();
+    let o = Orch::with_env(backend, policy, &[("ORCH_ADMIN_TOKEN", TOKEN), ("ORCH_ADMIN_TOKENS", &tokens)]).await?;
     o.user("mara", "maintain");
     o.user("lee", "write");
     Some(o)
+}
+
+async fn orch(backend: Backend) -> Option<Orch> {
+    orch_with(backend, POLICY).await
 }
 
 /// A request with an optional bearer token and JSON body; returns (status, headers, JSON body).
@@ -44,7 +64,11 @@ async fn call(o: &Orch, method: &str, path: &str, token: Option<&str>, body: Opt
 }
 
 async fn admin(o: &Orch, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let (s, _, v) = call(o, method, path, Some(TOKEN), body).await;
+    as_operator(o, TOKEN, method, path, body).await
+}
+
+async fn as_operator(o: &Orch, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let (s, _, v) = call(o, method, path, Some(token), body).await;
     (s, v)
 }
 
@@ -142,6 +166,7 @@ async fn pending_then_approve_applies_the_labels(backend: Backend) {
         (Some(id), Some("triage"), Some(REPO))
     );
     assert_eq!((w["number"].as_i64(), w["requested_by"].as_str()), (Some(number), Some("mara")));
+    assert_eq!(w["requested_by_id"].as_i64(), Some(e2e::payloads::stable_id("user", "mara")));
     assert_eq!(w["proposal_hash"].as_str().map(str::len), Some(64));
     assert_eq!(w["approvals"]["decided"], "pending");
     assert_eq!(
@@ -149,7 +174,7 @@ async fn pending_then_approve_applies_the_labels(backend: Backend) {
         "0 of 1 approval; still needed: 1 more approval from someone other than @mara"
     );
 
-    let (status, answer) = admin(&o, "post", &format!("/approve/{id}"), Some(json!({ "operator": "ana" }))).await;
+    let (status, answer) = as_operator(&o, ANA_TOKEN, "post", &format!("/approve/{id}"), None).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["approvals"]["decided"], "approved", "{answer}");
     assert_eq!(answer["approvals"]["approvers"], json!(["operator:ana"]));
@@ -195,7 +220,7 @@ async fn an_api_approval_is_refused_at_gate_three_when_the_policy_tightened(back
     o.wait_state(id, "WAITING_USER_APPROVAL").await;
     o.set_policy("phase: 4\npaths: {forbidden: [\"src/**\"]}\n");
 
-    let (status, answer) = admin(&o, "post", &format!("/approve/{id}"), Some(json!({ "operator": "ana" }))).await;
+    let (status, answer) = as_operator(&o, ANA_TOKEN, "post", &format!("/approve/{id}"), Some(json!({}))).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["approvals"]["approvers"], json!(["operator:ana"]), "{answer}");
     o.wait_state(id, "BLOCKED_POLICY").await;
@@ -239,8 +264,14 @@ async fn reject_fails_the_workflow(backend: Backend) {
 async fn dispatch_triage_starts_a_workflow(backend: Backend) {
     let Some(o) = orch(backend).await else { return };
     let issue = o.open_issue("Slow search", "Search takes ten seconds.", "dev-kim");
-    let body = json!({ "repository": REPO, "number": issue.number, "installation_id": INSTALLATION, "operator": "ana" });
-    let (status, answer) = admin(&o, "post", "/dispatch/triage", Some(body.clone())).await;
+    // A body may not say who acts: refused, and nothing starts.
+    let claimed = json!({ "repository": REPO, "number": issue.number, "installation_id": INSTALLATION, "operator": "bob" });
+    let (status, answer) = as_operator(&o, ANA_TOKEN, "post", "/dispatch/triage", Some(claimed)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("operator"), "{answer}");
+    assert!(o.workflow_states().await.is_empty());
+    let body = json!({ "repository": REPO, "number": issue.number, "installation_id": INSTALLATION });
+    let (status, answer) = as_operator(&o, ANA_TOKEN, "post", "/dispatch/triage", Some(body.clone())).await;
     assert_eq!(status, 201, "{answer}");
     let id = answer["id"].as_i64().unwrap();
     o.wait_state(id, "WAITING_USER_APPROVAL").await;
@@ -311,10 +342,13 @@ async fn dispatch_triage_starts_a_workflow(backend: Backend) {
 
 async fn audit_pages_filters_and_verifies(backend: Backend) {
     let Some(o) = orch(backend).await else { return };
-    for name in ["ana", "bo", "ana"] {
-        let (status, b) = admin(&o, "post", "/circuit/reset", Some(json!({ "operator": name }))).await;
+    for token in [ANA_TOKEN, BOB_TOKEN, ANA_TOKEN] {
+        let (status, b) = as_operator(&o, token, "post", "/circuit/reset", None).await;
         assert_eq!(status, 200, "{b}");
     }
+    // Claiming a name in the body is refused and audits nothing.
+    let (status, b) = as_operator(&o, ANA_TOKEN, "post", "/circuit/reset", Some(json!({ "operator": "bob" }))).await;
+    assert_eq!(status, 400, "{b}");
     let (status, first) = admin(&o, "get", "/audit?limit=2", None).await;
     assert_eq!(status, 200, "{first}");
     let records = first["records"].as_array().unwrap();
@@ -456,7 +490,151 @@ mod sqlite_only {
     }
 }
 
+/// The attack: one admin token voting twice under two claimed names met a quorum of 2. A
+/// credential is one voter whatever it claims; two credentials are two voters; an unknown token
+/// changes nothing.
+async fn one_token_is_one_voter_whatever_it_claims(backend: Backend) {
+    let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else {
+        return;
+    };
+    let (id, number) = waiting_triage(&o).await;
+    let approve = format!("/approve/{id}");
+    let mut answers = Vec::new();
+    for name in ["alice", "bob"] {
+        answers.push(admin(&o, "post", &approve, Some(json!({ "operator": name }))).await);
+    }
+    // What the attack was after: a quorum of two from one token. It is not met...
+    assert_ne!(answers[1].1["approvals"]["decided"], "approved", "{answers:?}");
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL", "{answers:?}");
+    assert_eq!(
+        o.fake.state.labels(REPO, number),
+        vec!["orch:triage".to_string()],
+        "nothing applied"
+    );
+    // ...and the claimed names are refused, saying why.
+    for (status, answer) in &answers {
+        assert_eq!(*status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains("credential"), "{answer}");
+    }
+    // The same token twice: one voter, its latest vote.
+    for _ in 0..2 {
+        let (status, answer) = admin(&o, "post", &approve, None).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["approvals"]["decided"], "pending", "{answer}");
+        assert_eq!(answer["approvals"]["approvers"], json!(["operator:admin"]), "{answer}");
+        assert_eq!(answer["state"], "WAITING_USER_APPROVAL", "{answer}");
+    }
+    // An unknown token: 401, and the ledger is as it was.
+    let ledger = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM approvals WHERE workflow_id = $1")
+            .bind(id)
+            .fetch_one(o.store.pool())
+            .await
+            .unwrap()
+    };
+    let before = ledger().await;
+    let (status, answer) = as_operator(&o, "not-a-credential", "post", &approve, None).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(ledger().await, before);
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
+    assert_eq!(
+        o.fake.state.labels(REPO, number),
+        vec!["orch:triage".to_string()],
+        "nothing applied"
+    );
+    // A second credential is a second voter: the quorum is met.
+    let (status, answer) = as_operator(&o, ANA_TOKEN, "post", &approve, None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["approvals"]["decided"], "approved", "{answer}");
+    assert_eq!(
+        answer["approvals"]["approvers"],
+        json!(["operator:admin", "operator:ana"]),
+        "{answer}"
+    );
+    o.wait_state(id, "DONE").await;
+}
+
+/// Log in to the dashboard with `token`; returns the session cookie header.
+async fn dashboard_login(o: &Orch, http: &reqwest::Client, token: &str) -> Result<String, u16> {
+    let res = http
+        .post(format!("{}/ui/login", o.base))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    if res.status().as_u16() != 303 {
+        return Err(res.status().as_u16());
+    }
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    Ok(cookie.split(';').next().unwrap().to_string())
+}
+
+/// The dashboard votes as the operator who logged in, says who that is, and that operator is one
+/// voter whether it votes there or through the API.
+async fn the_dashboard_votes_as_the_logged_in_operator(backend: Backend) {
+    let Some(o) = orch_with(backend, "phase: 4\napprovals:\n  required: 2\n").await else {
+        return;
+    };
+    let (id, _) = waiting_triage(&o).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    assert_eq!(dashboard_login(&o, &http, "not-a-credential").await, Err(403));
+    let cookie = dashboard_login(&o, &http, ANA_TOKEN).await.expect("ana logs in");
+    let page = http
+        .get(format!("{}/ui/workflows/{id}", o.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Logged in as operator:ana"), "{page}");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF field")
+        .to_string();
+    let res = http
+        .post(format!("{}/ui/workflows/{id}/approve", o.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303);
+    // ana again, now through the API: still one voter.
+    let (status, answer) = as_operator(&o, ANA_TOKEN, "post", &format!("/approve/{id}"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["approvals"]["approvers"], json!(["operator:ana"]), "{answer}");
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
+    let voters: Vec<String> = sqlx::query_scalar("SELECT voter FROM approvals WHERE workflow_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(o.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(voters, ["operator:ana", "operator:ana"]);
+    let (_, audit) = admin(&o, "get", "/audit?kind=operator&actor=operator:ana", None).await;
+    let via: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["details"]["via"].as_str().unwrap())
+        .collect();
+    assert_eq!(via, ["dashboard", "api"], "{audit}");
+    // bob is the second voter.
+    let (status, answer) = as_operator(&o, BOB_TOKEN, "post", &format!("/approve/{id}"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["approvals"]["decided"], "approved", "{answer}");
+    o.wait_state(id, "DONE").await;
+}
+
 both_backends!(
+    one_token_is_one_voter_whatever_it_claims,
+    the_dashboard_votes_as_the_logged_in_operator,
     pending_then_approve_applies_the_labels,
     an_api_approval_is_refused_at_gate_three_when_the_policy_tightened,
     reject_fails_the_workflow,

@@ -91,6 +91,7 @@ async fn approve_from_the_dashboard_in_chromium() {
         .into_iter()
         .find(|(_, to, _)| to == "APPROVED")
         .map(|(_, _, a)| a);
-    assert_eq!(approved_by.as_deref(), Some(orch::api::ui::OPERATOR));
+    // The vote is the logged-in operator's: the token is ORCH_ADMIN_TOKEN, the operator `admin`.
+    assert_eq!(approved_by.as_deref(), Some("operator:admin"));
     o.stop().await;
 }

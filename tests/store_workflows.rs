@@ -8,7 +8,7 @@ use common::{Backend, TestDb};
 use orch::store::deliveries::{self, NewDelivery, PayloadLocation};
 use orch::store::workflows::{self, Created, NewWorkflow, TransitionError, TransitionRow, Workflow};
 use orch::store::{jobs, Store};
-use orch::workflow::approval::{self, Binding, Decision, Rules, Source, Tally, Vote};
+use orch::workflow::approval::{self, Binding, Decision, Person, Rules, Source, Tally, Vote};
 use orch::workflow::state::{Kind, State, Step};
 
 /// A fixed clock: every time the store sees is passed explicitly.
@@ -22,6 +22,7 @@ fn new_workflow(kind: Kind, repository: &str, number: i64) -> NewWorkflow {
         repository: repository.to_string(),
         number,
         requested_by: "alice".into(),
+        requested_by_id: Some(7),
         instruction: (kind == Kind::Patch).then(|| "fix the typo".to_string()),
         head_sha: None,
         attempt: 1,
@@ -462,6 +463,7 @@ fn binding(hash: &str, head: Option<&str>, policy: &str) -> Binding {
 fn vote(voter: &str, decision: Decision, source: Source, binding: &Binding, at: i64) -> Vote {
     Vote {
         voter: voter.to_string(),
+        voter_id: None,
         decision,
         source,
         binding: binding.clone(),
@@ -504,7 +506,7 @@ async fn votes_round_trip_once_and_are_voided(backend: Backend) {
     assert_eq!(current, binding(&hash, Some("aaa111"), "policy-1"));
 
     // The same command comment or reaction is one vote, however often it is seen; the same id
-    // from another source or voter is another vote; votes without an id are never merged.
+    // from another source is another vote; votes without an id are never merged.
     let bob = vote("bob", Decision::Approve, Source::Command, &current, T0 + 10);
     assert!(record(&store, w.id, &bob, Some(11)).await);
     assert!(!record(&store, w.id, &bob, Some(11)).await);
@@ -526,7 +528,7 @@ async fn votes_round_trip_once_and_are_voided(backend: Backend) {
     assert_eq!(stored_votes, vec![bob.clone(), bob_reaction, carol, api.clone(), api]);
 
     // Carol's vote is bound to another head: it does not count, and bob approves.
-    let t = approval::tally(&stored_votes, &current, Some("alice"), &Rules::default());
+    let t = approval::tally(&stored_votes, &current, Some(&Person::new(None, "alice")), &Rules::default());
     assert_eq!(
         t,
         Tally::Approved {
@@ -543,7 +545,7 @@ async fn votes_round_trip_once_and_are_voided(backend: Backend) {
     let moved = workflows::get(store.pool(), w.id).await.unwrap().unwrap();
     assert_eq!(moved.reactions_etag, None);
     let new_binding = moved.binding().unwrap();
-    assert!(!approval::tally(&stored_votes, &new_binding, Some("alice"), &Rules::default()).is_approved());
+    assert!(!approval::tally(&stored_votes, &new_binding, Some(&Person::new(None, "alice")), &Rules::default()).is_approved());
     {
         let _write = store.write_guard().await;
         assert_eq!(
@@ -666,7 +668,73 @@ async fn workflow_jobs_are_claimed_alongside_delivery_jobs(backend: Backend) {
     assert_eq!(jobs::depth(pool).await.unwrap(), 0);
 }
 
+/// Migration 0008: requesters and voters carry their account ids; rows written before it (no
+/// id) stay readable, and are matched by login only.
+async fn account_ids_round_trip_and_old_rows_stay_readable(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let w = create_new(&store, new_workflow(Kind::Triage, REPO, 21), T0).await;
+    assert_eq!(w.requested_by_id, Some(7));
+    assert_eq!(w.requester(), Person::new(Some(7), "alice"));
+    // A workflow as it was stored before ids.
+    {
+        let _write = store.write_guard().await;
+        sqlx::query(
+            "INSERT INTO workflows (kind, installation_id, repository, number, state, requested_by, attempt, created_at, updated_at) \
+             VALUES ('triage', 77, $1, 22, 'INGESTED', 'olduser', 1, $2, $2)",
+        )
+        .bind(REPO.to_string())
+        .bind(T0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let old = workflows::list_for_issue(store.pool(), REPO, 22).await.unwrap().remove(0);
+    assert_eq!(old.requester(), Person::new(None, "olduser"));
+
+    let proposal = r#"{"labels":["bug"]}"#;
+    let hash = approval::proposal_hash(proposal);
+    {
+        let _write = store.write_guard().await;
+        workflows::set_proposal(store.pool(), w.id, proposal, &hash, "policy-1", None, T0 + 1)
+            .await
+            .unwrap();
+    }
+    let current = workflows::get(store.pool(), w.id).await.unwrap().unwrap().binding().unwrap();
+    let mut bob = vote("bob", Decision::Approve, Source::Reaction, &current, T0 + 2);
+    bob.voter_id = Some(5);
+    assert!(record(&store, w.id, &bob, Some(31)).await);
+    // The same reaction seen after bob renamed himself is the same vote.
+    let mut renamed = bob.clone();
+    renamed.voter = "bobby".into();
+    assert!(!record(&store, w.id, &renamed, Some(31)).await);
+    // A vote without an id, as stored before 0008.
+    let carol = vote("carol", Decision::Approve, Source::Command, &current, T0 + 3);
+    assert!(record(&store, w.id, &carol, Some(32)).await);
+    assert_eq!(workflows::votes(store.pool(), w.id).await.unwrap(), vec![bob, carol]);
+    {
+        let _write = store.write_guard().await;
+        // By id, whatever the login is now.
+        let n = workflows::void_votes_of(store.pool(), w.id, &Person::new(Some(5), "bobby"), "lost permission", T0 + 4)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // Someone else who took the login `bob` is not bob.
+        let n = workflows::void_votes_of(store.pool(), w.id, &Person::new(Some(6), "bob"), "lost permission", T0 + 4)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        // A vote without an id matches by login.
+        let n = workflows::void_votes_of(store.pool(), w.id, &Person::new(Some(9), "Carol"), "lost permission", T0 + 4)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    assert!(workflows::votes(store.pool(), w.id).await.unwrap().is_empty());
+}
+
 both_backends!(
+    account_ids_round_trip_and_old_rows_stay_readable,
     create_and_one_active_per_issue_and_kind,
     concurrent_creates_make_one_workflow,
     triage_and_patch_walk_to_done_with_their_history,

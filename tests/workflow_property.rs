@@ -501,6 +501,9 @@ fn gen_ledger(rng: &mut Rng) -> Ledger {
             };
             Vote {
                 voter,
+                // Login-only votes, as stored before account ids: identity falls back to the
+                // login (ids are covered by `tally_by_account_id` below).
+                voter_id: None,
                 decision,
                 source,
                 binding: gen_binding(rng, &current),
@@ -547,7 +550,8 @@ fn lower(names: &[String]) -> BTreeSet<String> {
 }
 
 fn tally_of(l: &Ledger) -> Tally {
-    approval::tally(&l.votes, &l.current, l.requester.as_deref(), &l.rules)
+    let requester = l.requester.as_ref().map(|r| approval::Person::new(None, r.clone()));
+    approval::tally(&l.votes, &l.current, requester.as_ref(), &l.rules)
 }
 
 fn tally_properties(l: &Ledger) -> Result<(), String> {
@@ -724,8 +728,115 @@ fn tally_approves_only_with_a_quorum_and_a_rejection_always_wins() {
     }
 }
 
+/// A ledger of accounts by id, each vote cast under the account's original login or a renamed
+/// one: (account id, decision, bound to the current proposal, time, renamed).
+#[derive(Debug, Clone)]
+struct Renames {
+    votes: Vec<(i64, Decision, bool, i64, bool)>,
+    /// The requester's id, and whether they renamed themselves since asking.
+    requester: Option<(i64, bool)>,
+    rules: Rules,
+}
+
+fn login_of(id: i64, renamed: bool) -> String {
+    if renamed {
+        format!("renamed-{id}")
+    } else {
+        format!("user-{id}")
+    }
+}
+
+fn tally_renamed(r: &Renames, renames: bool) -> Tally {
+    let current = binding("the proposal", None, "policy-1");
+    let stale = binding("an older proposal", None, "policy-1");
+    let votes: Vec<Vote> = r
+        .votes
+        .iter()
+        .map(|&(id, decision, is_current, at, renamed)| Vote {
+            voter: login_of(id, renames && renamed),
+            voter_id: Some(id),
+            decision,
+            source: Source::Command,
+            binding: if is_current { current.clone() } else { stale.clone() },
+            reason: None,
+            at,
+        })
+        .collect();
+    let requester = r
+        .requester
+        .map(|(id, renamed)| approval::Person::new(Some(id), login_of(id, renames && renamed)));
+    approval::tally(&votes, &current, requester.as_ref(), &r.rules)
+}
+
+/// What a tally decided, without the logins it names.
+fn verdict(t: &Tally) -> (&'static str, usize, u32, bool) {
+    match t {
+        Tally::Approved { approvers } => ("approved", approvers.len(), 0, false),
+        Tally::Rejected { .. } => ("rejected", 0, 0, false),
+        Tally::Pending {
+            approvers,
+            needed,
+            self_approval_only,
+            ..
+        } => ("pending", approvers.len(), *needed, *self_approval_only),
+    }
+}
+
+/// People are their account ids: renaming any account, between any two votes or after asking,
+/// changes no verdict; and the requester's id alone never approves without
+/// `allow_self_approval`, under whatever logins.
 #[test]
-fn may_vote_refuses_bots_and_orch_in_any_case() {
+fn tally_by_account_id_ignores_renames() {
+    check(
+        "approval::tally by account id",
+        20_000,
+        |rng| Renames {
+            votes: (0..rng.below(8))
+                .map(|_| {
+                    let decision = if rng.chance(0.8) { Decision::Approve } else { Decision::Reject };
+                    (
+                        1 + rng.below(4) as i64,
+                        decision,
+                        rng.chance(0.85),
+                        rng.below(6) as i64,
+                        rng.chance(0.5),
+                    )
+                })
+                .collect(),
+            requester: (!rng.chance(0.1)).then(|| (1 + rng.below(4) as i64, rng.chance(0.5))),
+            rules: Rules {
+                required: 1 + rng.below(3) as u32,
+                allow_self_approval: rng.chance(0.3),
+            },
+        },
+        |r| {
+            without_one(&r.votes)
+                .into_iter()
+                .map(|votes| Renames { votes, ..r.clone() })
+                .collect()
+        },
+        |r| {
+            let (renamed, original) = (tally_renamed(r, true), tally_renamed(r, false));
+            ensure!(
+                verdict(&renamed) == verdict(&original),
+                "renames changed the verdict: {renamed:?} vs {original:?}"
+            );
+            if let (Some((requester, _)), false) = (r.requester, r.rules.allow_self_approval) {
+                let others = r
+                    .votes
+                    .iter()
+                    .any(|&(id, d, current, _, _)| id != requester && current && d == Decision::Approve);
+                ensure!(others || !renamed.is_approved(), "the requester approved alone: {renamed:?}");
+            }
+            Ok(())
+        },
+    );
+}
+
+/// Bots are bots by their account type (or a `[bot]` login, which only App bots have): a login
+/// compared with orch's decides nothing, since logins can be renamed. orch is a Bot account.
+#[test]
+fn may_vote_refuses_bots_in_any_case() {
     check(
         "approval::may_vote",
         5000,
@@ -739,20 +850,15 @@ fn may_vote_refuses_bots_and_orch_in_any_case() {
                 login = login.to_ascii_uppercase();
             }
             let kind = rng.pick(&["User", "Bot", "bot", "Organization"]).to_string();
-            let orch = rng.pick(&["orch[bot]", "orch", "ORCH[bot]"]).to_string();
-            (login, kind, orch)
+            (login, kind)
         },
         |_| Vec::new(),
-        |(login, kind, orch)| {
-            let got = approval::may_vote(login, kind, orch);
-            let bare = |l: &str| {
-                let l = l.to_ascii_lowercase();
-                l.strip_suffix("[bot]").map(str::to_string).unwrap_or(l)
-            };
-            let expected = !login.is_empty() && !kind.eq_ignore_ascii_case("bot") && !is_bot(login) && bare(login) != bare(orch);
-            ensure!(got == expected, "may_vote({login:?}, {kind:?}, {orch:?}) = {got}");
+        |(login, kind)| {
+            let got = approval::may_vote(login, kind);
+            let expected = !login.is_empty() && !kind.eq_ignore_ascii_case("bot") && !is_bot(login);
+            ensure!(got == expected, "may_vote({login:?}, {kind:?}) = {got}");
             ensure!(
-                approval::may_vote(&login.to_ascii_lowercase(), kind, orch) == got,
+                approval::may_vote(&login.to_ascii_lowercase(), kind) == got,
                 "case changed may_vote for {login:?}"
             );
             Ok(())
@@ -770,8 +876,10 @@ const POLICY: &str = "phase: 4\n";
 const WRITERS: [&str; 3] = ["mara", "lee", "kai"];
 /// Users without it.
 const READERS: [&str; 2] = ["rin", "tess"];
-/// Bots, and a user account named like orch (its comments must never run commands).
-const BOT_LIKE: [&str; 3] = ["dependabot[bot]", "renovate[bot]", "Orch"];
+/// Bots, one of them renamed to a login without `[bot]` (type `Bot`): their comments must never
+/// run commands. (A person's account named like orch is a person: identity is the account, and
+/// orch's own account is a bot.)
+const BOT_LIKE: [&str; 3] = ["dependabot[bot]", "renovate[bot]", payloads::RENAMED_BOT];
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -1079,7 +1187,7 @@ async fn e2e_violations(o: &Orch, issues: &[IssueSpec], rules: &Rules) -> (Vec<S
                 done.len()
             ));
         }
-        // Commands of bots and of users named like orch never ran: no 👀 on their comments.
+        // Commands of bots, renamed or not, never ran: no 👀 on their comments.
         for c in o.fake.state.comments(REPO, issue.number) {
             let acknowledged = o.fake.state.reactions(c.id).iter().any(|(content, _)| content == "eyes");
             if acknowledged && (BOT_LIKE.contains(&c.author.as_str()) || c.author == orch::github::fake::APP_LOGIN) {
@@ -1145,7 +1253,7 @@ async fn random_traffic_keeps_every_invariant(backend: Backend) {
     for r in READERS {
         o.user(r, "read");
     }
-    o.user("Orch", "admin");
+    o.user(payloads::RENAMED_BOT, "admin");
     let titles = [
         ("Crash on start", "It crashes when the config is empty."),
         ("How do I configure the port?", "Where is it set?"),

@@ -1,25 +1,26 @@
-//! The operator API (SPEC §14), behind `Authorization: Bearer <ORCH_ADMIN_TOKEN>`.
+//! The operator API (SPEC §14), behind `Authorization: Bearer <token>` of an operator credential
+//! (`ORCH_ADMIN_TOKENS`, or `ORCH_ADMIN_TOKEN` as the operator `admin`).
 //!
 //! [`ROUTES`] is the single table of the HTTP routes it mounts and documents (see
 //! [`super::openapi`]). Every operator action appends an audit entry of kind `operator` with
-//! actor `operator:<name>` (the optional `operator` of the body, `admin` by default).
+//! actor `operator:<name>`, the name of the credential that authenticated the request. A body
+//! that names an `operator` is refused (400): who acts is the credential, never a claim.
 //!
 //! Approvals: `POST /approve/{id}` and `POST /reject/{id}` add a vote to the same ledger as
 //! commands, reactions and buttons (source `api`, voter `operator:<name>`, bound to the
-//! workflow's current proposal), then settle the workflow by that ledger. An operator counts as
-//! one approver toward `approvals.required`, like any GitHub user; Gate 3 still runs before
-//! anything is applied. A rejection rejects at once (reject wins).
+//! workflow's current proposal) through [`crate::workflow::service::Service`], then settle the
+//! workflow by that ledger. A credential counts as one approver toward `approvals.required`,
+//! like any GitHub user, however often it votes; Gate 3 still runs before anything is applied.
+//! A rejection rejects at once (reject wins).
 
 use super::openapi::{opt, req, Auth, Field, Method, Route, Ty};
 use super::{ApiError, AppState};
 use crate::audit::{self, Filter, Verdict};
-use crate::policy::gates::{self, ActionKind, Admission};
-use crate::policy::{phase_needed, Work};
-use crate::store::workflows::{self, Created, NewWorkflow, Workflow};
-use crate::store::{jobs, now_ms};
-use crate::workflow::approval::{Decision, Source, Tally, Vote};
+use crate::store::now_ms;
+use crate::store::workflows::{self, Created};
+use crate::workflow::approval::{Decision, Tally};
 use crate::workflow::engine::Engine;
-use crate::workflow::guard;
+use crate::workflow::service::{Caller, Refusal, Service, Start, VoteError};
 use crate::workflow::state::{Kind, State as WfState};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -27,11 +28,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::on;
-use axum::Json;
-use secrecy::ExposeSecret;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -39,9 +38,10 @@ type Answer = Result<(StatusCode, Json<Value>), ApiError>;
 
 // --- Schemas -------------------------------------------------------------------------------
 
-const OPERATOR: Field = opt("operator", Ty::Str, "who acts, recorded as `operator:<name>` (default `admin`)");
-const OPERATOR_BODY: Ty = Ty::Obj(&[OPERATOR]);
-const VOTE_BODY: Ty = Ty::Obj(&[opt("reason", Ty::Str, "why (kept in the ledger and the audit log)"), OPERATOR]);
+// No body names an operator: the credential does (`operator:<name>`). A body with an
+// `operator` field is refused with 400.
+const EMPTY_BODY: Ty = Ty::Obj(&[]);
+const VOTE_BODY: Ty = Ty::Obj(&[opt("reason", Ty::Str, "why (kept in the ledger and the audit log)")]);
 const DISPATCH_BODY: Ty = Ty::Obj(&[
     req("repository", Ty::Str, "`owner/name` (alias `repo`)"),
     req(
@@ -54,7 +54,6 @@ const DISPATCH_BODY: Ty = Ty::Obj(&[
         Ty::Int,
         "the App installation (alias `installationId`); default: the one that granted the repository",
     ),
-    OPERATOR,
 ]);
 const APPROVALS: Ty = Ty::Obj(&[
     req("decided", Ty::Str, "`approved`, `rejected` or `pending`"),
@@ -70,7 +69,16 @@ const PENDING_ITEM: Ty = Ty::Obj(&[
     req("kind", Ty::Str, "`triage`, `qa_plan` or `patch`"),
     req("repository", Ty::Str, ""),
     req("number", Ty::Int, ""),
-    req("requested_by", Ty::Str, ""),
+    req(
+        "requested_by",
+        Ty::Str,
+        "the requester's login when they asked (display only), or `operator:<name>`",
+    ),
+    req(
+        "requested_by_id",
+        Ty::Nullable(&Ty::Int),
+        "the requester's GitHub account id, which the self-approval rule compares; null for operators and older workflows",
+    ),
     req("proposal_hash", Ty::Nullable(&Ty::Str), "what votes are bound to"),
     req("created_at", Ty::Int, "unix milliseconds"),
     req("approvals", Ty::Nullable(&APPROVALS), "null when the policy could not be read"),
@@ -205,13 +213,13 @@ pub static ROUTES: &[Route] = &[
         method: Method::Post,
         path: "/approve/{id}",
         operation_id: "approve",
-        summary: "Approve a waiting workflow as the operator (one vote in the approval ledger, source `api`)",
+        summary: "Approve a waiting workflow as the credential's operator (one vote per credential in the approval ledger, source `api`; a body `operator` field is refused)",
         auth: Auth::Admin,
         query: &[],
         body: Some((VOTE_BODY, true)),
         ok: (200, "the vote was recorded and the workflow settled", VOTED),
         errors: &[
-            (400, "malformed id or body"),
+            (400, "malformed id or body, or a body that names an `operator`"),
             (404, "no such workflow"),
             (409, "the workflow is not waiting for approval"),
         ],
@@ -221,13 +229,13 @@ pub static ROUTES: &[Route] = &[
         method: Method::Post,
         path: "/reject/{id}",
         operation_id: "reject",
-        summary: "Reject a waiting workflow as the operator (it fails; nothing is applied)",
+        summary: "Reject a waiting workflow as the credential's operator (it fails; nothing is applied)",
         auth: Auth::Admin,
         query: &[],
         body: Some((VOTE_BODY, true)),
         ok: (200, "the vote was recorded and the workflow settled", VOTED),
         errors: &[
-            (400, "malformed id or body"),
+            (400, "malformed id or body, or a body that names an `operator`"),
             (404, "no such workflow"),
             (409, "the workflow is not waiting for approval"),
         ],
@@ -243,7 +251,7 @@ pub static ROUTES: &[Route] = &[
         body: Some((DISPATCH_BODY, false)),
         ok: (201, "the workflow was started", DISPATCHED),
         errors: &[
-            (400, "malformed body"),
+            (400, "malformed body, or one that names an `operator`"),
             (403, "the policy does not allow it (phase, Gate 1)"),
             (409, "a triage workflow is already active on the issue"),
             (422, "the repository's installation is unknown"),
@@ -260,7 +268,7 @@ pub static ROUTES: &[Route] = &[
         body: Some((DISPATCH_BODY, false)),
         ok: (201, "the workflow was started", DISPATCHED),
         errors: &[
-            (400, "malformed body"),
+            (400, "malformed body, or one that names an `operator`"),
             (403, "the policy does not allow it (phase, Gate 1)"),
             (409, "a QA-plan workflow is already active on the pull request"),
             (422, "the repository's installation is unknown"),
@@ -298,35 +306,46 @@ pub static ROUTES: &[Route] = &[
         summary: "Close the circuit breaker and count afresh (spending totals are kept)",
         auth: Auth::Admin,
         query: &[],
-        body: Some((OPERATOR_BODY, true)),
+        body: Some((EMPTY_BODY, true)),
         ok: (200, "the breaker after the reset", BREAKER),
-        errors: &[(400, "malformed body")],
+        errors: &[(400, "malformed body, or one that names an `operator`")],
         handler: Some(|m| on(m, circuit_reset)),
     },
 ];
 
 // --- Authentication ------------------------------------------------------------------------
 
-/// Equal-length digests compared without an early exit.
-fn same_token(given: &str, expected: &str) -> bool {
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The operator a request authenticated as: the name of the credential whose token it bore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorName(pub String);
+
+impl OperatorName {
+    pub fn actor(&self) -> String {
+        format!("operator:{}", self.0)
+    }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The bearer check of every [`Auth::Admin`] route.
-pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.admin_token.as_ref() else {
+/// The bearer check of every [`Auth::Admin`] route: the token must be an operator credential;
+/// the handler learns which operator from the request's [`OperatorName`] extension. An unknown
+/// token gets 401 and reaches no handler.
+pub async fn require_admin(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if state.operators.is_empty() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "admin API disabled: set ORCH_ADMIN_TOKEN").into_response();
-    };
-    match bearer(request.headers()) {
-        Some(given) if same_token(given, expected.expose_secret()) => next.run(request).await,
-        given => {
+    }
+    let given = bearer(request.headers());
+    match given.and_then(|t| state.operators.identify(t)) {
+        Some(name) => {
+            let name = OperatorName(name.to_string());
+            request.extensions_mut().insert(name);
+            next.run(request).await
+        }
+        None => {
             let message = if given.is_some() {
                 "wrong bearer token"
             } else {
@@ -351,20 +370,19 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Resu
     serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))
 }
 
-/// `operator:<name>`; names are short and plain so that they read well in the audit log.
-fn operator_actor(name: Option<&str>) -> Result<String, ApiError> {
-    let name = name.map(str::trim).filter(|n| !n.is_empty()).unwrap_or("admin");
-    let plain = name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if !plain {
+/// A body may not say who acts: the credential does. Refused rather than ignored, so that a
+/// script that believes it votes as someone else learns that it does not.
+fn refuse_claimed_operator(body: &Bytes) -> Result<(), ApiError> {
+    let claims = serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("operator").is_some());
+    if claims {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "operator: at most 64 characters of letters, digits, '-', '_', '.', '@'",
+            "operator: the acting operator is the name of the bearer token's credential (ORCH_ADMIN_TOKENS); a body may not name one",
         ));
     }
-    Ok(format!("operator:{name}"))
+    Ok(())
 }
 
 fn engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
@@ -425,6 +443,7 @@ async fn pending(State(state): State<AppState>) -> Answer {
             "repository": wf.repository,
             "number": wf.number,
             "requested_by": wf.requested_by,
+            "requested_by_id": wf.requested_by_id,
             "proposal_hash": wf.proposal_hash,
             "created_at": wf.created_at,
             "approvals": approvals_json(tally.as_ref()),
@@ -437,74 +456,32 @@ async fn pending(State(state): State<AppState>) -> Answer {
 #[serde(deny_unknown_fields)]
 struct VoteBody {
     reason: Option<String>,
-    operator: Option<String>,
 }
 
-async fn approve(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Answer {
-    vote(state, &id, Decision::Approve, &body).await
+async fn approve(State(state): State<AppState>, Extension(op): Extension<OperatorName>, Path(id): Path<String>, body: Bytes) -> Answer {
+    vote(state, &op, &id, Decision::Approve, &body).await
 }
 
-async fn reject(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Answer {
-    vote(state, &id, Decision::Reject, &body).await
+async fn reject(State(state): State<AppState>, Extension(op): Extension<OperatorName>, Path(id): Path<String>, body: Bytes) -> Answer {
+    vote(state, &op, &id, Decision::Reject, &body).await
 }
 
-async fn vote(state: AppState, id: &str, decision: Decision, body: &Bytes) -> Answer {
+async fn vote(state: AppState, op: &OperatorName, id: &str, decision: Decision, body: &Bytes) -> Answer {
     let id = parse_id(id)?;
+    refuse_claimed_operator(body)?;
     let body: VoteBody = optional_body(body)?;
-    let actor = operator_actor(body.operator.as_deref())?;
     let engine = engine(&state)?;
-    let wf = workflows::get(state.store.pool(), id)
+    let voted = Service::new(engine)
+        .operator_vote(&op.0, id, decision, body.reason, "api")
         .await
-        .map_err(|e| ApiError::internal("vote: get", e))?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("there is no workflow {id}")))?;
-    let not_waiting = || {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            format!("workflow {id} is {}, not WAITING_USER_APPROVAL", wf.state.as_str()),
-        )
-    };
-    if wf.state != WfState::WaitingUserApproval {
-        return Err(not_waiting());
-    }
-    let binding = wf.binding().ok_or_else(not_waiting)?;
-    let policy = engine
-        .policy(wf.installation_id, &wf.repository)
-        .await
-        .map_err(|e| ApiError::internal("vote: policy", e))?;
-    let now = now_ms();
-    let vote = Vote {
-        voter: actor.clone(),
-        decision,
-        source: Source::Api,
-        binding,
-        reason: body.reason.clone().filter(|r| !r.trim().is_empty()),
-        at: now,
-    };
-    {
-        let mut tx = state.store.begin().await.map_err(|e| ApiError::internal("vote: begin", e))?;
-        workflows::record_vote(&mut tx, id, &vote, None)
-            .await
-            .map_err(|e| ApiError::internal("vote: record", e))?;
-        let subject = format!("workflow:{id}");
-        let entry = audit::Entry::new(
-            audit::kind::OPERATOR,
-            &actor,
-            &subject,
-            json!({ "action": decision.as_str(), "reason": vote.reason, "proposal_hash": vote.binding.proposal_hash }),
-        );
-        audit::append(&mut tx, state.store.backend(), &entry, now)
-            .await
-            .map_err(|e| ApiError::internal("vote: audit", e))?;
-        tx.commit().await.map_err(|e| ApiError::internal("vote: commit", e))?;
-    }
-    let tally = engine
-        .settle(&wf, &policy)
-        .await
-        .map_err(|e| ApiError::internal("vote: settle", e))?;
-    let after = engine.load(id).await.map_err(|e| ApiError::internal("vote: reload", e))?;
+        .map_err(|e| match e {
+            VoteError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            VoteError::NotWaiting { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e => ApiError::internal("vote", e),
+        })?;
     Ok((
         StatusCode::OK,
-        Json(json!({ "id": id, "state": after.state.as_str(), "approvals": approvals_json(tally.as_ref()) })),
+        Json(json!({ "id": id, "state": voted.state.as_str(), "approvals": approvals_json(voted.tally.as_ref()) })),
     ))
 }
 
@@ -520,16 +497,14 @@ struct DispatchBody {
     /// Accepted for compatibility (SPEC §14's `linkedIssue`); the QA plan reads the PR itself.
     #[serde(default, alias = "linkedIssue")]
     linked_issue: Option<i64>,
-    #[serde(default)]
-    operator: Option<String>,
 }
 
-async fn dispatch_triage(State(state): State<AppState>, body: Bytes) -> Answer {
-    dispatch(state, Kind::Triage, &body).await
+async fn dispatch_triage(State(state): State<AppState>, Extension(op): Extension<OperatorName>, body: Bytes) -> Answer {
+    dispatch(state, &op, Kind::Triage, &body).await
 }
 
-async fn dispatch_qa_plan(State(state): State<AppState>, body: Bytes) -> Answer {
-    dispatch(state, Kind::QaPlan, &body).await
+async fn dispatch_qa_plan(State(state): State<AppState>, Extension(op): Extension<OperatorName>, body: Bytes) -> Answer {
+    dispatch(state, &op, Kind::QaPlan, &body).await
 }
 
 async fn installation_of(state: &AppState, repository: &str) -> Result<Option<i64>, ApiError> {
@@ -540,7 +515,8 @@ async fn installation_of(state: &AppState, repository: &str) -> Result<Option<i6
         .map_err(|e| ApiError::internal("dispatch: installation", e))
 }
 
-async fn dispatch(state: AppState, kind: Kind, body: &Bytes) -> Answer {
+async fn dispatch(state: AppState, op: &OperatorName, kind: Kind, body: &Bytes) -> Answer {
+    refuse_claimed_operator(body)?;
     let body: DispatchBody =
         serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?;
     let _ = body.linked_issue;
@@ -554,7 +530,7 @@ async fn dispatch(state: AppState, kind: Kind, body: &Bytes) -> Answer {
             "repository must be owner/name and number a positive integer",
         ));
     }
-    let actor = operator_actor(body.operator.as_deref())?;
+    let actor = op.actor();
     let engine = engine(&state)?;
     let installation = match body.installation_id {
         Some(i) => i,
@@ -569,82 +545,55 @@ async fn dispatch(state: AppState, kind: Kind, body: &Bytes) -> Answer {
         .policy(installation, &body.repository)
         .await
         .map_err(|e| ApiError::internal("dispatch: policy", e))?;
-    let (work, action) = match kind {
-        Kind::Triage => (Work::Triage, ActionKind::AddLabels),
-        Kind::QaPlan => (Work::QaPlan, ActionKind::AddComment),
-        Kind::Patch => (Work::Patch, ActionKind::CreatePr),
-    };
-    if policy.phase < phase_needed(work) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "{} needs phase {}; {} is at phase {}",
-                kind.as_str(),
-                phase_needed(work),
-                body.repository,
-                policy.phase
-            ),
-        ));
-    }
-    // Gate 1, as for a command; the operator's token stands for the requester's permission.
-    let compiled = engine
-        .compiled(&policy)
-        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the policy does not compile: {e}")))?;
-    let mut admission = Admission::for_action(&compiled, action, false);
-    admission.signature_valid = true;
-    admission.delivery_new = true;
-    admission.installation_known = true;
-    admission.repository_allowed = true;
-    admission.trigger_enabled = true;
-    admission.requester_authorized = true;
-    admission.phase_needed = admission.phase_needed.min(phase_needed(work));
-    admission.breaker_open = guard::breaker(state.store.pool())
-        .await
-        .map_err(|e| ApiError::internal("dispatch: breaker", e))?
-        .is_open;
-    admission.tasks_in_run = 0;
-    let window_ms = i64::from(policy.policy.limits.dedupe_window_hours) * 3_600_000;
-    let history = workflows::list_for_issue(state.store.pool(), &body.repository, body.number)
-        .await
-        .map_err(|e| ApiError::internal("dispatch: history", e))?;
-    admission.duplicate_within_window = history
-        .iter()
-        .any(|w| w.kind == kind && w.state == WfState::Done && w.instruction.is_none() && w.created_at >= now_ms() - window_ms);
-    if let gates::Verdict::Blocked { violations } = gates::gate1(&admission) {
-        let lines: Vec<String> = violations.iter().map(|r| r.to_string()).collect();
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("Gate 1 refused: {}", lines.join("; ")),
-        ));
-    }
-    let head_sha = match kind {
-        Kind::QaPlan => Some(
-            engine
-                .github
-                .pull(installation, &body.repository, body.number)
-                .await
-                .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the pull request could not be read: {e}")))?
-                .head
-                .sha,
-        ),
-        _ => None,
-    };
-    let previous: Option<&Workflow> = history.iter().find(|w| w.kind == kind);
-    let new = NewWorkflow {
-        kind,
-        installation_id: installation,
-        repository: body.repository.clone(),
+    let caller = Caller::Operator(op.0.clone());
+    let req = Start {
+        installation,
+        repo: &body.repository,
         number: body.number,
-        requested_by: actor.clone(),
+        kind,
+        requester: &caller,
         instruction: None,
-        head_sha,
-        attempt: previous.map(|p| p.attempt + 1).unwrap_or(1),
-        previous_id: previous.map(|p| p.id),
-        reason: format!("dispatched by {actor}"),
+        head_sha: None,
+        how: "dispatched",
+        retry: false,
+        tasks_before: 0,
     };
+    let service = Service::new(engine);
+    // Gate 1, as for a command; the operator's credential stands for the requester's permission.
+    let admitted = service
+        .admit(&req, &policy)
+        .await
+        .map_err(|e| ApiError::internal("dispatch: admission", e))?;
+    let mut new = match admitted {
+        Ok(new) => new,
+        Err(Refusal::Phase { needed, phase }) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{} needs phase {needed}; {} is at phase {phase}", kind.as_str(), body.repository),
+            ))
+        }
+        Err(Refusal::Policy(e)) => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("the policy does not compile: {e}"))),
+        Err(Refusal::Gate1(lines)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("Gate 1 refused: {}", lines.join("; ")),
+            ))
+        }
+        Err(Refusal::Denied { permission }) => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("not authorized ({permission})"))),
+    };
+    if kind == Kind::QaPlan {
+        let head = engine
+            .github
+            .pull(installation, &body.repository, body.number)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("the pull request could not be read: {e}")))?
+            .head
+            .sha;
+        new.head_sha = Some(head);
+    }
     let now = now_ms();
     let mut tx = state.store.begin().await.map_err(|e| ApiError::internal("dispatch: begin", e))?;
-    let created = workflows::create(&mut tx, new, now)
+    let created = Service::create(&mut tx, new, now)
         .await
         .map_err(|e| ApiError::internal("dispatch: create", e))?;
     let wf = match created {
@@ -664,9 +613,6 @@ async fn dispatch(state: AppState, kind: Kind, body: &Bytes) -> Answer {
             ));
         }
     };
-    jobs::enqueue_workflow_job(&mut tx, wf.id, now, now)
-        .await
-        .map_err(|e| ApiError::internal("dispatch: enqueue", e))?;
     let subject = format!("{}#{}", wf.repository, wf.number);
     let entry = audit::Entry::new(
         audit::kind::OPERATOR,
@@ -728,35 +674,15 @@ async fn audit_verify(State(state): State<AppState>) -> Answer {
     Ok((StatusCode::OK, Json(verdict_json(&verdict))))
 }
 
-async fn circuit_reset(State(state): State<AppState>, body: Bytes) -> Answer {
+async fn circuit_reset(State(state): State<AppState>, Extension(op): Extension<OperatorName>, body: Bytes) -> Answer {
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
-    struct ResetBody {
-        operator: Option<String>,
-    }
-    let body: ResetBody = optional_body(&body)?;
-    let actor = operator_actor(body.operator.as_deref())?;
-    let now = now_ms();
-    let mut tx = state.store.begin().await.map_err(|e| ApiError::internal("reset: begin", e))?;
-    let before = guard::breaker(&mut *tx)
+    struct ResetBody {}
+    refuse_claimed_operator(&body)?;
+    let _: ResetBody = optional_body(&body)?;
+    let b = Service::reset_breaker(&state.store, &op.actor(), "api")
         .await
-        .map_err(|e| ApiError::internal("reset: breaker", e))?;
-    guard::reset(&mut *tx, now)
-        .await
-        .map_err(|e| ApiError::internal("reset: reset", e))?;
-    let entry = audit::Entry::new(
-        audit::kind::OPERATOR,
-        &actor,
-        "circuit_breaker",
-        json!({ "action": "reset", "was_open": before.is_open, "failed_tasks": before.failed_tasks, "total_tasks": before.total_tasks }),
-    );
-    audit::append(&mut tx, state.store.backend(), &entry, now)
-        .await
-        .map_err(|e| ApiError::internal("reset: audit", e))?;
-    tx.commit().await.map_err(|e| ApiError::internal("reset: commit", e))?;
-    let b = guard::breaker(state.store.pool())
-        .await
-        .map_err(|e| ApiError::internal("reset: breaker", e))?;
+        .map_err(|e| ApiError::internal("reset", e))?;
     Ok((
         StatusCode::OK,
         Json(json!({
@@ -766,23 +692,4 @@ async fn circuit_reset(State(state): State<AppState>, body: Bytes) -> Answer {
             "totalCostUsd": format!("{:.4}", b.total_cost_usd),
         })),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_by_digest() {
-        assert!(same_token("s3cret", "s3cret"));
-        assert!(!same_token("s3cret", "s3cre"));
-        assert!(!same_token("", "s3cret"));
-    }
-
-    #[test]
-    fn operator_names_are_plain() {
-        assert_eq!(operator_actor(None).unwrap(), "operator:admin");
-        assert_eq!(operator_actor(Some("ana")).unwrap(), "operator:ana");
-        assert!(operator_actor(Some("a b")).is_err());
-    }
 }

@@ -122,14 +122,15 @@ fn number(v: f64) -> String {
 
 /// `GET /metrics`.
 pub async fn handler(Extract(state): Extract<AppState>, headers: HeaderMap) -> Response {
-    let Some(token) = state.admin_token.as_ref() else {
+    if state.operators.is_empty() {
         return ApiError::new(StatusCode::FORBIDDEN, "metrics are closed: ORCH_ADMIN_TOKEN is not set").into_response();
-    };
+    }
+    // Any operator credential may read the metrics.
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|g| super::ui::auth::token_matches(g, token)) {
+    if given.and_then(|g| state.operators.identify(g)).is_none() {
         let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

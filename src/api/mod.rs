@@ -27,8 +27,9 @@ pub struct AppState {
     pub info: Arc<ServerInfo>,
     /// The workflow engine, when a GitHub App is configured (operator actions need it).
     pub engine: Option<Arc<crate::workflow::engine::Engine>>,
-    /// `ORCH_ADMIN_TOKEN`: the admin API and the dashboard are closed without it.
-    pub admin_token: Option<secrecy::SecretString>,
+    /// The operator credentials (`ORCH_ADMIN_TOKENS`, `ORCH_ADMIN_TOKEN`): the admin API, the
+    /// metrics and the dashboard are closed without one.
+    pub operators: Arc<crate::config::operators::Operators>,
 }
 
 /// Static facts `/health` reports.

@@ -38,7 +38,8 @@ impl Method {
 pub enum Auth {
     /// No credentials.
     Public,
-    /// `Authorization: Bearer <ORCH_ADMIN_TOKEN>`; 401 without it, 503 when no token is configured.
+    /// `Authorization: Bearer <token>` of an operator credential (`ORCH_ADMIN_TOKENS`, or
+    /// `ORCH_ADMIN_TOKEN` as `admin`); 401 without a known one, 503 when none is configured.
     Admin,
     /// A GitHub webhook signature (`X-Hub-Signature-256`).
     WebhookSignature,
@@ -254,7 +255,7 @@ pub fn document(version: &str) -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {
-                "adminToken": { "type": "http", "scheme": "bearer", "description": "ORCH_ADMIN_TOKEN" },
+                "adminToken": { "type": "http", "scheme": "bearer", "description": "an operator credential: a token listed (by its SHA-256) in ORCH_ADMIN_TOKENS, or ORCH_ADMIN_TOKEN (operator `admin`). The acting operator is the credential's name; request bodies may not name one (400), and one credential is one voter" },
                 "webhookSignature": { "type": "apiKey", "in": "header", "name": "X-Hub-Signature-256" },
                 "dashboardSession": { "type": "apiKey", "in": "cookie", "name": "orch_session", "description": "set by POST /ui/login" },
             },

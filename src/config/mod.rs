@@ -1,6 +1,8 @@
 //! Configuration: environment variables (SPEC §14), optionally layered over a TOML file named by
 //! `ORCH_CONFIG`. The environment wins. Every problem names the variable it came from.
 
+pub mod operators;
+
 use secrecy::SecretString;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -70,6 +72,10 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// The key that tags orch's hidden markers (SPEC §6); None: generated into the database.
     pub marker_key: Option<SecretString>,
+    /// `ORCH_ADMIN_TOKENS`: a file of `name sha256-of-token` lines, one operator each.
+    pub admin_tokens_file: Option<PathBuf>,
+    /// Every operator credential: the file's and `ORCH_ADMIN_TOKEN` as `admin`.
+    pub operators: operators::Operators,
     pub llm_provider: LlmProvider,
     pub llm_model: Option<String>,
     pub anthropic_api_key: Option<SecretString>,
@@ -132,6 +138,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_GITHUB_DRY_RUN",
     "ORCH_ADMIN_TOKEN",
     "ORCH_MARKER_KEY",
+    "ORCH_ADMIN_TOKENS",
     "ORCH_LLM_PROVIDER",
     "ORCH_LLM_MODEL",
     "ANTHROPIC_API_KEY",
@@ -382,10 +389,20 @@ impl Config {
                 problem: "must be at least 32 characters (e.g. `openssl rand -hex 32`)".into(),
             });
         }
+        let admin_token = src.secret("ORCH_ADMIN_TOKEN");
+        let admin_tokens_file = src.get("ORCH_ADMIN_TOKENS").map(PathBuf::from);
+        // A malformed tokens file stops the start, naming the file and line.
+        let operators =
+            operators::Operators::load(admin_token.as_ref(), admin_tokens_file.as_deref()).map_err(|e| ConfigError::Invalid {
+                var: "ORCH_ADMIN_TOKENS",
+                problem: e.to_string(),
+            })?;
         Ok(Config {
             webhook_body_timeout,
             webhook_max_in_flight,
             audit_key,
+            admin_tokens_file,
+            operators,
             github_request_timeout,
             github_retry_backoff,
             github_max_rate_limit_wait,
@@ -408,7 +425,7 @@ impl Config {
             github_private_key: src.secret("ORCH_GITHUB_PRIVATE_KEY"),
             github_api_url: url_var("ORCH_GITHUB_API_URL", "https://api.github.com")?,
             github_dry_run: src.bool("ORCH_GITHUB_DRY_RUN")?,
-            admin_token: src.secret("ORCH_ADMIN_TOKEN"),
+            admin_token,
             marker_key: src.secret("ORCH_MARKER_KEY"),
             llm_provider,
             llm_model: src.get("ORCH_LLM_MODEL").map(str::to_string),

@@ -141,7 +141,8 @@ pub struct AppRef {
 }
 
 /// (repository, login) → (permission, when GitHub said so).
-type PermissionCache = HashMap<(String, String), (String, Instant)>;
+/// (repository, login) → (permission, the account id GitHub says the login is now, when read).
+type PermissionCache = HashMap<(String, String), (String, Option<i64>, Instant)>;
 
 #[derive(Clone)]
 pub struct GithubClient {
@@ -176,6 +177,13 @@ struct Label {
 #[derive(Deserialize)]
 struct Permission {
     permission: String,
+    #[serde(default)]
+    user: Option<PermissionUser>,
+}
+
+#[derive(Deserialize)]
+struct PermissionUser {
+    id: i64,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +194,8 @@ struct Created {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ReactionUser {
     pub login: String,
+    /// The account id: who the user is (the login is for display; it can be renamed).
+    pub id: i64,
     #[serde(rename = "type", default)]
     pub kind: String,
 }
@@ -524,24 +534,42 @@ impl GithubClient {
     /// A user's permission on a repository (`admin`, `maintain`, `write`, `triage`, `read` or
     /// `none`), cached for [`PERMISSION_TTL`] unless configured otherwise.
     pub async fn collaborator_permission(&self, installation: i64, repo: &str, login: &str) -> Result<String, ClientError> {
+        Ok(self.collaborator(installation, repo, login, None).await?.0)
+    }
+
+    /// The permission of `login` and the account id that login belongs to now (None when GitHub
+    /// did not say, e.g. for a non-collaborator): a login can have changed hands since a vote.
+    /// A cached answer for another account than `account` is not used: the login may have
+    /// changed hands since it was cached.
+    pub async fn collaborator(
+        &self,
+        installation: i64,
+        repo: &str,
+        login: &str,
+        account: Option<i64>,
+    ) -> Result<(String, Option<i64>), ClientError> {
         let key = (repo.to_string(), login.to_string());
-        if let Some((permission, at)) = self.permissions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            if at.elapsed() < self.permission_ttl {
-                return Ok(permission.clone());
+        if let Some((permission, id, at)) = self.permissions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            let same = account.is_none() || id.is_none() || *id == account;
+            if same && at.elapsed() < self.permission_ttl {
+                return Ok((permission.clone(), *id));
             }
         }
         let path = format!("/repos/{repo}/collaborators/{}/permission", encode_path_segment(login));
-        let permission = match self.request(installation, Method::GET, &path, None, false).await {
-            Ok(r) => Self::json::<Permission>(r).await?.permission,
+        let (permission, id) = match self.request(installation, Method::GET, &path, None, false).await {
+            Ok(r) => {
+                let p = Self::json::<Permission>(r).await?;
+                (p.permission, p.user.map(|u| u.id))
+            }
             // Not a collaborator at all.
-            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => "none".to_string(),
+            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => ("none".to_string(), None),
             Err(e) => return Err(e),
         };
         self.permissions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (permission.clone(), Instant::now()));
-        Ok(permission)
+            .insert(key, (permission.clone(), id, Instant::now()));
+        Ok((permission, id))
     }
 
     /// Creates a check run; annotations beyond the first 50 follow in updates of 50 each.

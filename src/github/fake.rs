@@ -141,6 +141,8 @@ struct Model {
     labels: BTreeMap<(String, i64), Vec<String>>,
     /// (owner/repo, login) → permission.
     permissions: HashMap<(String, String), String>,
+    /// Logins whose account id is not [`user_id`] of the login: accounts renamed in a test.
+    user_ids: HashMap<String, i64>,
     check_runs: BTreeMap<i64, FakeCheckRun>,
     /// comment id → reactions as (id, content, login, user type).
     reactions: BTreeMap<i64, Vec<(i64, String, String, String)>>,
@@ -665,6 +667,12 @@ impl FakeState {
             .insert((repo.to_string(), issue), labels.iter().map(|l| l.to_string()).collect());
     }
 
+    /// `login` is the account `id` (a renamed account keeps its id; a freed login taken over is
+    /// another account). Shown in the permission API's `user`; payloads are the test's to build.
+    pub fn set_user_id(&self, login: &str, id: i64) {
+        self.model().user_ids.insert(login.to_string(), id);
+    }
+
     pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
         self.model()
             .permissions
@@ -1176,14 +1184,14 @@ async fn get_issue(State(s): State<Arc<FakeState>>, Path((owner, repo, number)):
         return answer(
             StatusCode::OK,
             json!({ "number": number, "title": i.title, "body": i.body, "state": i.state,
-                    "user": { "login": i.author, "type": "User" }, "labels": labels }),
+                    "user": user_json(&i.author, "User"), "labels": labels }),
         );
     }
     match m.git.pulls.get(&(full, number)) {
         Some(p) => answer(
             StatusCode::OK,
             json!({ "number": number, "title": p.title, "body": p.body, "state": "open",
-                    "user": { "login": p.author, "type": "User" }, "labels": labels,
+                    "user": user_json(&p.author, "User"), "labels": labels,
                     "pull_request": { "url": format!("/repos/{owner}/{repo}/pulls/{number}") } }),
         ),
         None => not_found(),
@@ -1206,7 +1214,7 @@ impl Paging {
 
 fn comment_json(c: &FakeComment) -> serde_json::Value {
     let app = c.via_app.map(|id| json!({ "id": id, "slug": if c.author == APP_LOGIN { APP_SLUG.to_string() } else { c.author.trim_end_matches("[bot]").to_string() } }));
-    json!({ "id": c.id, "body": c.body, "user": { "login": c.author, "id": user_id(&c.author), "type": c.author_type },
+    json!({ "id": c.id, "body": c.body, "user": user_json(&c.author, &c.author_type),
             "performed_via_github_app": app })
 }
 
@@ -1324,8 +1332,10 @@ async fn remove_label(State(s): State<Arc<FakeState>>, Path((owner, repo, issue,
 }
 
 async fn permission(State(s): State<Arc<FakeState>>, Path((owner, repo, login)): Path<(String, String, String)>) -> Response {
-    match s.model().permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
-        Some(p) => answer(StatusCode::OK, json!({ "permission": p, "user": { "login": login } })),
+    let m = s.model();
+    let id = m.user_ids.get(&login).copied().unwrap_or_else(|| user_id(&login));
+    match m.permissions.get(&(format!("{owner}/{repo}"), login.clone())) {
+        Some(p) => answer(StatusCode::OK, json!({ "permission": p, "user": { "login": login, "id": id } })),
         // GitHub answers 404 for someone who is not a collaborator.
         None => message(StatusCode::NOT_FOUND, &format!("{login} is not a user")),
     }
@@ -1574,7 +1584,7 @@ fn pull_json(m: &Model, repo: &str, p: &FakePull) -> serde_json::Value {
     let sha = |branch: &str| m.git.tip(repo, branch).map(|(sha, _)| sha).unwrap_or_default();
     let (owner, _) = repo.split_once('/').unwrap_or((repo, ""));
     json!({ "number": p.number, "title": p.title, "state": "open", "body": p.body,
-            "user": { "login": p.author, "type": if p.author == APP_LOGIN { "Bot" } else { "User" } },
+            "user": user_json(&p.author, if p.author == APP_LOGIN { "Bot" } else { "User" }),
             "head": { "ref": p.head, "sha": sha(&p.head), "label": format!("{owner}:{}", p.head) },
             "base": { "ref": p.base, "sha": sha(&p.base) } })
 }
@@ -1661,10 +1671,15 @@ async fn pull_files(State(s): State<Arc<FakeState>>, Path((owner, repo, number))
     answer(StatusCode::OK, json!(paging.page(files)))
 }
 
+/// A user as the REST API shows one: login, account id and type.
+fn user_json(login: &str, kind: &str) -> serde_json::Value {
+    json!({ "login": login, "id": user_id(login), "type": kind })
+}
+
 fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
     json!(list
         .iter()
-        .map(|(id, content, login, kind)| json!({ "id": id, "content": content, "user": { "login": login, "type": kind } }))
+        .map(|(id, content, login, kind)| json!({ "id": id, "content": content, "user": user_json(login, kind) }))
         .collect::<Vec<_>>())
 }
 

@@ -8,7 +8,7 @@
 use super::Backend;
 use super::Db;
 use crate::audit;
-use crate::workflow::approval::{Binding, Vote};
+use crate::workflow::approval::{Binding, Person, Vote};
 use crate::workflow::state::{self, IllegalTransition, Kind, State, Step};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Executor, Row};
@@ -26,7 +26,11 @@ pub struct Workflow {
     /// The issue or pull request number.
     pub number: i64,
     pub state: State,
+    /// The requester's login when they asked (display only), or `operator:<name>`.
     pub requested_by: String,
+    /// The requester's GitHub account id: what the self-approval rule compares. None for
+    /// operators and for workflows created before ids were stored (migration 0008).
+    pub requested_by_id: Option<i64>,
     /// `/orch propose <instruction>`.
     pub instruction: Option<String>,
     /// The PR head SHA the proposal was made for (PR workflows).
@@ -50,6 +54,11 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// Who asked for this workflow, as the approval rules compare people.
+    pub fn requester(&self) -> Person {
+        Person::new(self.requested_by_id, self.requested_by.clone())
+    }
+
     /// What a vote on the current proposal is bound to; None until a proposal is stored.
     pub fn binding(&self) -> Option<Binding> {
         Some(Binding {
@@ -67,6 +76,8 @@ pub struct NewWorkflow {
     pub repository: String,
     pub number: i64,
     pub requested_by: String,
+    /// See [`Workflow::requested_by_id`].
+    pub requested_by_id: Option<i64>,
     pub instruction: Option<String>,
     pub head_sha: Option<String>,
     /// 1, or the previous attempt's + 1.
@@ -121,7 +132,7 @@ pub enum TransitionError {
 
 const COLUMNS: &str = "id, kind, installation_id, repository, number, state, requested_by, instruction, head_sha, proposal, \
                        proposal_hash, policy_version, proposal_comment_id, check_run_id, reactions_etag, attempt, previous_id, reason, \
-                       created_at, updated_at";
+                       created_at, updated_at, requested_by_id";
 
 /// The partial unique index's condition, repeated in the upsert so that both databases infer
 /// that index as the conflict target.
@@ -156,6 +167,7 @@ fn workflow_from(r: &AnyRow) -> sqlx::Result<Workflow> {
         reason: r.try_get(17)?,
         created_at: r.try_get(18)?,
         updated_at: r.try_get(19)?,
+        requested_by_id: r.try_get(20)?,
     })
 }
 
@@ -165,7 +177,7 @@ fn workflow_from(r: &AnyRow) -> sqlx::Result<Workflow> {
 pub async fn create(conn: &mut AnyConnection, new: NewWorkflow, now: i64) -> sqlx::Result<Created> {
     let sql = format!(
         "INSERT INTO workflows (kind, installation_id, repository, number, state, requested_by, instruction, head_sha, attempt, \
-         previous_id, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+         previous_id, reason, created_at, updated_at, requested_by_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) \
          ON CONFLICT (repository, number, kind) WHERE {ACTIVE} DO NOTHING RETURNING {COLUMNS}"
     );
     // A conflicting workflow can end between the refused insert and the look-up; then the insert
@@ -187,6 +199,7 @@ pub async fn create(conn: &mut AnyConnection, new: NewWorkflow, now: i64) -> sql
             .bind(new.previous_id)
             .bind(new.reason.clone())
             .bind(now)
+            .bind(new.requested_by_id)
             .fetch_optional(&mut *tx)
             .await?;
         if let Some(row) = inserted {
@@ -439,16 +452,16 @@ where
 }
 
 /// Adds a vote to the ledger; false when it was already there. A vote with a `comment_id` (the
-/// command comment, the reaction) is recorded once per (workflow, voter, source, comment_id),
-/// so a redelivered comment or a reaction seen by the next poll does not vote twice — even after
-/// it was voided.
+/// command comment, the reaction) is recorded once per (workflow, source, comment_id) — a
+/// comment or reaction has one author, whatever login it is seen under — so a redelivered
+/// comment or a reaction seen by the next poll does not vote twice, even after it was voided.
 ///
 /// A new vote is audited in the same transaction.
 pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote, comment_id: Option<i64>) -> sqlx::Result<bool> {
     let r = sqlx::query(
-        "INSERT INTO approvals (workflow_id, voter, decision, source, proposal_hash, head_sha, policy_version, reason, comment_id, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (workflow_id, voter, source, comment_id) WHERE comment_id IS NOT NULL DO NOTHING",
+        "INSERT INTO approvals (workflow_id, voter, decision, source, proposal_hash, head_sha, policy_version, reason, comment_id, at, voter_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (workflow_id, source, comment_id) WHERE comment_id IS NOT NULL DO NOTHING",
     )
     .bind(workflow_id)
     .bind(vote.voter.clone())
@@ -460,6 +473,7 @@ pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote
     .bind(vote.reason.clone())
     .bind(comment_id)
     .bind(vote.at)
+    .bind(vote.voter_id)
     .execute(&mut *conn)
     .await?;
     let inserted = r.rows_affected() == 1;
@@ -471,6 +485,7 @@ pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote
             details: serde_json::json!({
                 "decision": vote.decision.as_str(), "source": vote.source.as_str(), "proposal_hash": vote.binding.proposal_hash,
                 "head_sha": vote.binding.head_sha, "policy_version": vote.binding.policy_version, "reason": vote.reason, "comment_id": comment_id,
+                "voter_id": vote.voter_id,
             }),
         };
         audit::append(conn, Backend::of(conn), &entry, vote.at).await?;
@@ -481,7 +496,7 @@ pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote
 /// The votes not voided, in ledger order (time, then arrival), as [`crate::workflow::approval::tally`] wants them.
 pub async fn votes<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64) -> sqlx::Result<Vec<Vote>> {
     let rows = sqlx::query(
-        "SELECT voter, decision, source, proposal_hash, head_sha, policy_version, reason, at FROM approvals \
+        "SELECT voter, decision, source, proposal_hash, head_sha, policy_version, reason, at, voter_id FROM approvals \
          WHERE workflow_id = $1 AND voided_at IS NULL ORDER BY at, id",
     )
     .bind(workflow_id)
@@ -500,6 +515,7 @@ pub async fn votes<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64
                 },
                 reason: r.try_get(6)?,
                 at: r.try_get(7)?,
+                voter_id: r.try_get(8)?,
             })
         })
         .collect()
@@ -517,21 +533,24 @@ pub async fn void_votes<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id
     Ok(r.rows_affected())
 }
 
-/// Voids the live votes of one voter (for example one who lost the permission to approve).
+/// Voids the live votes of one voter (for example one who lost the permission to approve): the
+/// votes with their account id, and those without an id under their login (see [`Person`]).
 pub async fn void_votes_of<'c, E: Executor<'c, Database = Db>>(
     conn: E,
     workflow_id: i64,
-    voter: &str,
+    voter: &Person,
     reason: &str,
     now: i64,
 ) -> sqlx::Result<u64> {
     let r = sqlx::query(
-        "UPDATE approvals SET voided_at = $1, void_reason = $2 WHERE workflow_id = $3 AND LOWER(voter) = LOWER($4) AND voided_at IS NULL",
+        "UPDATE approvals SET voided_at = $1, void_reason = $2 WHERE workflow_id = $3 AND voided_at IS NULL \
+         AND (voter_id = $5 OR ((voter_id IS NULL OR $5 IS NULL) AND LOWER(voter) = LOWER($4)))",
     )
     .bind(now)
     .bind(reason.to_string())
     .bind(workflow_id)
-    .bind(voter.to_string())
+    .bind(voter.login.clone())
+    .bind(voter.id)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())

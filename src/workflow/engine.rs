@@ -507,6 +507,7 @@ impl Engine {
             let mut tx = self.store.begin().await?;
             let vote = Vote {
                 voter: POLICY_VOTER.into(),
+                voter_id: None,
                 decision: Decision::Approve,
                 source: Source::Policy,
                 binding,
@@ -685,7 +686,7 @@ impl Engine {
             required: policy.policy.approvals.required,
             allow_self_approval: policy.policy.approvals.allow_self_approval,
         };
-        Ok(Some(approval::tally(&votes, &binding, Some(&wf.requested_by), &rules)))
+        Ok(Some(approval::tally(&votes, &binding, Some(&wf.requester()), &rules)))
     }
 
     /// Moves a waiting workflow on when its ledger decides it; returns the verdict.
@@ -803,13 +804,17 @@ impl Engine {
                 "-1" => Decision::Reject,
                 _ => continue,
             };
-            if !approval::may_vote(&r.user.login, &r.user.kind, &self.bot_login) {
+            // A bot by its account type, whatever its login: bots and orch never vote.
+            if !approval::may_vote(&r.user.login, &r.user.kind) {
                 continue;
             }
-            match authorize(&self.github, inst, repo, &r.user.login, &policy.policy).await? {
+            let voter = approval::Person::new(Some(r.user.id), r.user.login.clone());
+            match authorize(&self.github, inst, repo, &voter, &policy.policy).await? {
                 Authz::Allowed => {
+                    // The reaction's user id, from the API, is who votes; the login is shown.
                     let vote = Vote {
                         voter: r.user.login.clone(),
+                        voter_id: Some(r.user.id),
                         decision,
                         source: Source::Reaction,
                         binding: binding.clone(),
@@ -876,7 +881,7 @@ impl Engine {
                     "-1" => "your 👎",
                     _ => continue,
                 };
-                if !approval::may_vote(&r.user.login, &r.user.kind, &self.bot_login)
+                if !approval::may_vote(&r.user.login, &r.user.kind)
                     || workflows::reaction_recorded(self.store.pool(), wf.id, r.id).await?
                 {
                     continue;
@@ -949,9 +954,9 @@ impl Engine {
             .filter(|v| !matches!(v.source, Source::Policy | Source::Api) && v.decision == Decision::Approve)
         {
             if let Authz::Denied { permission } =
-                authorize(&self.github, wf.installation_id, &wf.repository, &v.voter, &policy.policy).await?
+                authorize(&self.github, wf.installation_id, &wf.repository, &v.person(), &policy.policy).await?
             {
-                lost.push((v.voter.clone(), permission));
+                lost.push((v.person(), permission));
             }
         }
         if !lost.is_empty() {
@@ -962,13 +967,13 @@ impl Engine {
             let still = approval::tally(
                 &workflows::votes(&mut *tx, wf.id).await?,
                 &wf.binding().context("an approved workflow has a binding")?,
-                Some(&wf.requested_by),
+                Some(&wf.requester()),
                 &Rules {
                     required: policy.policy.approvals.required,
                     allow_self_approval: policy.policy.approvals.allow_self_approval,
                 },
             );
-            let names: Vec<String> = lost.iter().map(|(v, p)| format!("@{v} (now {p})")).collect();
+            let names: Vec<String> = lost.iter().map(|(v, p)| format!("@{} (now {p})", v.login)).collect();
             if !still.is_approved() {
                 workflows::transition(
                     &mut tx,

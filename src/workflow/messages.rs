@@ -2,7 +2,7 @@
 
 use crate::llm::{PatchOutput, Proposal, QaPlanOutput, TriageOutput};
 use crate::store::workflows::Workflow;
-use crate::workflow::approval::Tally;
+use crate::workflow::approval::{Decision, Person, Tally, Vote};
 use crate::workflow::state::Kind;
 
 pub fn kind_name(kind: Kind) -> &'static str {
@@ -117,6 +117,38 @@ pub fn status_line(wf: &Workflow, tally: Option<&Tally>) -> String {
         line.push_str(&format!(" — {reason}"));
     }
     line
+}
+
+/// Who asked and who approved so far, by login and account id (ids are who people are; a
+/// renamed account keeps its id), for `/orch status`: "  requested by @mara (id 7); approved
+/// so far by @lee (id 9)".
+pub fn status_people(requester: &Person, approvers: &[Person]) -> String {
+    let mut line = format!("\n  requested by {}", requester.display());
+    if !approvers.is_empty() {
+        let shown: Vec<String> = approvers.iter().map(Person::display).collect();
+        line.push_str(&format!("; approved so far by {}", shown.join(", ")));
+    }
+    line
+}
+
+/// The people behind a tally's counted approvals (the tally names them by login only).
+pub fn counted_approvers(votes: &[Vote], wf: &Workflow, tally: &Tally) -> Vec<Person> {
+    let logins: &[String] = match tally {
+        Tally::Approved { approvers } | Tally::Pending { approvers, .. } => approvers,
+        Tally::Rejected { .. } => return Vec::new(),
+    };
+    let current = wf.binding();
+    let mut out: Vec<Person> = Vec::new();
+    for login in logins {
+        let vote = votes
+            .iter()
+            .rev()
+            .find(|v| Some(&v.binding) == current.as_ref() && v.decision == Decision::Approve && v.voter.eq_ignore_ascii_case(login));
+        if let Some(p) = vote.map(Vote::person).filter(|p| !out.contains(p)) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 pub fn denied(login: &str, what: &str, repo: &str, permission: &str) -> String {

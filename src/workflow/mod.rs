@@ -8,5 +8,6 @@ pub mod engine;
 pub mod guard;
 pub mod messages;
 pub mod shown;
+pub mod service;
 pub mod state;
 pub mod triggers;

@@ -4,15 +4,14 @@
 //! actions keyed by the delivery or comment, workflows are created once per issue and kind, and
 //! votes are recorded once per comment.
 
-use super::approval::{self, Decision, Source, Tally, Vote};
+use super::approval::{Decision, Source, Tally, Vote};
 use super::authz::{authorize, Authz};
 use super::engine::Engine;
-use super::guard;
 use super::messages;
+use super::service::{Caller, Service, Start};
 use super::state::{Kind, State, Step};
 use crate::commands::{self, Command};
 use crate::github::actions;
-use crate::policy::gates::{self, ActionKind, Admission, Verdict};
 use crate::policy::{phase_needed, Effective, Work};
 use crate::store::trigger_runs::{self, TriggerRun};
 use crate::store::workflows::{self, Created, NewWorkflow, Workflow};
@@ -115,7 +114,7 @@ impl Engine {
                 if policy.policy.triggers.triage_on_open && policy.phase >= phase_needed(Work::AutoTrigger) && !issue.author.is_bot {
                     let t = delivery(&repo.full_name, issue.number, "issue_opened");
                     let new = self
-                        .new_workflow(&t, Kind::Triage, &issue.author.login, None, None, "issue opened")
+                        .new_workflow(&t, Kind::Triage, &issue.author, None, None, "issue opened")
                         .await?;
                     self.record(&t, Outcome::Start(new)).await?;
                 }
@@ -141,7 +140,7 @@ impl Engine {
                         if policy.policy.triggers.qa_on_pr_open && policy.phase >= phase_needed(Work::AutoTrigger) =>
                     {
                         let new = self
-                            .new_workflow(&t, Kind::QaPlan, &pull_request.author.login, None, head, "pull request opened")
+                            .new_workflow(&t, Kind::QaPlan, &pull_request.author, None, head, "pull request opened")
                             .await?;
                         self.record(&t, Outcome::Start(new)).await?;
                     }
@@ -205,9 +204,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Bots, and orch itself, never run commands or approve.
+    /// Bots, and orch itself (an App bot), never run commands or approve. `is_bot` comes from
+    /// the account's type (`Bot`) or a `[bot]` login, never from a name compared with orch's.
     fn is_bot(&self, actor: &Actor) -> bool {
-        actor.is_bot || !approval::may_vote(&actor.login, "User", &self.bot_login)
+        actor.is_bot
     }
 
     /// Records `decision` for the trigger with its effect in one transaction — unless a decision
@@ -237,9 +237,8 @@ impl Engine {
             Outcome::Reply { .. } => {}
             Outcome::Start(new) => {
                 let kind = new.kind;
-                match workflows::create(&mut tx, new, now).await? {
+                match Service::create(&mut tx, new, now).await? {
                     Created::New(wf) => {
-                        jobs::enqueue_workflow_job(&mut tx, wf.id, now, now).await?;
                         let text = match (t.verb, wf.previous_id) {
                             ("retry", Some(previous)) => {
                                 format!("Started attempt {} as workflow {} (after workflow {previous}).", wf.attempt, wf.id)
@@ -261,7 +260,7 @@ impl Engine {
                 }
             }
             Outcome::Vote { wf, vote, comment_id } => {
-                workflows::record_vote(&mut tx, wf.id, &vote, comment_id).await?;
+                Service::cast(&mut tx, wf.id, &vote, comment_id).await?;
                 trigger_runs::settle(&mut *tx, &t.key, Some(wf.id), None).await?;
             }
             Outcome::Move {
@@ -336,32 +335,23 @@ impl Engine {
         Ok(())
     }
 
-    /// The workflow a trigger would create.
+    /// The workflow an automatic trigger creates (no Gate 1 beyond the policy's `triggers`).
     async fn new_workflow(
         &self,
         t: &Trigger<'_>,
         kind: Kind,
-        requester: &str,
+        requester: &Actor,
         instruction: Option<String>,
         head_sha: Option<String>,
         how: &str,
     ) -> anyhow::Result<NewWorkflow> {
-        let previous = workflows::latest_for(self.store.pool(), t.at.repo, t.at.number, kind).await?;
-        Ok(NewWorkflow {
-            kind,
-            installation_id: t.at.installation,
-            repository: t.at.repo.to_string(),
-            number: t.at.number,
-            requested_by: requester.to_string(),
-            instruction,
-            head_sha,
-            attempt: previous.as_ref().map(|p| p.attempt + 1).unwrap_or(1),
-            previous_id: previous.as_ref().map(|p| p.id),
-            reason: format!("{how} by @{requester}"),
-        })
+        let caller = Caller::github(requester);
+        Service::new(self)
+            .new_workflow(&start_request(t, kind, &caller, instruction, head_sha, how))
+            .await
     }
 
-    /// Starting a workflow on request of `requester`: phase and permission first (Gate 1).
+    /// Starting a workflow on request of `requester`: Gate 1, by the application service.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
@@ -373,75 +363,21 @@ impl Engine {
         head_sha: Option<String>,
         how: &str,
     ) -> anyhow::Result<Outcome> {
-        let (work, what) = match kind {
-            Kind::Triage => (Work::Triage, "Triage"),
-            Kind::QaPlan => (Work::QaPlan, "A QA plan"),
-            Kind::Patch => (Work::Patch, "`/orch propose`"),
+        let what = match kind {
+            Kind::Triage => "Triage",
+            Kind::QaPlan => "A QA plan",
+            Kind::Patch => "`/orch propose`",
         };
-        if policy.phase < phase_needed(work) {
-            return Ok(Outcome::Reply {
+        let caller = Caller::github(requester);
+        let mut req = start_request(t, kind, &caller, instruction, head_sha, how);
+        req.retry = t.verb == "retry";
+        Ok(match Service::new(self).admit(&req, policy).await? {
+            Ok(new) => Outcome::Start(new),
+            Err(refusal) => Outcome::Reply {
                 accepted: false,
-                text: messages::phase_too_low(what, phase_needed(work), policy.phase),
-            });
-        }
-        if let Authz::Denied { permission } =
-            authorize(&self.github, t.at.installation, t.at.repo, &requester.login, &policy.policy).await?
-        {
-            let doing = format!("starting a {} workflow", messages::kind_name(kind));
-            return Ok(Outcome::Reply {
-                accepted: false,
-                text: messages::denied(&requester.login, &doing, t.at.repo, &permission),
-            });
-        }
-        // The rest of Gate 1: the breaker, an identical request just handled, the run's task cap.
-        let compiled = match self.compiled(policy) {
-            Ok(c) => c,
-            Err(e) => {
-                return Ok(Outcome::Reply {
-                    accepted: false,
-                    text: format!("The policy does not compile ({e}); nothing was started."),
-                })
-            }
-        };
-        let action = match kind {
-            Kind::Triage => ActionKind::AddLabels,
-            Kind::QaPlan => ActionKind::AddComment,
-            Kind::Patch => ActionKind::CreatePr,
-        };
-        let mut admission = Admission::for_action(&compiled, action, false);
-        // Verified before this point: the signature at the edge, the GUID at ingest, the
-        // installation (the payload names it), the trigger and the phase above, the requester.
-        admission.signature_valid = true;
-        admission.delivery_new = true;
-        admission.installation_known = true;
-        admission.repository_allowed = true;
-        admission.trigger_enabled = true;
-        admission.requester_authorized = true;
-        admission.phase_needed = admission.phase_needed.min(phase_needed(work));
-        admission.breaker_open = guard::breaker(self.store.pool()).await?.is_open;
-        admission.tasks_in_run = t.tasks_before;
-        admission.duplicate_within_window = how != "`/orch retry`" && self.recently_done(t, kind, instruction.as_deref(), policy).await?;
-        if let Verdict::Blocked { violations } = gates::gate1(&admission) {
-            let lines: Vec<String> = violations.iter().map(|r| format!("- {r}")).collect();
-            return Ok(Outcome::Reply {
-                accepted: false,
-                text: format!("Nothing was started: Gate 1 refused this request.\n\n{}", lines.join("\n")),
-            });
-        }
-        Ok(Outcome::Start(
-            self.new_workflow(t, kind, &requester.login, instruction, head_sha, how).await?,
-        ))
-    }
-
-    /// Whether the same request (kind, issue, instruction) was carried out within the policy's
-    /// dedupe window. Failed and blocked attempts do not count: asking again is the point then.
-    async fn recently_done(&self, t: &Trigger<'_>, kind: Kind, instruction: Option<&str>, policy: &Effective) -> anyhow::Result<bool> {
-        let window_ms = i64::from(policy.policy.limits.dedupe_window_hours) * 3_600_000;
-        let since = now_ms() - window_ms;
-        Ok(workflows::list_for_issue(self.store.pool(), t.at.repo, t.at.number)
-            .await?
-            .iter()
-            .any(|w| w.kind == kind && w.state == State::Done && w.instruction.as_deref() == instruction && w.created_at >= since))
+                text: refusal.reply(&requester.login, kind, what, t.at.repo),
+            },
+        })
     }
 
     /// The commands of one comment, in order, each decided once.
@@ -475,7 +411,16 @@ impl Engine {
                 },
                 Ok(command) => {
                     let denied = match command.needs_write() {
-                        true => authorize(&self.github, at.installation, at.repo, &author.login, &policy.policy).await?,
+                        true => {
+                            authorize(
+                                &self.github,
+                                at.installation,
+                                at.repo,
+                                &Caller::github(author).person(),
+                                &policy.policy,
+                            )
+                            .await?
+                        }
                         false => Authz::Allowed,
                     };
                     match denied {
@@ -561,17 +506,11 @@ impl Engine {
         let at = &t.at;
         let waiting = [State::WaitingUserApproval];
         let reply = |text: String| Outcome::Reply { accepted: true, text };
+        let caller = Caller::github(author);
         let vote = |wf: Workflow, decision: Decision, reason: Option<String>| -> anyhow::Result<Outcome> {
-            let binding = wf.binding().context("a waiting workflow has a binding")?;
+            let vote = Service::ballot(&wf, &caller, decision, Source::Command, reason).context("a waiting workflow has a binding")?;
             Ok(Outcome::Vote {
-                vote: Vote {
-                    voter: author.login.clone(),
-                    decision,
-                    source: Source::Command,
-                    binding,
-                    reason,
-                    at: now_ms(),
-                },
+                vote,
                 wf: Box::new(wf),
                 comment_id: Some(comment_id),
             })
@@ -587,6 +526,11 @@ impl Engine {
                 for wf in all.iter().take(10) {
                     let tally = if wf.state == State::WaitingUserApproval { self.tally(wf, policy).await? } else { None };
                     text.push_str(&messages::status_line(wf, tally.as_ref()));
+                    let approvers = match &tally {
+                        Some(t) => messages::counted_approvers(&workflows::votes(self.store.pool(), wf.id).await?, wf, t),
+                        None => Vec::new(),
+                    };
+                    text.push_str(&messages::status_people(&wf.requester(), &approvers));
                     text.push('\n');
                 }
                 text.push_str(&format!("\nPolicy: phase {}, {} approval(s) required.", policy.phase, policy.policy.approvals.required));
@@ -721,8 +665,14 @@ impl Engine {
             return self.replay(&t).await;
         }
         let policy = self.policy(installation, &repo.full_name).await?;
-        let outcome = if let Authz::Denied { permission } =
-            authorize(&self.github, installation, &repo.full_name, &sender.login, &policy.policy).await?
+        let outcome = if let Authz::Denied { permission } = authorize(
+            &self.github,
+            installation,
+            &repo.full_name,
+            &Caller::github(sender).person(),
+            &policy.policy,
+        )
+        .await?
         {
             let what = if decision == Decision::Approve {
                 "the Approve button"
@@ -742,14 +692,8 @@ impl Engine {
             Outcome::Reply { accepted: false, text }
         } else {
             Outcome::Vote {
-                vote: Vote {
-                    voter: sender.login.clone(),
-                    decision,
-                    source: Source::Button,
-                    binding: wf.binding().context("a waiting workflow has a binding")?,
-                    reason: None,
-                    at: now_ms(),
-                },
+                vote: Service::ballot(&wf, &Caller::github(sender), decision, Source::Button, None)
+                    .context("a waiting workflow has a binding")?,
                 wf: Box::new(wf),
                 comment_id: None,
             }
@@ -839,5 +783,28 @@ fn delivery_trigger<'a>(installation: i64, guid: &str, repo: &'a str, number: i6
         verb,
         comment: None,
         tasks_before: 0,
+    }
+}
+
+/// The service's request for a trigger's workflow.
+fn start_request<'a>(
+    t: &'a Trigger<'_>,
+    kind: Kind,
+    requester: &'a Caller,
+    instruction: Option<String>,
+    head_sha: Option<String>,
+    how: &'a str,
+) -> Start<'a> {
+    Start {
+        installation: t.at.installation,
+        repo: t.at.repo,
+        number: t.at.number,
+        kind,
+        requester,
+        instruction,
+        head_sha,
+        how,
+        retry: false,
+        tasks_before: t.tasks_before,
     }
 }

@@ -98,7 +98,10 @@ try {
     await page.reload();
   }
   check(state === 'DONE', `the workflow reached DONE (last seen ${state})`);
-  check((await page.textContent('main')).includes('operator:dashboard'), 'the timeline shows the dashboard vote');
+  // The vote is the logged-in operator's (ORCH_ADMIN_TOKEN is the operator `admin`), and the
+  // page says who is logged in.
+  check((await page.textContent('main')).includes('operator:admin'), 'the timeline shows the operator who voted');
+  check((await page.textContent('#operator')).includes('operator:admin'), 'the page says who is logged in');
   await shot('05-workflow-done');
 
   await page.click('a[href="/ui/audit"]');

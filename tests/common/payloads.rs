@@ -181,9 +181,13 @@ pub fn fake_sha(kind: &str, what: &str) -> String {
     hex::encode(Sha256::digest(format!("{kind}\0{what}")))[..40].to_string()
 }
 
-/// `Bot` for logins ending in `[bot]`, else `User`.
+/// A bot account that renamed itself to a login without `[bot]`: GitHub still reports it as type
+/// `Bot`, which is what makes it a bot.
+pub const RENAMED_BOT: &str = "helpful-helper";
+
+/// `Bot` for logins ending in `[bot]` and for [`RENAMED_BOT`], else `User`.
 pub fn user_type(login: &str) -> &'static str {
-    if login.ends_with("[bot]") {
+    if login.ends_with("[bot]") || login == RENAMED_BOT {
         "Bot"
     } else {
         "User"

@@ -1,11 +1,10 @@
-//! Dashboard sessions: the admin token, posted once to `/ui/login`, buys a session cookie
+//! Dashboard sessions: an operator's token, posted once to `/ui/login`, buys a session cookie
 //! (`HttpOnly; Secure; SameSite=Strict; Path=/ui`) whose value is a random id kept in this
 //! process's memory. Each session has its own random CSRF token, which every form carries in a
 //! hidden field and every POST must repeat. Sessions end after [`SESSION_TTL_MS`], at logout,
-//! or when the process restarts.
+//! or when the process restarts. A session remembers the operator whose credential opened it:
+//! the dashboard shows that name and votes as that operator.
 
-use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -14,13 +13,6 @@ pub const COOKIE: &str = "orch_session";
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 /// Live sessions kept at most; the oldest goes first.
 const MAX_SESSIONS: usize = 1024;
-
-/// Whether `given` is the admin token, in time independent of where they differ.
-pub fn token_matches(given: &str, expected: &SecretString) -> bool {
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.expose_secret().as_bytes());
-    equal(&a, &b)
-}
 
 fn equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -35,6 +27,8 @@ fn random_hex() -> String {
 #[derive(Debug, Clone)]
 pub struct Session {
     pub csrf: String,
+    /// The name of the operator credential that logged in.
+    pub operator: String,
     pub expires_at: i64,
 }
 
@@ -44,8 +38,8 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// A new session: (cookie value, CSRF token).
-    pub fn open(&self, now: i64) -> (String, String) {
+    /// A new session of `operator`: (cookie value, CSRF token).
+    pub fn open(&self, now: i64, operator: &str) -> (String, String) {
         let (id, csrf) = (random_hex(), random_hex());
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.retain(|_, s| s.expires_at > now);
@@ -58,6 +52,7 @@ impl Sessions {
             id.clone(),
             Session {
                 csrf: csrf.clone(),
+                operator: operator.to_string(),
                 expires_at: now + SESSION_TTL_MS,
             },
         );
@@ -110,16 +105,15 @@ mod tests {
     #[test]
     fn sessions_and_csrf() {
         let s = Sessions::default();
-        let (id, csrf) = s.open(1000);
+        let (id, csrf) = s.open(1000, "ana");
         let session = s.get(&id, 2000).expect("live");
+        assert_eq!(session.operator, "ana");
         assert!(csrf_matches(&session, Some(&csrf)));
         assert!(!csrf_matches(&session, Some("nope")));
         assert!(!csrf_matches(&session, None));
         assert!(s.get(&id, 1000 + SESSION_TTL_MS).is_none(), "expired");
         s.close(&id);
         assert!(s.get(&id, 2000).is_none());
-        assert!(token_matches("abc", &SecretString::from("abc")));
-        assert!(!token_matches("abd", &SecretString::from("abc")));
     }
 
     #[test]

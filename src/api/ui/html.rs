@@ -92,12 +92,15 @@ button{cursor:pointer;padding:.25em .8em}button.approve{background:#1f883d;color
 button.reject{background:#cf222e;color:#fff;border:1px solid #a40e26}";
 
 /// A full page; `csrf` (a session's token) adds the navigation and the logout form.
-pub fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
-    let nav = match csrf {
-        Some(csrf) => format!(
+/// A page; with a session, its navigation says who is logged in and offers to log out.
+pub fn page(title: &str, session: Option<&super::auth::Session>, body: &str) -> String {
+    let nav = match session {
+        Some(session) => format!(
             "<a href=\"/ui/\">Workflows</a><a href=\"/ui/pending\">Pending approvals</a><a href=\"/ui/audit\">Audit log</a>\
-             <a href=\"/ui/breaker\">Circuit breaker</a><form method=\"post\" action=\"/ui/logout\">{}<button>Log out</button></form>",
-            csrf_field(csrf)
+             <a href=\"/ui/breaker\">Circuit breaker</a><span id=\"operator\">Logged in as operator:{}</span>\
+             <form method=\"post\" action=\"/ui/logout\">{}<button>Log out</button></form>",
+            esc(&session.operator),
+            csrf_field(&session.csrf)
         ),
         None => String::new(),
     };

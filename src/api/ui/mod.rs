@@ -1,8 +1,11 @@
 //! The dashboard (SPEC §15): server-rendered pages under `/ui/`, no JavaScript. Every value is
 //! escaped ([`html::esc`]). Reading needs a session ([`auth`]); every form carries the
 //! session's CSRF token, and a POST without the session cookie or with a missing or wrong token
-//! is refused with 403. Operator votes go into the same approval ledger as `/orch approve`
-//! (source `api`, voter `operator:dashboard`) and are audited as `operator` entries.
+//! is refused with 403. Logging in takes an operator's token; the session remembers whose, every
+//! page says who is logged in, and votes and resets are that operator's: they go through the
+//! application service ([`crate::workflow::service::Service`]) into the same approval ledger as
+//! `/orch approve` (source `api`, voter `operator:<name>`), audited as `operator` entries. One
+//! credential is one voter, whether it votes here or through the admin API.
 
 pub mod auth;
 pub mod html;
@@ -11,8 +14,9 @@ use super::AppState;
 use crate::audit;
 use crate::store::workflows::{self, Workflow};
 use crate::store::{model_calls, now_ms, Db};
-use crate::workflow::approval::{Decision, Source, Tally, Vote};
+use crate::workflow::approval::{Decision, Tally};
 use crate::workflow::guard;
+use crate::workflow::service::{Service, VoteError};
 use crate::workflow::state::{Kind, State};
 use auth::{Session, Sessions};
 use axum::extract::{Path, Query, State as Extract};
@@ -25,9 +29,6 @@ use sqlx::Row;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-
-/// Who the dashboard's votes and actions are recorded as.
-pub const OPERATOR: &str = "operator:dashboard";
 
 type Q = Query<HashMap<String, String>>;
 type Sess = Extension<Arc<Sessions>>;
@@ -47,8 +48,12 @@ pub fn router() -> Router<AppState> {
         .layer(Extension(Arc::new(Sessions::default())))
 }
 
-fn status_page(status: StatusCode, title: &str, csrf: Option<&str>, message: &str) -> Response {
-    (status, Html(page(title, csrf, &format!("<p class=\"error\">{}</p>", esc(message))))).into_response()
+fn status_page(status: StatusCode, title: &str, session: Option<&Session>, message: &str) -> Response {
+    (
+        status,
+        Html(page(title, session, &format!("<p class=\"error\">{}</p>", esc(message)))),
+    )
+        .into_response()
 }
 
 fn internal(context: &str, e: impl std::fmt::Display) -> Response {
@@ -72,7 +77,7 @@ fn closed() -> Response {
 
 /// The session of a page request; otherwise the answer to give (the login page).
 fn reader(state: &AppState, sessions: &Sessions, headers: &HeaderMap) -> Result<Session, Box<Response>> {
-    if state.admin_token.is_none() {
+    if state.operators.is_empty() {
         return Err(Box::new(closed()));
     }
     auth::cookie_value(headers)
@@ -87,7 +92,7 @@ fn writer(
     headers: &HeaderMap,
     body: &str,
 ) -> Result<(Session, HashMap<String, String>), Box<Response>> {
-    if state.admin_token.is_none() {
+    if state.operators.is_empty() {
         return Err(Box::new(closed()));
     }
     let forbidden = |why: &str| Box::new(status_page(StatusCode::FORBIDDEN, "Forbidden", None, why));
@@ -102,7 +107,7 @@ fn writer(
 }
 
 async fn login_page(Extract(state): Extract<AppState>) -> Response {
-    if state.admin_token.is_none() {
+    if state.operators.is_empty() {
         return closed();
     }
     login_form(StatusCode::OK, None)
@@ -118,13 +123,16 @@ fn login_form(status: StatusCode, error: Option<&str>) -> Response {
 }
 
 async fn login(Extract(state): Extract<AppState>, sessions: Sess, body: String) -> Response {
-    let Some(token) = state.admin_token.as_ref() else { return closed() };
+    if state.operators.is_empty() {
+        return closed();
+    }
     let form = html::form(&body);
-    if !form.get("token").is_some_and(|t| auth::token_matches(t, token)) {
+    let Some(operator) = form.get("token").and_then(|t| state.operators.identify(t)) else {
         tracing::warn!("dashboard: a login with a wrong token");
         return login_form(StatusCode::FORBIDDEN, Some("Wrong token."));
-    }
-    let (id, _csrf) = sessions.open(now_ms());
+    };
+    tracing::info!(operator, "dashboard: operator logged in");
+    let (id, _csrf) = sessions.open(now_ms(), operator);
     let mut r = Redirect::to("/ui/").into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut()
@@ -260,7 +268,7 @@ async fn workflows_page(Extract(state): Extract<AppState>, sessions: Sess, heade
         esc(repo.map(String::as_str).unwrap_or("")),
         workflow_rows(&list, None)
     );
-    Html(page("Workflows", Some(&session.csrf), &body)).into_response()
+    Html(page("Workflows", Some(&session), &body)).into_response()
 }
 
 async fn pending_page(Extract(state): Extract<AppState>, sessions: Sess, headers: HeaderMap) -> Response {
@@ -279,7 +287,7 @@ async fn pending_page(Extract(state): Extract<AppState>, sessions: Sess, headers
         ""
     };
     let body = format!("{note}{}", workflow_rows(&list, Some(&session.csrf)));
-    Html(page("Pending approvals", Some(&session.csrf), &body)).into_response()
+    Html(page("Pending approvals", Some(&session), &body)).into_response()
 }
 
 fn notice(key: Option<&String>) -> &'static str {
@@ -336,14 +344,7 @@ async fn workflow_page(
     let pool = state.store.pool();
     let wf = match workflows::get(pool, id).await {
         Ok(Some(wf)) => wf,
-        Ok(None) => {
-            return status_page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                Some(&session.csrf),
-                &format!("No workflow {id}."),
-            )
-        }
+        Ok(None) => return status_page(StatusCode::NOT_FOUND, "Not found", Some(&session), &format!("No workflow {id}.")),
         Err(e) => return internal("reading a workflow", e),
     };
     let subject = format!("workflow:{id}");
@@ -470,7 +471,7 @@ async fn workflow_page(
     );
     b.push_str("<h2>Audit entries</h2>");
     b.push_str(&audit_rows(&entries));
-    Html(page(&format!("Workflow #{id}"), Some(&session.csrf), &b)).into_response()
+    Html(page(&format!("Workflow #{id}"), Some(&session), &b)).into_response()
 }
 
 fn audit_rows(entries: &[audit::Record]) -> String {
@@ -509,7 +510,7 @@ async fn vote(
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let csrf = Some(session.csrf.as_str());
+    let csrf = Some(&session);
     let decision = match decision.as_str() {
         "approve" => Decision::Approve,
         "reject" => Decision::Reject,
@@ -523,59 +524,28 @@ async fn vote(
             "No GitHub App is configured (ORCH_GITHUB_APP_ID and a private key): there is no engine to settle the vote.",
         );
     };
-    let wf = match workflows::get(state.store.pool(), id).await {
-        Ok(Some(wf)) => wf,
-        Ok(None) => return status_page(StatusCode::NOT_FOUND, "Not found", csrf, &format!("No workflow {id}.")),
-        Err(e) => return internal("reading a workflow", e),
-    };
-    let binding = match (wf.state, wf.binding()) {
-        (State::WaitingUserApproval, Some(b)) => b,
-        _ => {
-            let msg = format!("Workflow {id} is {}: only a workflow waiting for approval takes votes.", wf.state);
+    let reason = form.get("reason").map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+    let reason = if decision == Decision::Reject { reason } else { None };
+    let voted = Service::new(&engine)
+        .operator_vote(&session.operator, id, decision, reason, "dashboard")
+        .await;
+    let key = match voted {
+        Ok(v) => match v.tally {
+            Some(Tally::Approved { .. }) => "approved",
+            Some(Tally::Rejected { .. }) => "rejected",
+            _ => "pending",
+        },
+        Err(VoteError::NotFound(_)) => return status_page(StatusCode::NOT_FOUND, "Not found", csrf, &format!("No workflow {id}.")),
+        Err(VoteError::NotWaiting { state: s, .. }) => {
+            let msg = format!("Workflow {id} is {s}: only a workflow waiting for approval takes votes.");
             return status_page(StatusCode::CONFLICT, "Cannot vote", csrf, &msg);
         }
-    };
-    let now = now_ms();
-    let reason = form.get("reason").map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
-    let vote = Vote {
-        voter: OPERATOR.to_string(),
-        decision,
-        source: Source::Api,
-        binding: binding.clone(),
-        reason: if decision == Decision::Reject { reason.clone() } else { None },
-        at: now,
-    };
-    let subject = format!("workflow:{id}");
-    let recorded = async {
-        let mut tx = state.store.begin().await?;
-        workflows::record_vote(&mut tx, id, &vote, None).await?;
-        let entry = audit::Entry::new(
-            audit::kind::OPERATOR,
-            OPERATOR,
-            &subject,
-            serde_json::json!({ "action": decision.as_str(), "via": "dashboard", "reason": reason, "proposal_hash": binding.proposal_hash }),
-        );
-        audit::append(&mut tx, state.store.backend(), &entry, now).await?;
-        tx.commit().await?;
-        anyhow::Ok(())
-    };
-    if let Err(e) = recorded.await {
-        return internal("recording a dashboard vote", e);
-    }
-    tracing::info!(workflow = id, decision = %decision, "dashboard vote recorded");
-    let settled = async {
-        let policy = engine.policy(wf.installation_id, &wf.repository).await?;
-        engine.settle(&wf, &policy).await
-    };
-    let key = match settled.await {
-        Ok(Some(Tally::Approved { .. })) => "approved",
-        Ok(Some(Tally::Rejected { .. })) => "rejected",
-        Ok(_) => "pending",
-        Err(e) => {
-            tracing::error!(workflow = id, error = %e, "dashboard: settling after a vote");
+        Err(VoteError::Settle { source, .. }) => {
+            tracing::error!(workflow = id, error = %source, "dashboard: settling after a vote");
             let msg = "The vote was recorded, but settling the workflow failed (see the server log); the worker will settle it later.";
             return status_page(StatusCode::BAD_GATEWAY, "Vote recorded", csrf, msg);
         }
+        Err(e) => return internal("recording a dashboard vote", e),
     };
     see_other(&format!("/ui/workflows/{id}?notice={key}"))
 }
@@ -641,10 +611,10 @@ async fn audit_page(Extract(state): Extract<AppState>, sessions: Sess, headers: 
         "{chain}<form method=\"get\" action=\"/ui/audit\">{}{}{}<button>Filter</button></form><p>{nav}</p>{}<p>{nav}</p>",
         field("kind", "vote"),
         field("subject", "workflow:1"),
-        field("actor", "operator:dashboard"),
+        field("actor", "operator:admin"),
         audit_rows(&entries)
     );
-    Html(page("Audit log", Some(&session.csrf), &body)).into_response()
+    Html(page("Audit log", Some(&session), &body)).into_response()
 }
 
 async fn breaker_page(Extract(state): Extract<AppState>, sessions: Sess, headers: HeaderMap, Query(q): Q) -> Response {
@@ -677,31 +647,17 @@ async fn breaker_page(Extract(state): Extract<AppState>, sessions: Sess, headers
         b.opened_at.map(time).unwrap_or_default(),
         csrf_field(&session.csrf)
     );
-    Html(page("Circuit breaker", Some(&session.csrf), &body)).into_response()
+    Html(page("Circuit breaker", Some(&session), &body)).into_response()
 }
 
 async fn breaker_reset(Extract(state): Extract<AppState>, sessions: Sess, headers: HeaderMap, body: String) -> Response {
-    if let Err(r) = writer(&state, &sessions, &headers, &body) {
-        return *r;
-    }
-    let done = async {
-        let now = now_ms();
-        let mut tx = state.store.begin().await?;
-        let before = guard::breaker(&mut *tx).await?;
-        guard::reset(&mut *tx, now).await?;
-        let entry = audit::Entry::new(
-            audit::kind::OPERATOR,
-            OPERATOR,
-            "circuit_breaker",
-            serde_json::json!({ "action": "reset", "via": "dashboard", "was_open": before.is_open,
-                "total_tasks": before.total_tasks, "failed_tasks": before.failed_tasks }),
-        );
-        audit::append(&mut tx, state.store.backend(), &entry, now).await?;
-        tx.commit().await?;
-        anyhow::Ok(())
+    let session = match writer(&state, &sessions, &headers, &body) {
+        Ok((session, _)) => session,
+        Err(r) => return *r,
     };
-    match done.await {
-        Ok(()) => see_other("/ui/breaker?notice=reset"),
+    let actor = format!("operator:{}", session.operator);
+    match Service::reset_breaker(&state.store, &actor, "dashboard").await {
+        Ok(_) => see_other("/ui/breaker?notice=reset"),
         Err(e) => internal("resetting the breaker", e),
     }
 }
