@@ -1,0 +1,12 @@
+-- Flood limits (SPEC §5): a user without permission gets at most one refusal per issue per hour.
+-- One row per (repository, issue, user id): the comment whose refusal was posted last and when.
+-- A later comment's refusal is posted only when it wins this row (the hour has passed, or it is
+-- the same comment); otherwise it is audited and not posted.
+CREATE TABLE refusal_windows (
+    repository TEXT NOT NULL,
+    number     INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    comment_id INTEGER NOT NULL,
+    posted_at  INTEGER NOT NULL,
+    PRIMARY KEY (repository, number, user_id)
+);
