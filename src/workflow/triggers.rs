@@ -429,6 +429,10 @@ impl Engine {
                 text: messages::denied(&requester.login, &doing, t.at.repo, &permission),
             });
         }
+        // Gate 1 refuses a model the server does not price: its calls could not be bounded.
+        if let Some(text) = self.caps.refuse_model(&policy.policy) {
+            return Ok(Outcome::Reply { accepted: false, text });
+        }
         // The rest of Gate 1: the breaker, an identical request just handled, the run's task cap.
         let compiled = match self.compiled(policy) {
             Ok(c) => c,
