@@ -44,7 +44,15 @@ async fn two_hundred_status_lines_get_one_reply(backend: Backend) {
     let Some(o) = orch(backend).await else { return };
     let issue = o.open_issue("Crash", "It crashes.", "dev-kim");
     let body: String = (0..200).map(|_| "/orch status\n").collect();
+    let log_before = o.fake.state.log().len();
     say(&o, &issue, "eve", &body).await;
+    // The reply is posted without listing the issue's comments first: a first attempt has
+    // nothing to look for.
+    let listed = o.fake.state.log()[log_before..]
+        .iter()
+        .filter(|(m, p)| m == "GET" && p.contains(&format!("/issues/{}/comments", issue.number)))
+        .count();
+    assert_eq!(listed, 0, "the issue's comments were listed {listed} times");
     let replies = o.bot_comments(issue.number);
     assert_eq!(replies.len(), 1, "one reply for one comment: {} replies", replies.len());
     let reply = &replies[0];

@@ -10,3 +10,9 @@ CREATE TABLE refusal_windows (
     posted_at  INTEGER NOT NULL,
     PRIMARY KEY (repository, number, user_id)
 );
+
+-- How many times an action was leased to be made. An action leased for the first time cannot
+-- have reached GitHub yet, so its maker does not list the issue's comments looking for its
+-- marker first (the cost that made every reply list all comments). Rows from before this
+-- migration count as leased once already: they may have been attempted.
+ALTER TABLE actions ADD COLUMN leases INTEGER NOT NULL DEFAULT 1;
