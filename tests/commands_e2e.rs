@@ -223,7 +223,10 @@ async fn commands_without_write_permission_are_refused_and_change_nothing(backen
     for (target, command) in cases {
         let (comment, replies) = ask(&o, target, "rin", command).await;
         if !told.insert(target.number) {
-            assert!(replies.is_empty(), "{command}: a second refusal within the hour was posted: {replies:?}");
+            assert!(
+                replies.is_empty(),
+                "{command}: a second refusal within the hour was posted: {replies:?}"
+            );
             assert!(reactions(&o, comment).is_empty(), "{command} was acknowledged");
             continue;
         }

@@ -35,7 +35,10 @@ async fn refusals(o: &Orch) -> Vec<(String, bool)> {
         .into_iter()
         .map(|r| {
             let details: serde_json::Value = serde_json::from_str(&r.get::<String, _>(0)).expect("audit details are JSON");
-            (details["verb"].as_str().unwrap_or("").to_string(), details["posted"].as_bool().unwrap_or(true))
+            (
+                details["verb"].as_str().unwrap_or("").to_string(),
+                details["posted"].as_bool().unwrap_or(true),
+            )
         })
         .collect()
 }
@@ -120,7 +123,13 @@ async fn a_user_without_permission_is_refused_once_per_hour(backend: Backend) {
 async fn one_comment_makes_orch_write_at_most_two_comments(backend: Backend) {
     let Some(o) = orch(backend).await else { return };
     let issue = o.open_issue("Crash", "It crashes.", "dev-kim");
-    say(&o, &issue, "mara", "/orch triage\n/orch propose fix it\n/orch retry\n/orch help\n/orch status").await;
+    say(
+        &o,
+        &issue,
+        "mara",
+        "/orch triage\n/orch propose fix it\n/orch retry\n/orch help\n/orch status",
+    )
+    .await;
     let id = o.only_workflow().await;
     o.wait_state(id, "WAITING_USER_APPROVAL").await;
     o.wait_idle(15).await;
@@ -128,7 +137,10 @@ async fn one_comment_makes_orch_write_at_most_two_comments(backend: Backend) {
     assert_eq!(kinds, ["triage"], "one workflow started");
     let comments = o.bot_comments(issue.number);
     assert_eq!(comments.len(), 2, "the combined reply and the proposal: {comments:?}");
-    let reply = comments.iter().find(|c| !c.starts_with("### orch · triage proposal")).expect("the reply");
+    let reply = comments
+        .iter()
+        .find(|c| !c.starts_with("### orch · triage proposal"))
+        .expect("the reply");
     assert!(
         reply.contains("`/orch propose fix it` was not run: one comment starts or decides at most one workflow"),
         "{reply}"

@@ -596,9 +596,23 @@ async fn one_installations_pace_does_not_hold_up_another() {
     );
     assert!(!waiting.is_finished(), "installation 5 still waits for its slot");
     waiting.abort();
-    let bodies: Vec<String> = e.client.list_issue_comments(6, REPO, 21).await.unwrap().into_iter().map(|c| c.body).collect();
+    let bodies: Vec<String> = e
+        .client
+        .list_issue_comments(6, REPO, 21)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
     assert_eq!(bodies, ["other installation"]);
-    let bodies: Vec<String> = e.client.list_issue_comments(5, REPO, 20).await.unwrap().into_iter().map(|c| c.body).collect();
+    let bodies: Vec<String> = e
+        .client
+        .list_issue_comments(5, REPO, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
     assert_eq!(bodies, ["first"]);
 }
 

@@ -383,8 +383,14 @@ triggers: {triage_on_open: true}
     o.deliver("issues", &e2e::payloads::issue_opened(&o.repo, &opened)).await;
     o.wait_state(1, "FAILED").await;
     let said = o.bot_comments(opened.number).join("\n");
-    assert!(said.contains("stopped before asking the model") && said.contains("`not-priced`"), "{said}");
-    assert!(orch::store::model_calls::for_workflow(o.store.pool(), 1).await.unwrap().is_empty(), "no model call");
+    assert!(
+        said.contains("stopped before asking the model") && said.contains("`not-priced`"),
+        "{said}"
+    );
+    assert!(
+        orch::store::model_calls::for_workflow(o.store.pool(), 1).await.unwrap().is_empty(),
+        "no model call"
+    );
 }
 
 both_backends!(

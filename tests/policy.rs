@@ -843,19 +843,32 @@ fn every_limit_is_capped_by_the_server() {
     // Caps an operator may raise above the defaults, and bad ones refused at start.
     let raised = Caps::parse("max_tasks_per_run: 20\nmax_cost_per_window_usd: 50\n").unwrap();
     assert_eq!(summary(limits(loose, &raised)), ((20, 3, 0, 60), (0.5, 50.0, 0.5)));
-    assert!(Caps::parse("max_error_rate_threshold: 2\n").unwrap_err().contains("max_error_rate_threshold"));
-    assert!(Caps::parse("lift_builtin_forbidden: [\"docs/**\"]\n").unwrap_err().contains("lift_builtin_forbidden"));
+    assert!(Caps::parse("max_error_rate_threshold: 2\n")
+        .unwrap_err()
+        .contains("max_error_rate_threshold"));
+    assert!(Caps::parse("lift_builtin_forbidden: [\"docs/**\"]\n")
+        .unwrap_err()
+        .contains("lift_builtin_forbidden"));
 }
 
 /// `paths.forbidden` adds to the built-in forbidden paths and never replaces them; only the
 /// server's caps lift a built-in (SPEC §7).
 #[test]
 fn forbidden_paths_add_to_the_built_ins() {
-    let builtin = [".github/workflows/x.yml", ".github/orch.yml", ".github/orch/instructions.md", "keys/server.pem", "app/.env.local"];
-    let forbids = |c: &CompiledPolicy, path: &str| {
-        fields(&gate2(c, &patch(vec![file(path, Change::Added, "x\n")]))).contains(&"paths.forbidden")
-    };
-    for yaml in ["phase: 4\npaths: {forbidden: []}\n", "phase: 4\npaths: {forbidden: [\"docs/**\"]}\n", "phase: 4\n"] {
+    let builtin = [
+        ".github/workflows/x.yml",
+        ".github/orch.yml",
+        ".github/orch/instructions.md",
+        "keys/server.pem",
+        "app/.env.local",
+    ];
+    let forbids =
+        |c: &CompiledPolicy, path: &str| fields(&gate2(c, &patch(vec![file(path, Change::Added, "x\n")]))).contains(&"paths.forbidden");
+    for yaml in [
+        "phase: 4\npaths: {forbidden: []}\n",
+        "phase: 4\npaths: {forbidden: [\"docs/**\"]}\n",
+        "phase: 4\n",
+    ] {
         let capped = Effective::from_source_capped(Some(yaml), &Caps::default()).compile().unwrap();
         for c in [compiled(yaml), capped] {
             for path in builtin {
@@ -864,10 +877,15 @@ fn forbidden_paths_add_to_the_built_ins() {
             assert!(!forbids(&c, "README.md"), "{yaml}");
         }
     }
-    assert!(forbids(&compiled("phase: 4\npaths: {forbidden: [\"docs/**\"]}\n"), "docs/a.md"), "the repository's own");
+    assert!(
+        forbids(&compiled("phase: 4\npaths: {forbidden: [\"docs/**\"]}\n"), "docs/a.md"),
+        "the repository's own"
+    );
     // The operator lifts one built-in; the others stay, and a repository may still forbid it.
     let caps = Caps::parse("lift_builtin_forbidden: [\".github/workflows/**\"]\n").unwrap();
-    let lifted = Effective::from_source_capped(Some("phase: 4\npaths: {forbidden: []}\n"), &caps).compile().unwrap();
+    let lifted = Effective::from_source_capped(Some("phase: 4\npaths: {forbidden: []}\n"), &caps)
+        .compile()
+        .unwrap();
     assert!(!forbids(&lifted, ".github/workflows/x.yml"));
     assert!(forbids(&lifted, "keys/server.pem") && forbids(&lifted, ".github/orch.yml"));
     let own = Effective::from_source_capped(Some("phase: 4\npaths: {forbidden: [\".github/workflows/**\"]}\n"), &caps)
@@ -888,8 +906,14 @@ fn a_repository_may_only_choose_a_priced_model() {
     assert_eq!(caps.refuse_model(&policy("llm: {model: claude-sonnet-4-5-20250929}\n")), None);
     assert_eq!(caps.refuse_model(&policy("")), None, "no model: the server's own");
     let text = caps.refuse_model(&policy("llm: {model: not-priced}\n")).unwrap();
-    assert!(text.contains("`not-priced`") && text.contains("`claude-sonnet-4-5`") && text.contains("llm.model"), "{text}");
-    assert!(caps.refuse_model(&policy("llm: {model: fake}\n")).is_some(), "the offline model is not a repository's choice");
+    assert!(
+        text.contains("`not-priced`") && text.contains("`claude-sonnet-4-5`") && text.contains("llm.model"),
+        "{text}"
+    );
+    assert!(
+        caps.refuse_model(&policy("llm: {model: fake}\n")).is_some(),
+        "the offline model is not a repository's choice"
+    );
     let only = Caps {
         llm_models: vec!["gpt-4o-mini".into()],
         ..Caps::default()

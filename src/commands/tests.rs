@@ -663,8 +663,14 @@ fn one_reply_gathers_the_answers_and_names_what_was_ignored() {
     let answers: Vec<String> = run.iter().map(|_| "status".to_string()).collect();
     let reply = combined_reply(&answers, ignored);
     assert_eq!(reply.matches("status\n\n---").count(), MAX_PER_COMMENT);
-    assert!(reply.contains("**4990 more commands were not run:** one comment runs at most 10 commands"), "{reply}");
-    assert!(reply.contains("line 11 `/orch status`") && reply.contains("and 4970 more"), "{reply}");
+    assert!(
+        reply.contains("**4990 more commands were not run:** one comment runs at most 10 commands"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("line 11 `/orch status`") && reply.contains("and 4970 more"),
+        "{reply}"
+    );
     assert!(reply.len() < 2_000, "bounded: {} bytes", reply.len());
     assert_eq!(combined_reply(&["only".to_string()], &[]), "only");
     assert_eq!(combined_reply(&[String::new()], &[]), "");

@@ -578,7 +578,9 @@ mod tests {
         let c = Config::from_map(&env(&[("ORCH_LLM_MODELS", "claude-haiku-4-5, gpt-4o-mini")])).unwrap();
         assert_eq!(c.policy_caps.llm_models, ["claude-haiku-4-5", "gpt-4o-mini"]);
         assert!(c.policy_caps.allows_model("gpt-4o-mini-2024-07-18") && !c.policy_caps.allows_model("gpt-4o"));
-        let err = Config::from_map(&env(&[("ORCH_LLM_MODELS", "gpt-4o, llama3.1:8b")])).unwrap_err().to_string();
+        let err = Config::from_map(&env(&[("ORCH_LLM_MODELS", "gpt-4o, llama3.1:8b")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("ORCH_LLM_MODELS") && err.contains("llama3.1:8b"), "{err}");
         let err = Config::from_map(&env(&[("ORCH_POLICY_CAPS", "/nonexistent/caps.yml")]))
             .unwrap_err()

@@ -56,7 +56,11 @@ pub const PRICES: &[(&str, Price)] = &[
 /// The models a repository may choose when `ORCH_LLM_MODELS` is not set: every priced model
 /// of the table but the offline fake.
 pub fn default_models() -> Vec<String> {
-    PRICES.iter().filter(|(id, _)| *id != "fake").map(|(id, _)| id.to_string()).collect()
+    PRICES
+        .iter()
+        .filter(|(id, _)| *id != "fake")
+        .map(|(id, _)| id.to_string())
+        .collect()
 }
 
 /// The price of `model`, or None when it is not in the table.
@@ -109,7 +113,11 @@ mod tests {
         assert!((cost_usd("gpt-4o-mini", 2_000, 500) - 0.0006).abs() < 1e-12);
         assert_eq!(cost_usd("my-local-model", 10_000, 10_000), 0.0);
         assert!((estimate_cost_usd("claude-sonnet-4-5", 2_000, 2_048) - (0.006 + 0.03072)).abs() < 1e-12);
-        assert_eq!(estimate_cost_usd("my-local-model", 1, 1), f64::INFINITY, "an unpriced call is never projected at 0");
+        assert_eq!(
+            estimate_cost_usd("my-local-model", 1, 1),
+            f64::INFINITY,
+            "an unpriced call is never projected at 0"
+        );
         assert!(default_models().iter().all(|m| price(m).is_some()) && !default_models().contains(&"fake".to_string()));
     }
 }

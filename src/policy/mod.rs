@@ -98,7 +98,13 @@ impl Default for Approvals {
 
 /// Paths no patch may touch in any repository (SPEC §7). `paths.forbidden` adds to them and
 /// never replaces them; only the server's caps can lift one (`lift_builtin_forbidden`).
-pub const BUILTIN_FORBIDDEN: &[&str] = &[".github/workflows/**", ".github/orch.yml", ".github/orch/**", "**/*.pem", "**/.env*"];
+pub const BUILTIN_FORBIDDEN: &[&str] = &[
+    ".github/workflows/**",
+    ".github/orch.yml",
+    ".github/orch/**",
+    "**/*.pem",
+    "**/.env*",
+];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

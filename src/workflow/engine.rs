@@ -299,7 +299,9 @@ impl Engine {
         let admitted = match self.caps.refuse_model(&policy.policy) {
             Some(text) => Err(guard::Refusal::ModelNotAllowed(text.replace("Nothing was started: ", ""))),
             None => guard::admit_call(&breaker, limits, projected, run_spent, window_spent).map_err(|r| match r {
-                guard::Refusal::Unpriced { .. } => guard::Refusal::Unpriced { model: llm.model().to_string() },
+                guard::Refusal::Unpriced { .. } => guard::Refusal::Unpriced {
+                    model: llm.model().to_string(),
+                },
                 other => other,
             }),
         };
