@@ -217,8 +217,19 @@ async fn commands_without_write_permission_are_refused_and_change_nothing(backen
         (&pr_issue, "/orch plan"),
         (&issue, "/orch propose x"),
     ];
+    // A user without permission is told once per issue per hour (SPEC §5): later refusals on
+    // the same issue are audited (below), not posted.
+    let mut told = std::collections::HashSet::new();
     for (target, command) in cases {
         let (comment, replies) = ask(&o, target, "rin", command).await;
+        if !told.insert(target.number) {
+            assert!(
+                replies.is_empty(),
+                "{command}: a second refusal within the hour was posted: {replies:?}"
+            );
+            assert!(reactions(&o, comment).is_empty(), "{command} was acknowledged");
+            continue;
+        }
         assert_eq!(replies.len(), 1, "{command}: {replies:?}");
         let reply = &replies[0];
         assert!(reply.contains("needs write, maintain or admin permission"), "{command}: {reply}");
@@ -818,10 +829,13 @@ async fn bots_orch_hidden_and_edited_commands_never_run(backend: Backend) {
 async fn several_commands_in_one_comment_run_in_order(backend: Backend) {
     let Some(o) = orch(backend, POLICY).await else { return };
     let issue = crash_issue(&o);
+    // One reply gathers the answers, in order (SPEC §5).
     let (comment, replies) = ask(&o, &issue, "rin", "/orch status\n/orch help").await;
-    assert_eq!(replies.len(), 2, "{replies:?}");
-    assert!(replies[0].starts_with("### orch · status"), "{}", replies[0]);
-    assert_is_help(&replies[1]);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let answers: Vec<&str> = replies[0].split("\n\n---\n\n").collect();
+    assert_eq!(answers.len(), 2, "{}", replies[0]);
+    assert!(answers[0].starts_with("### orch · status"), "{}", answers[0]);
+    assert_is_help(answers[1]);
     assert_eq!(reactions(&o, comment), eyes(), "one 👀 per comment");
 
     // A bad line in between does not stop the others; triage runs before status sees it.
@@ -835,11 +849,13 @@ async fn several_commands_in_one_comment_run_in_order(backend: Backend) {
     let id = o.only_workflow().await;
     o.wait_state(id, "WAITING_USER_APPROVAL").await;
     assert_eq!(reactions(&o, comment), eyes());
-    // The proposal comes from the workflow job, in parallel: the replies to the comment are the
-    // other three, in order.
+    // The proposal comes from the workflow job, in parallel: the one reply to the comment holds
+    // the other three answers, in order.
     let to_comment: Vec<&String> = replies.iter().filter(|r| !r.starts_with("### orch · triage proposal")).collect();
-    assert_eq!(replies.len(), 4, "{replies:?}");
-    assert_eq!(to_comment.len(), 3, "{replies:?}");
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(to_comment.len(), 1, "{replies:?}");
+    let to_comment: Vec<&str> = to_comment[0].split("\n\n---\n\n").collect();
+    assert_eq!(to_comment.len(), 3, "{to_comment:?}");
     assert!(
         to_comment[0].starts_with("@mara, `/orch aprove` is not an orch command."),
         "{}",

@@ -707,6 +707,53 @@ async fn a_token_reaches_one_repository_with_one_permission() {
     assert_eq!(e.fake.state.log().len(), sent, "no request left for a bad path");
 }
 
+/// Pacing is per installation without a global lock (SPEC §11): while one installation waits
+/// for its next slot, another installation's write leaves at once. The pace is an hour, so the
+/// test does not depend on timing: a write that waited for installation 5 would never finish.
+#[tokio::test]
+async fn one_installations_pace_does_not_hold_up_another() {
+    let e = env(quick()).await;
+    let client = e.client.clone().with_pace(Duration::from_secs(3600));
+    client.create_issue_comment(5, REPO, 20, "first").await.unwrap();
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.create_issue_comment(5, REPO, 20, "second").await }
+    });
+    // Let the second write of installation 5 reach its wait (this runtime has one thread).
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    let other = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.create_issue_comment(6, REPO, 21, "other installation"),
+    )
+    .await;
+    assert!(
+        matches!(other, Ok(Ok(_))),
+        "installation 6 waited for installation 5's pace: {other:?}"
+    );
+    assert!(!waiting.is_finished(), "installation 5 still waits for its slot");
+    waiting.abort();
+    let bodies: Vec<String> = e
+        .client
+        .list_issue_comments(6, REPO, 21)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
+    assert_eq!(bodies, ["other installation"]);
+    let bodies: Vec<String> = e
+        .client
+        .list_issue_comments(5, REPO, 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
+    assert_eq!(bodies, ["first"]);
+}
+
 #[tokio::test]
 async fn orch_finds_and_edits_its_own_comment() {
     let e = env(quick()).await;

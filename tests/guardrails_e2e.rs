@@ -354,7 +354,47 @@ async fn the_servers_caps_tighten_a_permissive_repository(backend: Backend) {
     assert_eq!(o.state_of(2).await, "WAITING_USER_APPROVAL");
 }
 
+/// A repository's `llm.model` that the server does not price is refused at Gate 1 with a reply
+/// naming it and the allowed models, and never called (it would have run at cost 0, past every
+/// budget). A workflow started without Gate 1's reply (an automatic trigger) stops before the
+/// call too.
+async fn a_model_the_server_does_not_price_is_refused(backend: Backend) {
+    let policy = "phase: 4
+llm: {model: not-priced}
+triggers: {triage_on_open: true}
+";
+    let Some((o, _dir)) = scripted(backend, policy, json!([])).await else {
+        return;
+    };
+    let mut issue = o.open_issue("Crash", "crash", "dev-kim");
+    let guid = o.label_issue(&mut issue, "orch:triage", "mara").await;
+    o.wait_processed(&guid).await;
+    o.wait_idle(15).await;
+    let said = o.bot_comments(issue.number);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("`not-priced`") && said[0].contains("`claude-sonnet-4-5`") && said[0].contains("llm.model"),
+        "{}",
+        said[0]
+    );
+    assert!(o.workflow_states().await.is_empty(), "nothing started");
+    // An issue opened while `triage_on_open` is set: the workflow stops before any model call.
+    let opened = o.open_issue("Another crash", "crash again", "dev-kim");
+    o.deliver("issues", &e2e::payloads::issue_opened(&o.repo, &opened)).await;
+    o.wait_state(1, "FAILED").await;
+    let said = o.bot_comments(opened.number).join("\n");
+    assert!(
+        said.contains("stopped before asking the model") && said.contains("`not-priced`"),
+        "{said}"
+    );
+    assert!(
+        orch::store::model_calls::for_workflow(o.store.pool(), 1).await.unwrap().is_empty(),
+        "no model call"
+    );
+}
+
 both_backends!(
+    a_model_the_server_does_not_price_is_refused,
     gate_one_refuses_repeats_and_too_many_tasks,
     the_servers_caps_tighten_a_permissive_repository,
     an_invalid_policy_keeps_the_last_valid_one_and_says_why,

@@ -812,3 +812,112 @@ rename to docs/y.md
     assert_eq!(code, 2);
     assert!(err.contains("junk.diff: line 4"), "{err}");
 }
+
+/// Every `limits.*` value is bounded by the server (SPEC §7, §10), each in its own direction: a
+/// repository can lower its task cap, retries, ceilings and breaker threshold, and lengthen its
+/// windows, never the other way round.
+#[test]
+fn every_limit_is_capped_by_the_server() {
+    let loose = "phase: 4\nlimits: {max_tasks_per_run: 50, max_retries: 9, dedupe_window_hours: 0, cost_ceiling_per_run_usd: 100, \
+                 max_cost_per_window_usd: 1000, window_minutes: 1, error_rate_threshold: 1.0}\n";
+    let limits = |text: &str, caps: &Caps| Effective::from_source_capped(Some(text), caps).policy.limits;
+    let summary = |l: orch::policy::Limits| {
+        (
+            (l.max_tasks_per_run, l.max_retries, l.dedupe_window_hours, l.window_minutes),
+            (l.cost_ceiling_per_run_usd, l.max_cost_per_window_usd, l.error_rate_threshold),
+        )
+    };
+    // Without a caps file, SPEC §10's defaults are the server's caps (no dedupe floor).
+    assert_eq!(summary(limits(loose, &Caps::default())), ((5, 3, 0, 60), (0.5, 5.0, 0.5)));
+    // An operator's caps.
+    let caps = Caps::parse(
+        "max_tasks_per_run: 2\nmax_retries: 1\nmin_dedupe_window_hours: 48\ncost_ceiling_per_run_usd: 0.1\n\
+         max_cost_per_window_usd: 1\nmin_window_minutes: 120\nmax_error_rate_threshold: 0.25\n",
+    )
+    .unwrap();
+    assert_eq!(summary(limits(loose, &caps)), ((2, 1, 48, 120), (0.1, 1.0, 0.25)));
+    // A repository tighter than the caps keeps its own values.
+    let tight = "limits: {max_tasks_per_run: 1, max_retries: 0, dedupe_window_hours: 72, cost_ceiling_per_run_usd: 0.01, \
+                 max_cost_per_window_usd: 0.5, window_minutes: 240, error_rate_threshold: 0.1}\n";
+    assert_eq!(summary(limits(tight, &caps)), ((1, 0, 72, 240), (0.01, 0.5, 0.1)));
+    // Caps an operator may raise above the defaults, and bad ones refused at start.
+    let raised = Caps::parse("max_tasks_per_run: 20\nmax_cost_per_window_usd: 50\n").unwrap();
+    assert_eq!(summary(limits(loose, &raised)), ((20, 3, 0, 60), (0.5, 50.0, 0.5)));
+    assert!(Caps::parse("max_error_rate_threshold: 2\n")
+        .unwrap_err()
+        .contains("max_error_rate_threshold"));
+    assert!(Caps::parse("lift_builtin_forbidden: [\"docs/**\"]\n")
+        .unwrap_err()
+        .contains("lift_builtin_forbidden"));
+}
+
+/// `paths.forbidden` adds to the built-in forbidden paths and never replaces them; only the
+/// server's caps lift a built-in (SPEC §7).
+#[test]
+fn forbidden_paths_add_to_the_built_ins() {
+    let builtin = [
+        ".github/workflows/x.yml",
+        ".github/orch.yml",
+        ".github/orch/instructions.md",
+        "keys/server.pem",
+        "app/.env.local",
+    ];
+    let forbids =
+        |c: &CompiledPolicy, path: &str| fields(&gate2(c, &patch(vec![file(path, Change::Added, "x\n")]))).contains(&"paths.forbidden");
+    for yaml in [
+        "phase: 4\npaths: {forbidden: []}\n",
+        "phase: 4\npaths: {forbidden: [\"docs/**\"]}\n",
+        "phase: 4\n",
+    ] {
+        let capped = Effective::from_source_capped(Some(yaml), &Caps::default()).compile().unwrap();
+        for c in [compiled(yaml), capped] {
+            for path in builtin {
+                assert!(forbids(&c, path), "{yaml}: {path} is not forbidden");
+            }
+            assert!(!forbids(&c, "README.md"), "{yaml}");
+        }
+    }
+    assert!(
+        forbids(&compiled("phase: 4\npaths: {forbidden: [\"docs/**\"]}\n"), "docs/a.md"),
+        "the repository's own"
+    );
+    // The operator lifts one built-in; the others stay, and a repository may still forbid it.
+    let caps = Caps::parse("lift_builtin_forbidden: [\".github/workflows/**\"]\n").unwrap();
+    let lifted = Effective::from_source_capped(Some("phase: 4\npaths: {forbidden: []}\n"), &caps)
+        .compile()
+        .unwrap();
+    assert!(!forbids(&lifted, ".github/workflows/x.yml"));
+    assert!(forbids(&lifted, "keys/server.pem") && forbids(&lifted, ".github/orch.yml"));
+    let own = Effective::from_source_capped(Some("phase: 4\npaths: {forbidden: [\".github/workflows/**\"]}\n"), &caps)
+        .compile()
+        .unwrap();
+    assert!(forbids(&own, ".github/workflows/x.yml"));
+    // A repository cannot lift anything: the field does not exist in its file.
+    assert!(Policy::parse("paths: {lifted: [\"**/*.pem\"]}\n").is_err());
+}
+
+/// `llm.model` must be a model the server prices (`ORCH_LLM_MODELS`); Gate 1's reply names the
+/// model and the allowed ones.
+#[test]
+fn a_repository_may_only_choose_a_priced_model() {
+    let caps = Caps::default();
+    let policy = |yaml: &str| Policy::parse(yaml).unwrap();
+    assert_eq!(caps.refuse_model(&policy("llm: {model: claude-sonnet-4-5}\n")), None);
+    assert_eq!(caps.refuse_model(&policy("llm: {model: claude-sonnet-4-5-20250929}\n")), None);
+    assert_eq!(caps.refuse_model(&policy("")), None, "no model: the server's own");
+    let text = caps.refuse_model(&policy("llm: {model: not-priced}\n")).unwrap();
+    assert!(
+        text.contains("`not-priced`") && text.contains("`claude-sonnet-4-5`") && text.contains("llm.model"),
+        "{text}"
+    );
+    assert!(
+        caps.refuse_model(&policy("llm: {model: fake}\n")).is_some(),
+        "the offline model is not a repository's choice"
+    );
+    let only = Caps {
+        llm_models: vec!["gpt-4o-mini".into()],
+        ..Caps::default()
+    };
+    assert!(only.refuse_model(&policy("llm: {model: claude-sonnet-4-5}\n")).is_some());
+    assert_eq!(only.refuse_model(&policy("llm: {model: gpt-4o-mini}\n")), None);
+}

@@ -573,6 +573,7 @@ async fn dispatch(state: AppState, op: &OperatorName, kind: Kind, body: &Bytes) 
             ))
         }
         Err(Refusal::Policy(e)) => return Err(ApiError::new(StatusCode::FORBIDDEN, format!("the policy does not compile: {e}"))),
+        Err(Refusal::Model(text)) => return Err(ApiError::new(StatusCode::FORBIDDEN, text)),
         Err(Refusal::Gate1(lines)) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -244,3 +244,42 @@ fn mentions_prefix(body: &str) -> bool {
         .windows(grammar::PREFIX.len())
         .any(|w| w.eq_ignore_ascii_case(grammar::PREFIX.as_bytes()))
 }
+
+/// The most commands one comment runs (SPEC §5); the lines after them are named as ignored.
+pub const MAX_PER_COMMENT: usize = 10;
+
+/// The most ignored lines a reply names one by one; the rest are counted.
+const IGNORED_NAMED: usize = 20;
+
+/// The one reply a comment gets (SPEC §5): the answers of the commands it ran, in order, then
+/// the command lines it did not run because of [`MAX_PER_COMMENT`]. Empty when there is nothing
+/// to say. A single answer is the reply as it is; its length stays bounded whatever the comment
+/// holds, since at most [`MAX_PER_COMMENT`] answers and [`IGNORED_NAMED`] lines are shown.
+pub fn combined_reply(answers: &[String], ignored: &[Parsed]) -> String {
+    let mut parts: Vec<String> = answers.iter().filter(|a| !a.is_empty()).cloned().collect();
+    if let Some(first) = ignored.first() {
+        let mut note = format!(
+            "**{} more command{} not run:** one comment runs at most {MAX_PER_COMMENT} commands, so everything from line {} on was ignored",
+            ignored.len(),
+            if ignored.len() == 1 { " was" } else { "s were" },
+            first.line
+        );
+        let named: Vec<String> = ignored
+            .iter()
+            .take(IGNORED_NAMED)
+            .map(|p| format!("line {} {}", p.line, code(&p.text)))
+            .collect();
+        note.push_str(&format!(": {}", named.join(", ")));
+        if ignored.len() > IGNORED_NAMED {
+            note.push_str(&format!(", and {} more", ignored.len() - IGNORED_NAMED));
+        }
+        note.push_str(". Post them in another comment to run them.");
+        parts.push(note);
+    }
+    parts.join("\n\n---\n\n")
+}
+
+/// A command line as quoted back in a reply: verbatim in a code span, shortened.
+pub fn quoted(text: &str) -> String {
+    code(text)
+}

@@ -653,3 +653,25 @@ fn random_and_edge_inputs_never_panic() {
     }
     assert_eq!(parse_comment(&"/orch status\n".repeat(2000)).len(), 2000);
 }
+
+#[test]
+fn one_reply_gathers_the_answers_and_names_what_was_ignored() {
+    let body: String = (0..5_000).map(|_| "/orch status\n").collect();
+    let parsed = parse_comment(&body);
+    assert_eq!(parsed.len(), 5_000);
+    let (run, ignored) = parsed.split_at(MAX_PER_COMMENT);
+    let answers: Vec<String> = run.iter().map(|_| "status".to_string()).collect();
+    let reply = combined_reply(&answers, ignored);
+    assert_eq!(reply.matches("status\n\n---").count(), MAX_PER_COMMENT);
+    assert!(
+        reply.contains("**4990 more commands were not run:** one comment runs at most 10 commands"),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("line 11 `/orch status`") && reply.contains("and 4970 more"),
+        "{reply}"
+    );
+    assert!(reply.len() < 2_000, "bounded: {} bytes", reply.len());
+    assert_eq!(combined_reply(&["only".to_string()], &[]), "only");
+    assert_eq!(combined_reply(&[String::new()], &[]), "");
+}

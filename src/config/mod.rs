@@ -141,6 +141,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_ADMIN_TOKENS",
     "ORCH_LLM_PROVIDER",
     "ORCH_LLM_MODEL",
+    "ORCH_LLM_MODELS",
     "ANTHROPIC_API_KEY",
     "ORCH_ANTHROPIC_BASE_URL",
     "OPENAI_API_KEY",
@@ -353,6 +354,18 @@ impl Config {
         };
         let max_phase = max_phase.min(policy_caps.max_phase);
         policy_caps.max_phase = max_phase;
+        // The models a repository may choose in `llm.model`: each must have a price, so that
+        // no repository can run calls the budgets cannot see.
+        if let Some(list) = src.get("ORCH_LLM_MODELS").filter(|l| !l.trim().is_empty()) {
+            let models: Vec<String> = list.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
+            if let Some(unpriced) = models.iter().find(|m| crate::llm::pricing::price(m).is_none()) {
+                return Err(ConfigError::Invalid {
+                    var: "ORCH_LLM_MODELS",
+                    problem: format!("`{unpriced}` is not in the price table (src/llm/pricing.rs), so its cost could not be bounded"),
+                });
+            }
+            policy_caps.llm_models = models;
+        }
         let millis = |var: &'static str, default: u64| -> Result<Duration, ConfigError> {
             let ms = src.parse::<u64>(var, "a whole number of milliseconds")?.unwrap_or(default);
             if ms == 0 {
@@ -626,6 +639,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("ORCH_POLICY_CAPS") && err.contains("max_file"), "{err}");
+        let c = Config::from_map(&env(&[("ORCH_LLM_MODELS", "claude-haiku-4-5, gpt-4o-mini")])).unwrap();
+        assert_eq!(c.policy_caps.llm_models, ["claude-haiku-4-5", "gpt-4o-mini"]);
+        assert!(c.policy_caps.allows_model("gpt-4o-mini-2024-07-18") && !c.policy_caps.allows_model("gpt-4o"));
+        let err = Config::from_map(&env(&[("ORCH_LLM_MODELS", "gpt-4o, llama3.1:8b")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("ORCH_LLM_MODELS") && err.contains("llama3.1:8b"), "{err}");
         let err = Config::from_map(&env(&[("ORCH_POLICY_CAPS", "/nonexistent/caps.yml")]))
             .unwrap_err()
             .to_string();

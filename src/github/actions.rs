@@ -142,9 +142,17 @@ where
         finish("dry_run", None, None).await?;
         return Ok(Sent::DryRun { action_id: action.id });
     };
+    // The first lease of an action comes before any attempt to make it, so there is nothing
+    // to look for yet: a reply does not list all the comments before it is posted.
+    let first_lease = actions::leases(store.pool(), action.id).await? == 1;
     let attempts = client.policy().max_attempts.max(1);
     for attempt in 1..=attempts {
-        let found = match find(client.marker(action.id)).await {
+        let looked_for = if attempt == 1 && first_lease {
+            Ok(None)
+        } else {
+            find(client.marker(action.id)).await
+        };
+        let found = match looked_for {
             Ok(found) => found,
             Err(e) => {
                 let _write = store.write_guard().await;

@@ -157,7 +157,10 @@ pub struct GithubClient {
     /// Content-creating requests of one installation are spaced by at least this much
     /// (GitHub asks for a second between them to stay clear of its secondary limits).
     pace: Duration,
-    last_write: Arc<tokio::sync::Mutex<HashMap<i64, Instant>>>,
+    /// Per installation, the earliest moment its next content-creating request may leave. A
+    /// writer reserves its slot under a short lock and waits outside it, so one installation's
+    /// wait never holds up another's writes.
+    next_write: Arc<Mutex<HashMap<i64, Instant>>>,
     /// Writes are logged and refused before they leave (reads still go out).
     dry_run: bool,
     /// Tags orch's hidden markers (SPEC §6).
@@ -282,7 +285,7 @@ impl GithubClient {
             permission_ttl: PERMISSION_TTL,
             rate_limit: Arc::default(),
             pace: DEFAULT_PACE,
-            last_write: Arc::default(),
+            next_write: Arc::default(),
             dry_run: false,
             marker_key: Arc::new(MarkerKey::random()),
             identity: Arc::default(),
@@ -339,18 +342,18 @@ impl GithubClient {
         self
     }
 
-    /// Waits until this installation may send its next content-creating request.
+    /// Waits until this installation may send its next content-creating request. Writes of one
+    /// installation leave in the order they reserved their slots, one pace apart; installations
+    /// do not wait on each other (no lock is held while waiting).
     async fn pace_write(&self, installation: i64) {
-        // Held across the wait: writes of one installation leave in order, one pace apart.
-        let mut last = self.last_write.lock().await;
-        if let Some(previous) = last.get(&installation) {
-            let next = *previous + self.pace;
+        let slot = {
+            let mut next = self.next_write.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            if next > now {
-                tokio::time::sleep(next - now).await;
-            }
-        }
-        last.insert(installation, Instant::now());
+            let slot = next.get(&installation).copied().filter(|at| *at > now).unwrap_or(now);
+            next.insert(installation, slot + self.pace);
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
     }
 
     pub fn policy(&self) -> &RetryPolicy {

@@ -3,6 +3,10 @@
 //! `claude-sonnet-4-5-20250929` or `gpt-4o-mini-2024-07-18` find their family). A model not in
 //! the table costs 0 and is flagged (`price_known = false` on its `model_calls` row, and a
 //! warning in the log): the budgets then cannot protect the operator, who should add it here.
+//! So a repository may only choose a priced model (`ORCH_LLM_MODELS`, by default
+//! [`default_models`]; see `policy::Caps::refuse_model`), and [`estimate_cost_usd`] projects
+//! an unpriced model's call as unbounded, so the budget check refuses it instead of waving it
+//! through at 0.
 //!
 //! List prices as published by the providers in 2025; they change, so check them when editing.
 
@@ -49,6 +53,16 @@ pub const PRICES: &[(&str, Price)] = &[
     ("fake", p(0.0, 0.0)),
 ];
 
+/// The models a repository may choose when `ORCH_LLM_MODELS` is not set: every priced model
+/// of the table but the offline fake.
+pub fn default_models() -> Vec<String> {
+    PRICES
+        .iter()
+        .filter(|(id, _)| *id != "fake")
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
 /// The price of `model`, or None when it is not in the table.
 pub fn price(model: &str) -> Option<Price> {
     PRICES
@@ -67,9 +81,13 @@ pub fn cost_usd(model: &str, tokens_in: u32, tokens_out: u32) -> f64 {
 }
 
 /// The most a call can cost: its (estimated) input tokens and every output token it may use.
-/// For the projected-cost check before a call (SPEC §10).
+/// For the projected-cost check before a call (SPEC §10). A model without a price has no
+/// bound: infinity, which no budget admits (never 0, which every budget would).
 pub fn estimate_cost_usd(model: &str, tokens_in: u32, max_output_tokens: u32) -> f64 {
-    cost_usd(model, tokens_in, max_output_tokens)
+    match price(model) {
+        Some(_) => cost_usd(model, tokens_in, max_output_tokens),
+        None => f64::INFINITY,
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +113,11 @@ mod tests {
         assert!((cost_usd("gpt-4o-mini", 2_000, 500) - 0.0006).abs() < 1e-12);
         assert_eq!(cost_usd("my-local-model", 10_000, 10_000), 0.0);
         assert!((estimate_cost_usd("claude-sonnet-4-5", 2_000, 2_048) - (0.006 + 0.03072)).abs() < 1e-12);
+        assert_eq!(
+            estimate_cost_usd("my-local-model", 1, 1),
+            f64::INFINITY,
+            "an unpriced call is never projected at 0"
+        );
+        assert!(default_models().iter().all(|m| price(m).is_some()) && !default_models().contains(&"fake".to_string()));
     }
 }

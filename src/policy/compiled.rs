@@ -25,6 +25,8 @@ pub struct CompiledPolicy {
     /// `paths.forbidden` then `paths.require_approval`.
     paths: GlobSet,
     forbidden_count: usize,
+    /// Every forbidden glob, built-ins first (see [`crate::policy::Paths::all_forbidden`]).
+    forbidden: Vec<String>,
     labels: GlobSet,
     states: StateMachine,
     dangerous: DangerousPatterns,
@@ -110,8 +112,10 @@ impl CompiledPolicy {
     pub fn new(policy: &Policy, phase: u8) -> Result<CompiledPolicy, PolicyError> {
         policy.validate()?;
         let mut paths = GlobSetBuilder::new();
+        // The built-in forbidden paths come first and cannot be dropped by the repository.
+        let forbidden = policy.paths.all_forbidden();
         for (field, list) in [
-            ("paths.forbidden", &policy.paths.forbidden),
+            ("paths.forbidden", &forbidden),
             ("paths.require_approval", &policy.paths.require_approval),
         ] {
             for glob in list {
@@ -137,7 +141,8 @@ impl CompiledPolicy {
         };
         Ok(CompiledPolicy {
             paths: build(paths, "paths")?,
-            forbidden_count: policy.paths.forbidden.len(),
+            forbidden_count: forbidden.len(),
+            forbidden,
             labels: build(labels, "labels.allowed")?,
             states: StateMachine::new(&policy.labels.transitions),
             dangerous,
@@ -177,7 +182,7 @@ impl CompiledPolicy {
         let mut out = PathMatch::default();
         for &i in scratch.iter() {
             if i < self.forbidden_count {
-                out.forbidden = out.forbidden.or(Some(self.policy.paths.forbidden[i].as_str()));
+                out.forbidden = out.forbidden.or(Some(self.forbidden[i].as_str()));
             } else {
                 out.requires_approval = true;
             }

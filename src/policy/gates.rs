@@ -179,7 +179,7 @@ pub enum Rule {
 }
 
 /// `value` in a code span that cannot break out of it or turn into a marker.
-fn code(value: &str) -> String {
+pub(crate) fn code(value: &str) -> String {
     let clean: String = value
         .chars()
         .map(|c| match c {

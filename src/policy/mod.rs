@@ -96,18 +96,51 @@ impl Default for Approvals {
     }
 }
 
+/// Paths no patch may touch in any repository (SPEC §7). `paths.forbidden` adds to them and
+/// never replaces them; only the server's caps can lift one (`lift_builtin_forbidden`).
+pub const BUILTIN_FORBIDDEN: &[&str] = &[
+    ".github/workflows/**",
+    ".github/orch.yml",
+    ".github/orch/**",
+    "**/*.pem",
+    "**/.env*",
+];
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Paths {
+    /// The repository's own forbidden globs, on top of [`BUILTIN_FORBIDDEN`].
     pub forbidden: Vec<String>,
     pub require_approval: Vec<String>,
+    /// Built-in forbidden globs the server's caps lifted; never read from the file.
+    #[serde(skip)]
+    pub lifted: Vec<String>,
+}
+
+impl Paths {
+    /// Every glob forbidden under this policy: the built-ins the server did not lift, then the
+    /// repository's own.
+    pub fn all_forbidden(&self) -> Vec<String> {
+        let mut all: Vec<String> = BUILTIN_FORBIDDEN
+            .iter()
+            .filter(|g| !self.lifted.iter().any(|l| l == *g))
+            .map(|g| g.to_string())
+            .collect();
+        for glob in &self.forbidden {
+            if !all.contains(glob) {
+                all.push(glob.clone());
+            }
+        }
+        all
+    }
 }
 
 impl Default for Paths {
     fn default() -> Self {
         Self {
-            forbidden: vec![".github/workflows/**".into(), "**/*.pem".into(), "**/.env*".into()],
+            forbidden: Vec::new(),
             require_approval: vec!["src/**".into()],
+            lifted: Vec::new(),
         }
     }
 }

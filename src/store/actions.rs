@@ -21,8 +21,8 @@ pub async fn get_or_create<'c, E: Executor<'c, Database = Db> + Copy>(
     now: i64,
 ) -> sqlx::Result<ActionRow> {
     sqlx::query(
-        "INSERT INTO actions (idempotency_key, installation_id, repository, kind, target, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT (idempotency_key) DO NOTHING",
+        "INSERT INTO actions (idempotency_key, installation_id, repository, kind, target, status, created_at, updated_at, leases) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6, 0) ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(key.to_string())
     .bind(installation_id)
@@ -66,7 +66,7 @@ pub async fn finish<'c, E: Executor<'c, Database = Db>>(
 /// Takes the right to make action `id` until `until`, unless someone else holds it; false then.
 pub async fn try_lease<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, now: i64, until: i64) -> sqlx::Result<bool> {
     let r = sqlx::query(
-        "UPDATE actions SET lease_until = $1 WHERE id = $2 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3)",
+        "UPDATE actions SET lease_until = $1, leases = leases + 1 WHERE id = $2 AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3)",
     )
     .bind(until)
     .bind(id)
@@ -74,6 +74,16 @@ pub async fn try_lease<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64, now
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
+}
+
+/// How many times action `id` was leased (1 right after its first lease: nothing of it can have
+/// reached GitHub before).
+pub async fn leases<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64) -> sqlx::Result<i64> {
+    sqlx::query("SELECT leases FROM actions WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)
 }
 
 /// Gives the right back (the write was not confirmed; the next attempt may try).

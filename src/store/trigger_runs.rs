@@ -67,3 +67,35 @@ pub async fn settle<'c, E: Executor<'c, Database = Db>>(
         .await?;
     Ok(())
 }
+
+/// How long a posted refusal stands for its user on its issue (SPEC §5: at most one per hour).
+pub const REFUSAL_WINDOW_MS: i64 = 3_600_000;
+
+/// Whether the refusal of `user_id` in `comment_id` on `repository#number` may be posted: true
+/// when no other comment's refusal to that user on that issue was posted within
+/// [`REFUSAL_WINDOW_MS`] (the window then starts again with this comment), or when this comment
+/// is the one that holds the window (several refused lines of one comment share one reply).
+/// One atomic upsert, so that two comments processed at once cannot both win.
+pub async fn claim_refusal(
+    conn: &mut AnyConnection,
+    repository: &str,
+    number: i64,
+    user_id: i64,
+    comment_id: i64,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO refusal_windows (repository, number, user_id, comment_id, posted_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (repository, number, user_id) DO UPDATE SET comment_id = excluded.comment_id, posted_at = excluded.posted_at \
+         WHERE refusal_windows.comment_id = excluded.comment_id OR refusal_windows.posted_at <= $6",
+    )
+    .bind(repository.to_string())
+    .bind(number)
+    .bind(user_id)
+    .bind(comment_id)
+    .bind(now)
+    .bind(now - REFUSAL_WINDOW_MS)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}

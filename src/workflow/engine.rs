@@ -311,7 +311,18 @@ impl Engine {
         let breaker = guard::breaker(self.store.pool()).await?;
         let run_spent = model_calls::cost_for_workflow(self.store.pool(), wf.id).await?;
         let window_spent = model_calls::cost_since(self.store.pool(), now - i64::from(limits.window_minutes) * 60_000).await?;
-        if let Err(refusal) = guard::admit_call(&breaker, limits, projected, run_spent, window_spent) {
+        // A repository's model outside `ORCH_LLM_MODELS` is refused at Gate 1; a workflow that
+        // got here another way (an automatic trigger, a policy changed since) stops here too.
+        let admitted = match self.caps.refuse_model(&policy.policy) {
+            Some(text) => Err(guard::Refusal::ModelNotAllowed(text.replace("Nothing was started: ", ""))),
+            None => guard::admit_call(&breaker, limits, projected, run_spent, window_spent).map_err(|r| match r {
+                guard::Refusal::Unpriced { .. } => guard::Refusal::Unpriced {
+                    model: llm.model().to_string(),
+                },
+                other => other,
+            }),
+        };
+        if let Err(refusal) = admitted {
             tracing::warn!(workflow = wf.id, %refusal, "model call refused");
             let text = format!(
                 "Workflow {} stopped before asking the model: {refusal}. `/orch retry` starts again.",
@@ -881,9 +892,7 @@ impl Engine {
                     "-1" => "your 👎",
                     _ => continue,
                 };
-                if !approval::may_vote(&r.user.login, &r.user.kind)
-                    || workflows::reaction_recorded(self.store.pool(), wf.id, r.id).await?
-                {
+                if !approval::may_vote(&r.user.login, &r.user.kind) || workflows::reaction_recorded(self.store.pool(), wf.id, r.id).await? {
                     continue;
                 }
                 let text = messages::void_vote(&r.user.login, what, wf.id, messages::revision_of_key(&key), now_revision);

@@ -25,6 +25,12 @@ pub const MIN_SAMPLE: i64 = 4;
 pub enum Refusal {
     #[error("the circuit breaker is open ({failed} of {total} recent model tasks failed); an operator closes it with POST /circuit/reset")]
     BreakerOpen { failed: i64, total: i64 },
+    /// The model has no price on this server, so no budget can bound its calls.
+    #[error("the model `{model}` has no price on this server, so its cost could not be bounded; the operator prices it or chooses another model")]
+    Unpriced { model: String },
+    /// The repository's `llm.model` is not one the server allows (`ORCH_LLM_MODELS`).
+    #[error("{0}")]
+    ModelNotAllowed(String),
     #[error("the projected cost ${projected:.4} would take this workflow past its ceiling of ${ceiling:.2} (spent ${spent:.4})")]
     RunCeiling { projected: f64, spent: f64, ceiling: f64 },
     #[error("the projected cost ${projected:.4} would take spending past ${ceiling:.2} in {minutes} minutes (spent ${spent:.4})")]
@@ -104,6 +110,9 @@ pub fn admit_call(breaker: &Breaker, limits: &Limits, projected: f64, run_spent:
             failed: breaker.failed_tasks,
             total: breaker.total_tasks,
         });
+    }
+    if !projected.is_finite() {
+        return Err(Refusal::Unpriced { model: String::new() });
     }
     if run_spent + projected > limits.cost_ceiling_per_run_usd {
         return Err(Refusal::RunCeiling {

@@ -61,6 +61,8 @@ pub enum Refusal {
     Denied { permission: String },
     /// The policy does not compile.
     Policy(String),
+    /// The policy asks for a model the server does not price (the reply names the allowed ones).
+    Model(String),
     /// Gate 1's violated rules.
     Gate1(Vec<String>),
 }
@@ -134,6 +136,10 @@ impl<'e> Service<'e> {
             if let Authz::Denied { permission } = authorize(&engine.github, req.installation, req.repo, person, &policy.policy).await? {
                 return Ok(Err(Refusal::Denied { permission }));
             }
+        }
+        // A model the server does not price could not be bounded: refused before anything runs.
+        if let Some(text) = self.engine.caps.refuse_model(&policy.policy) {
+            return Ok(Err(Refusal::Model(text)));
         }
         let compiled = match self.engine.compiled(policy) {
             Ok(c) => c,
@@ -298,6 +304,7 @@ impl Refusal {
                 messages::denied(requester, &doing, repo, permission)
             }
             Refusal::Policy(e) => format!("The policy does not compile ({e}); nothing was started."),
+            Refusal::Model(text) => text.clone(),
             Refusal::Gate1(lines) => {
                 let lines: Vec<String> = lines.iter().map(|r| format!("- {r}")).collect();
                 format!("Nothing was started: Gate 1 refused this request.\n\n{}", lines.join("\n"))

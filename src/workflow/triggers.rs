@@ -60,6 +60,9 @@ struct Trigger<'a> {
 enum Outcome {
     /// Only a reply (help, status, refusals); `accepted` says whether it is acknowledged with 👀.
     Reply { accepted: bool, text: String },
+    /// A command refused for lack of permission: its reply is posted only if the user got no
+    /// other refusal on this issue within the hour (SPEC §5); otherwise it is only audited.
+    Refused { user_id: i64, text: String },
     /// Start a workflow of this kind.
     Start(NewWorkflow),
     /// A vote on a waiting workflow.
@@ -213,18 +216,43 @@ impl Engine {
     /// Records `decision` for the trigger with its effect in one transaction — unless a decision
     /// was recorded before, which then stands — and sends what the recorded decision says.
     async fn record(&self, t: &Trigger<'_>, decision: Outcome) -> anyhow::Result<()> {
+        self.decide_once(t, decision).await?;
+        self.replay(t).await
+    }
+
+    /// The first half of [`Engine::record`]: the decision and its effect in one transaction,
+    /// unless a decision was recorded before. Sends nothing.
+    async fn decide_once(&self, t: &Trigger<'_>, decision: Outcome) -> anyhow::Result<()> {
         let now = now_ms();
         let mut tx = self.store.begin().await?;
         let (accepted, reply) = match &decision {
             Outcome::Reply { accepted, text } => (*accepted, Some(text.as_str())),
             Outcome::Move { text, .. } => (true, Some(text.as_str())),
+            // Known once the refusal window is claimed below.
+            Outcome::Refused { .. } => (false, Some("")),
             Outcome::Start(_) | Outcome::Vote { .. } => (true, None),
         };
         if !trigger_runs::claim(&mut tx, &t.key, t.at.repo, t.verb, accepted, reply, now).await? {
             tx.rollback().await?;
-            return self.replay(t).await;
+            return Ok(());
         }
         match decision {
+            Outcome::Refused { user_id, text } => {
+                // Keyed by the comment, so that the refused lines of one comment share its reply.
+                let comment = t.comment.context("a refused command has its comment")?;
+                let posted = trigger_runs::claim_refusal(&mut tx, t.at.repo, t.at.number, user_id, comment, now).await?;
+                if posted {
+                    trigger_runs::settle(&mut *tx, &t.key, None, Some(&text)).await?;
+                }
+                let entry = crate::audit::Entry {
+                    kind: crate::audit::kind::COMMAND_DENIED,
+                    actor: "orch",
+                    subject: &format!("{}#{}", t.at.repo, t.at.number),
+                    details: serde_json::json!({ "trigger": t.key, "verb": t.verb, "user_id": user_id, "reply": text,
+                                                 "posted": posted, "why_not_posted": (!posted).then_some("this user was refused on this issue within the hour") }),
+                };
+                crate::audit::append(&mut tx, self.store.backend(), &entry, now).await?;
+            }
             Outcome::Reply { accepted: false, text } if t.verb != "parse" => {
                 let entry = crate::audit::Entry {
                     kind: crate::audit::kind::COMMAND_DENIED,
@@ -282,12 +310,22 @@ impl Engine {
             }
         }
         tx.commit().await?;
-        self.replay(t).await
+        Ok(())
     }
 
     /// Sends what the trigger's recorded decision says: the 👀 of an accepted command and the
     /// reply, each once. A vote's reply is decided after the ledger settles the workflow.
     async fn replay(&self, t: &Trigger<'_>) -> anyhow::Result<()> {
+        let (_, reply) = self.replay_quietly(t).await?;
+        if !reply.is_empty() {
+            self.reply(&t.at, &format!("{}:reply", t.key), &reply).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Engine::replay`] without the reply, which it returns with the recorded decision: the
+    /// commands of a comment gather theirs into one reply.
+    async fn replay_quietly(&self, t: &Trigger<'_>) -> anyhow::Result<(TriggerRun, String)> {
         let run = trigger_runs::get(self.store.pool(), &t.key)
             .await?
             .context("a recorded trigger can be read back")?;
@@ -304,6 +342,7 @@ impl Engine {
             .await?;
         }
         let workflow_id = run.workflow_id;
+        let recorded = run.clone();
         let reply = match run {
             TriggerRun { reply: Some(text), .. } => text,
             TriggerRun {
@@ -324,15 +363,12 @@ impl Engine {
             }
             TriggerRun { reply: None, .. } => String::new(),
         };
-        if !reply.is_empty() {
-            self.reply(&t.at, &format!("{}:reply", t.key), &reply).await?;
-        }
         // A command or vote that ended a patch proposal (reject, cancel, request-changes) retires
         // its check run's buttons; repeated on a redelivery, it changes nothing.
         if let Some(id) = workflow_id {
             self.close_check_run(&self.load(id).await?).await?;
         }
-        Ok(())
+        Ok((recorded, reply))
     }
 
     /// The workflow an automatic trigger creates (no Gate 1 beyond the policy's `triggers`).
@@ -380,17 +416,25 @@ impl Engine {
         })
     }
 
-    /// The commands of one comment, in order, each decided once.
+    /// The commands of one comment, in order, each decided once: at most
+    /// [`commands::MAX_PER_COMMENT`] of them, and at most one that starts or decides a workflow.
+    /// The comment gets one reply gathering their answers (an exactly-once action keyed by the
+    /// comment), so that no comment makes orch write more than two comments: that reply and
+    /// what the one workflow it moved says.
     async fn run_commands(&self, at: &Place<'_>, comment_id: i64, author: &Actor, body: &str, on_pull: bool) -> anyhow::Result<()> {
         let parsed = commands::parse_comment(body);
+        let (to_run, ignored) = parsed.split_at(parsed.len().min(commands::MAX_PER_COMMENT));
         let policy = self.policy(at.installation, at.repo).await?;
-        for (i, p) in parsed.iter().enumerate() {
+        let mut answers = Vec::new();
+        // Whether an earlier line of the comment started or decided a workflow.
+        let mut moved = false;
+        for (i, p) in to_run.iter().enumerate() {
             let t = Trigger {
                 at: Place { ..*at },
                 key: format!("c{comment_id}:{i}"),
                 verb: p.result.as_ref().map(|c| c.verb()).unwrap_or("parse"),
                 comment: Some(comment_id),
-                tasks_before: parsed[..i]
+                tasks_before: to_run[..i]
                     .iter()
                     .filter(|q| {
                         matches!(
@@ -400,59 +444,88 @@ impl Engine {
                     })
                     .count() as u32,
             };
-            if trigger_runs::get(self.store.pool(), &t.key).await?.is_some() {
-                self.replay(&t).await?;
-                continue;
+            if trigger_runs::get(self.store.pool(), &t.key).await?.is_none() {
+                let decision = match self.decide_line(&t, p, comment_id, author, &policy, on_pull).await? {
+                    Outcome::Start(_) | Outcome::Vote { .. } | Outcome::Move { wake: true, .. } if moved => Outcome::Reply {
+                        accepted: false,
+                        text: format!(
+                            "@{}, {} was not run: one comment starts or decides at most one workflow, so that a comment never makes orch write more than two comments. Post it in a comment of its own.",
+                            author.login,
+                            commands::quoted(&p.text)
+                        ),
+                    },
+                    decision => decision,
+                };
+                self.decide_once(&t, decision).await?;
             }
-            let decision = match &p.result {
-                Err(e) => Outcome::Reply {
-                    accepted: false,
-                    text: format!("@{}, {}", author.login, e.reply()),
-                },
-                Ok(command) => {
-                    let denied = match command.needs_write() {
-                        true => {
-                            authorize(
-                                &self.github,
-                                at.installation,
-                                at.repo,
-                                &Caller::github(author).person(),
-                                &policy.policy,
-                            )
-                            .await?
-                        }
-                        false => Authz::Allowed,
-                    };
-                    match denied {
-                        Authz::Denied { permission } => {
-                            tracing::info!(login = %author.login, command = %command, %permission, "command denied");
-                            Outcome::Reply {
-                                accepted: false,
-                                text: messages::denied(&author.login, &format!("`{command}`"), at.repo, &permission),
-                            }
-                        }
-                        Authz::Allowed => {
-                            // Acknowledged as soon as it is accepted, before it acts.
-                            actions::reaction_once(
-                                &self.store,
-                                Some(&self.github),
-                                &format!("c{comment_id}:eyes"),
-                                at.installation,
-                                at.repo,
-                                comment_id,
-                                "eyes",
-                            )
-                            .await?;
-                            self.decide(&t, comment_id, author, command, &policy, on_pull)
-                                .await
-                                .with_context(|| format!("command {command}"))?
-                        }
-                    }
-                }
-            };
-            self.record(&t, decision).await?;
+            let (run, answer) = self.replay_quietly(&t).await?;
+            moved |= run.accepted && run.workflow_id.is_some() && MOVING_VERBS.contains(&t.verb);
+            answers.push(answer);
+        }
+        let reply = commands::combined_reply(&answers, ignored);
+        if !reply.is_empty() {
+            self.reply(at, &format!("c{comment_id}:reply"), &reply).await?;
         }
         Ok(())
+    }
+
+    /// What one command line of a comment decides (before the per-comment limits).
+    async fn decide_line(
+        &self,
+        t: &Trigger<'_>,
+        p: &commands::Parsed,
+        comment_id: i64,
+        author: &Actor,
+        policy: &Effective,
+        on_pull: bool,
+    ) -> anyhow::Result<Outcome> {
+        let at = &t.at;
+        Ok(match &p.result {
+            Err(e) => Outcome::Reply {
+                accepted: false,
+                text: format!("@{}, {}", author.login, e.reply()),
+            },
+            Ok(command) => {
+                let denied = match command.needs_write() {
+                    true => {
+                        authorize(
+                            &self.github,
+                            at.installation,
+                            at.repo,
+                            &Caller::github(author).person(),
+                            &policy.policy,
+                        )
+                        .await?
+                    }
+                    false => Authz::Allowed,
+                };
+                match denied {
+                    Authz::Denied { permission } => {
+                        tracing::info!(login = %author.login, command = %command, %permission, "command denied");
+                        Outcome::Refused {
+                            user_id: author.id,
+                            text: messages::denied(&author.login, &format!("`{command}`"), at.repo, &permission),
+                        }
+                    }
+                    Authz::Allowed => {
+                        // Acknowledged as soon as it is accepted, before it acts.
+                        actions::reaction_once(
+                            &self.store,
+                            Some(&self.github),
+                            &format!("c{comment_id}:eyes"),
+                            at.installation,
+                            at.repo,
+                            comment_id,
+                            "eyes",
+                        )
+                        .await?;
+                        self.decide(t, comment_id, author, command, policy, on_pull)
+                            .await
+                            .with_context(|| format!("command {command}"))?
+                    }
+                }
+            }
+        })
     }
 
     /// The workflow a command acts on: the one named, or the single live one of the issue in
@@ -770,6 +843,9 @@ impl Engine {
         Ok(())
     }
 }
+
+/// The verbs whose accepted command starts or decides a workflow, which then writes on its own.
+const MOVING_VERBS: &[&str] = &["triage", "plan", "propose", "retry", "approve", "reject"];
 
 /// The trigger of a whole delivery (a label, a button press), keyed by its GUID.
 fn delivery_trigger<'a>(installation: i64, guid: &str, repo: &'a str, number: i64, verb: &'static str) -> Trigger<'a> {

@@ -1,0 +1,18 @@
+-- Flood limits (SPEC §5): a user without permission gets at most one refusal per issue per hour.
+-- One row per (repository, issue, user id): the comment whose refusal was posted last and when.
+-- A later comment's refusal is posted only when it wins this row (the hour has passed, or it is
+-- the same comment); otherwise it is audited and not posted.
+CREATE TABLE refusal_windows (
+    repository TEXT NOT NULL,
+    number     BIGINT NOT NULL,
+    user_id    BIGINT NOT NULL,
+    comment_id BIGINT NOT NULL,
+    posted_at  BIGINT NOT NULL,
+    PRIMARY KEY (repository, number, user_id)
+);
+
+-- How many times an action was leased to be made. An action leased for the first time cannot
+-- have reached GitHub yet, so its maker does not list the issue's comments looking for its
+-- marker first (the cost that made every reply list all comments). Rows from before this
+-- migration count as leased once already: they may have been attempted.
+ALTER TABLE actions ADD COLUMN leases BIGINT NOT NULL DEFAULT 1;
