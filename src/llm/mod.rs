@@ -181,15 +181,7 @@ pub struct InvalidOutput {
 /// A model-given path as it may be quoted in a comment: no backtick to leave the code span, no
 /// `<`/`>` to become markup or a marker, no control character.
 fn quoted(path: &str) -> String {
-    path.chars()
-        .map(|c| match c {
-            '`' => '\'',
-            '<' => '‹',
-            '>' => '›',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .collect()
+    path.chars().map(crate::policy::patterns::inert_char).collect()
 }
 
 impl Proposal {

@@ -180,16 +180,7 @@ pub enum Rule {
 
 /// `value` in a code span that cannot break out of it or turn into a marker.
 pub(crate) fn code(value: &str) -> String {
-    let clean: String = value
-        .chars()
-        .map(|c| match c {
-            '`' => '\'',
-            '<' => '‹',
-            '>' => '›',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .collect();
+    let clean: String = value.chars().map(crate::policy::patterns::inert_char).collect();
     format!("`{clean}`")
 }
 

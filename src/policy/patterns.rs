@@ -301,13 +301,7 @@ pub fn excerpt(text: &str, at: usize) -> String {
     let mut out: String = line
         .chars()
         .take(80)
-        .map(|c| match c {
-            '`' => '\'',
-            '<' => '‹',
-            '>' => '›',
-            c if c.is_control() => ' ',
-            c => c,
-        })
+        .map(inert_char)
         .collect();
     if line.chars().count() > 80 {
         out.push('…');
@@ -505,6 +499,18 @@ pub fn shannon_entropy(s: &str) -> f64 {
             -p * p.log2()
         })
         .sum()
+}
+
+/// A character of untrusted text as it may be quoted in a code span: no backtick to leave the
+/// span, no `<`/`>` to become markup or imitate orch's markers, no control character.
+pub fn inert_char(c: char) -> char {
+    match c {
+        '`' => '\'',
+        '<' => '‹',
+        '>' => '›',
+        c if c.is_control() => ' ',
+        c => c,
+    }
 }
 
 #[cfg(test)]
