@@ -7,6 +7,10 @@
 //! run in it, so no line can close the block, and `<!--` is shown as `‹!--`, so no line can
 //! imitate orch's hidden markers.
 
+use std::time::{Duration, Instant};
+
+use similar::{Algorithm, DiffOp, DiffTag};
+
 use crate::github::actions::CHECK_RUN_TEXT_LIMIT;
 
 /// How many changed lines the proposal comment shows before pointing at the check run.
@@ -16,9 +20,10 @@ pub const COMMENT_CHANGED_LINES: usize = 200;
 const COMMENT_DIFF_CHARS: usize = 55_000;
 /// Lines of context around each change.
 const CONTEXT: usize = 3;
-/// Beyond this many cells (old lines × new lines, after the common start and end), a file is
-/// shown as a whole replacement rather than searched for the smallest diff.
-const LCS_CELLS: usize = 4_000_000;
+/// How long the search for the smallest diff of one file may take; past it, what is left of the
+/// file is shown as a whole replacement (still an exact diff, only a longer one). Ordinary
+/// patches take milliseconds; this only bounds pathological ones (a large file rewritten).
+const DIFF_TIME: Duration = Duration::from_secs(1);
 
 /// One hunk: its `@@ -a,b +c,d @@` header and its lines, each starting with ` `, `-` or `+`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,184 +102,75 @@ pub fn unified(files: &[FileDiff]) -> String {
     files.iter().map(FileDiff::text).collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Same(usize, usize),
-    Del(usize),
-    Ins(usize),
-}
-
-/// An edit script from `a` to `b`: the common start and end, and between them a longest
-/// common subsequence (or, when that would be too costly, everything replaced).
-fn ops(a: &[&str], b: &[&str]) -> Vec<Op> {
-    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let suf = a[pre..].iter().rev().zip(b[pre..].iter().rev()).take_while(|(x, y)| x == y).count();
-    let (am, bm) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
-    let mut out: Vec<Op> = (0..pre).map(|i| Op::Same(i, i)).collect();
-    let (n, m) = (am.len(), bm.len());
-    if let Some(middle) = shortest_edit(am, bm, LCS_CELLS) {
-        out.extend(middle.into_iter().map(|op| match op {
-            Op::Same(i, j) => Op::Same(pre + i, pre + j),
-            Op::Del(i) => Op::Del(pre + i),
-            Op::Ins(j) => Op::Ins(pre + j),
-        }));
-    } else if n.saturating_mul(m) <= LCS_CELLS {
-        // lcs[i][j]: the longest common subsequence of am[i..] and bm[j..].
-        let w = m + 1;
-        let mut lcs = vec![0u32; (n + 1) * w];
-        for i in (0..n).rev() {
-            for j in (0..m).rev() {
-                lcs[i * w + j] = if am[i] == bm[j] {
-                    lcs[(i + 1) * w + j + 1] + 1
-                } else {
-                    lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
-                };
-            }
-        }
-        let (mut i, mut j) = (0, 0);
-        while i < n || j < m {
-            if i < n && j < m && am[i] == bm[j] {
-                out.push(Op::Same(pre + i, pre + j));
-                i += 1;
-                j += 1;
-            } else if i < n && (j == m || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
-                out.push(Op::Del(pre + i));
-                i += 1;
-            } else {
-                out.push(Op::Ins(pre + j));
-                j += 1;
-            }
-        }
-    } else {
-        out.extend((0..n).map(|i| Op::Del(pre + i)));
-        out.extend((0..m).map(|j| Op::Ins(pre + j)));
-    }
-    out.extend((0..suf).map(|k| Op::Same(a.len() - suf + k, b.len() - suf + k)));
-    out
-}
-
-/// The shortest edit script from `a` to `b` (Myers' greedy algorithm, O((N+M)·D)): cheap when
-/// a large file changes in few places. None when its trace would pass `cells` entries.
-fn shortest_edit(a: &[&str], b: &[&str], cells: usize) -> Option<Vec<Op>> {
-    let (n, m) = (a.len() as isize, b.len() as isize);
-    let max = n + m;
-    let off = max + 1;
-    let width = (2 * max + 3) as usize;
-    let mut v = vec![0isize; width];
-    // trace[d]: the furthest x reached on diagonals k = x - y in -d..=d before step d (index
-    // k + d), all that step d and the way back read.
-    let mut trace: Vec<Vec<isize>> = Vec::new();
-    let mut kept = 0usize;
-    for d in 0..=max {
-        kept += (2 * d + 1) as usize;
-        if kept > cells {
-            return None;
-        }
-        trace.push(v[(off - d) as usize..=(off + d) as usize].to_vec());
-        for k in (-d..=d).step_by(2) {
-            let down = k == -d || (k != d && v[(off + k - 1) as usize] < v[(off + k + 1) as usize]);
-            let mut x = if down {
-                v[(off + k + 1) as usize]
-            } else {
-                v[(off + k - 1) as usize] + 1
-            };
-            let mut y = x - k;
-            while x < n && y < m && a[x as usize] == b[y as usize] {
-                x += 1;
-                y += 1;
-            }
-            v[(off + k) as usize] = x;
-            if x >= n && y >= m {
-                return Some(backtrack(&trace, n, m));
-            }
-        }
-    }
-    None
-}
-
-fn backtrack(trace: &[Vec<isize>], n: isize, m: isize) -> Vec<Op> {
-    let (mut x, mut y) = (n, m);
-    let mut out = Vec::new();
-    for (d, v) in trace.iter().enumerate().rev() {
-        let (d, k) = (d as isize, x - y);
-        if d == 0 {
-            // The first snake: from the start along the diagonal.
-            while x > 0 && y > 0 {
-                out.push(Op::Same((x - 1) as usize, (y - 1) as usize));
-                x -= 1;
-                y -= 1;
-            }
-            break;
-        }
-        let at = |k: isize| v[(k + d) as usize];
-        let down = k == -d || (k != d && at(k - 1) < at(k + 1));
-        let prev_k = if down { k + 1 } else { k - 1 };
-        let prev_x = at(prev_k);
-        let prev_y = prev_x - prev_k;
-        while x > prev_x && y > prev_y {
-            out.push(Op::Same((x - 1) as usize, (y - 1) as usize));
-            x -= 1;
-            y -= 1;
-        }
-        out.push(if x == prev_x {
-            Op::Ins((y - 1) as usize)
-        } else {
-            Op::Del((x - 1) as usize)
-        });
-        x = prev_x;
-        y = prev_y;
-    }
-    out.reverse();
-    out
-}
-
 fn hunks(a: &[&str], b: &[&str]) -> Vec<Hunk> {
-    let ops = ops(a, b);
-    let changes: Vec<usize> = (0..ops.len()).filter(|&k| !matches!(ops[k], Op::Same(..))).collect();
-    // Ranges of ops to show: each change with its context, merged when they touch.
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
-    for &k in &changes {
-        let (start, end) = (k.saturating_sub(CONTEXT), (k + CONTEXT + 1).min(ops.len()));
-        match ranges.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => ranges.push((start, end)),
-        }
-    }
-    // Old and new lines consumed before each op.
-    let mut before = Vec::with_capacity(ops.len() + 1);
-    let (mut olds, mut news) = (0usize, 0usize);
-    for op in &ops {
-        before.push((olds, news));
-        match op {
-            Op::Same(..) => {
-                olds += 1;
-                news += 1;
-            }
-            Op::Del(_) => olds += 1,
-            Op::Ins(_) => news += 1,
-        }
-    }
-    ranges
+    // Myers (as git's default) so that the hunks read like `git diff`; the deadline bounds the
+    // time a pathological file can take, after which the rest is shown as replaced.
+    let deadline = Instant::now().checked_add(DIFF_TIME);
+    let ops = similar::capture_diff_slices_deadline(Algorithm::Myers, a, b, deadline);
+    similar::group_diff_ops(renumbered(ops), CONTEXT)
         .into_iter()
-        .map(|(start, end)| {
-            let slice = &ops[start..end];
-            let old_count = slice.iter().filter(|o| !matches!(o, Op::Ins(_))).count();
-            let new_count = slice.iter().filter(|o| !matches!(o, Op::Del(_))).count();
-            let (ob, nb) = before[start];
+        .filter_map(|group| {
+            // Every group holds at least one change; an empty one would show nothing.
+            let (first, last) = (group.first()?, group.last()?);
+            let (old, new) = (
+                first.old_range().start..last.old_range().end,
+                first.new_range().start..last.new_range().end,
+            );
             // An empty side names the line before it (unified diff convention).
-            let old_start = if old_count == 0 { ob } else { ob + 1 };
-            let new_start = if new_count == 0 { nb } else { nb + 1 };
-            Hunk {
-                header: format!("@@ -{old_start},{old_count} +{new_start},{new_count} @@"),
-                lines: slice
-                    .iter()
-                    .map(|o| match *o {
-                        Op::Same(i, _) => format!(" {}", a[i]),
-                        Op::Del(i) => format!("-{}", a[i]),
-                        Op::Ins(j) => format!("+{}", b[j]),
-                    })
-                    .collect(),
+            let start = |r: &std::ops::Range<usize>| if r.is_empty() { r.start } else { r.start + 1 };
+            let mut lines = Vec::with_capacity(old.len().max(new.len()));
+            for op in &group {
+                let (tag, o, n) = op.as_tag_tuple();
+                match tag {
+                    DiffTag::Equal => lines.extend(a[o].iter().map(|l| format!(" {l}"))),
+                    DiffTag::Delete | DiffTag::Insert | DiffTag::Replace => {
+                        lines.extend(a[o].iter().map(|l| format!("-{l}")));
+                        lines.extend(b[n].iter().map(|l| format!("+{l}")));
+                    }
+                }
             }
+            Some(Hunk {
+                header: format!("@@ -{},{} +{},{} @@", start(&old), old.len(), start(&new), new.len()),
+                lines,
+            })
+        })
+        .collect()
+}
+
+/// `ops` with every index recomputed from the lengths before it. similar 2.7's Myers can give a
+/// deletion a wrong `new_index` and an insertion a wrong `old_index` (mitsuhiko/similar#78),
+/// which would skew the hunk headers; the order and lengths of its ops are right.
+fn renumbered(ops: Vec<DiffOp>) -> Vec<DiffOp> {
+    let (mut old_index, mut new_index) = (0, 0);
+    ops.into_iter()
+        .map(|op| {
+            let (old_len, new_len) = (op.old_range().len(), op.new_range().len());
+            let op = match op.tag() {
+                DiffTag::Equal => DiffOp::Equal {
+                    old_index,
+                    new_index,
+                    len: old_len,
+                },
+                DiffTag::Delete => DiffOp::Delete {
+                    old_index,
+                    old_len,
+                    new_index,
+                },
+                DiffTag::Insert => DiffOp::Insert {
+                    old_index,
+                    new_index,
+                    new_len,
+                },
+                DiffTag::Replace => DiffOp::Replace {
+                    old_index,
+                    old_len,
+                    new_index,
+                    new_len,
+                },
+            };
+            old_index += old_len;
+            new_index += new_len;
+            op
         })
         .collect()
 }
@@ -499,8 +395,49 @@ mod tests {
         assert!(c.contains("… 100 more changed lines not shown here"), "{c}");
     }
 
+    /// `old` with the hunks of `d` applied, checking on the way that every header's numbers and
+    /// every context and removed line agree with `old`.
+    fn apply(old: &str, d: &FileDiff) -> String {
+        let old: Vec<&str> = old.lines().collect();
+        let (mut out, mut at) = (Vec::new(), 0usize);
+        for h in &d.hunks {
+            let nums: Vec<usize> = h
+                .header
+                .trim_start_matches("@@ -")
+                .trim_end_matches(" @@")
+                .split([',', ' ', '+'])
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().expect(&h.header))
+                .collect();
+            let [old_start, old_count, new_start, new_count] = nums[..] else {
+                panic!("{}", h.header)
+            };
+            let from = if old_count == 0 { old_start } else { old_start - 1 };
+            assert!(from >= at, "hunks out of order: {d:?}");
+            out.extend_from_slice(&old[at..from]);
+            at = from;
+            assert_eq!(out.len(), if new_count == 0 { new_start } else { new_start - 1 }, "{}", h.header);
+            let (mut olds, mut news) = (0, 0);
+            for l in &h.lines {
+                let (mark, text) = l.split_at(1);
+                if mark != "+" {
+                    assert_eq!(old[at], text, "{}", h.header);
+                    at += 1;
+                    olds += 1;
+                }
+                if mark != "-" {
+                    out.push(text);
+                    news += 1;
+                }
+            }
+            assert_eq!((olds, news), (old_count, new_count), "{d:?}");
+        }
+        out.extend_from_slice(&old[at..]);
+        out.iter().map(|l| format!("{l}\n")).collect()
+    }
+
     #[test]
-    fn every_edit_script_turns_the_old_lines_into_the_new() {
+    fn applying_the_hunks_turns_the_old_lines_into_the_new() {
         // A small deterministic generator: lines from a 4-word alphabet make many matches.
         let mut seed = 0x9e37_79b9_u32;
         let mut next = move || {
@@ -510,29 +447,32 @@ mod tests {
             seed
         };
         for round in 0..200 {
-            let mut lines =
-                |len: u32| -> Vec<String> { (0..len).map(|_| ["a", "b", "c", "d"][(next() % 4) as usize].to_string()).collect() };
+            let mut lines = |len: u32| -> String { (0..len).map(|_| ["a\n", "b\n", "c\n", "d\n"][(next() % 4) as usize]).collect() };
             let (la, lb) = (round % 13, (round * 7) % 11);
             let (a, b) = (lines(la), lines(lb));
-            let (a, b): (Vec<&str>, Vec<&str>) = (a.iter().map(String::as_str).collect(), b.iter().map(String::as_str).collect());
-            for script in [Some(ops(&a, &b)), shortest_edit(&a, &b, usize::MAX)] {
-                let script = script.expect("a script");
-                let (mut old, mut new) = (Vec::new(), Vec::new());
-                for op in script {
-                    match op {
-                        Op::Same(i, j) => {
-                            assert_eq!(a[i], b[j]);
-                            old.push(i);
-                            new.push(b[j]);
-                        }
-                        Op::Del(i) => old.push(i),
-                        Op::Ins(j) => new.push(b[j]),
-                    }
-                }
-                assert_eq!(old, (0..a.len()).collect::<Vec<_>>(), "{a:?} → {b:?}");
-                assert_eq!(new, b, "{a:?} → {b:?}");
-            }
+            let d = file_diff("r.txt", Some(&a), Some(&b));
+            assert_eq!(apply(&a, &d), b, "{a:?} → {b:?}: {d:?}");
+            let changed = d.hunks.iter().flat_map(|h| &h.lines).filter(|l| !l.starts_with(' ')).count();
+            assert_eq!(changed == 0, a == b, "{a:?} → {b:?}: {d:?}");
         }
+        let made = file_diff("n.txt", None, Some("x\ny\n"));
+        assert_eq!(apply("", &made), "x\ny\n");
+        let gone = file_diff("o.txt", Some("x\ny\n"), None);
+        assert_eq!(apply("x\ny\n", &gone), "");
+    }
+
+    #[test]
+    fn a_large_file_rewritten_is_diffed_in_bounded_time() {
+        // Every line changed but with much in common between them: the smallest diff is costly
+        // to search for, so it is cut at DIFF_TIME and the rest shown as replaced.
+        let old: String = (0..100_000).map(|i| format!("line {}\n", i % 7)).collect();
+        let new: String = (0..100_000).map(|i| format!("line {}\n", i % 11)).collect();
+        let started = Instant::now();
+        let d = file_diff("big.txt", Some(&old), Some(&new));
+        let took = started.elapsed();
+        assert!(took < DIFF_TIME * 10, "took {took:?}");
+        assert!(!d.hunks.is_empty());
+        assert_eq!(apply(&old, &d), new);
     }
 
     #[test]
