@@ -298,11 +298,7 @@ pub fn excerpt(text: &str, at: usize) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or_default();
-    let mut out: String = line
-        .chars()
-        .take(80)
-        .map(inert_char)
-        .collect();
+    let mut out: String = line.chars().take(80).map(inert_char).collect();
     if line.chars().count() > 80 {
         out.push('…');
     }
