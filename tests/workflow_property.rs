@@ -1403,3 +1403,596 @@ async fn e2e_cancel_while_applying_keeps_every_invariant() {
         o.fake.state.labels(REPO, issue.number)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 1d. End to end: votes, proposal revisions, pushes and policy changes interleaved at random.
+//     Every write orch made was caused by an approval of the then-current revision by a quorum
+//     of distinct authorized account ids, not the requester's alone (issue 13).
+// ---------------------------------------------------------------------------------------------
+
+/// The policy file with the given approval rules. QA plans need approval too, so that a pull
+/// request (which has a head that pushes move) has something to approve.
+fn revision_policy(required: u32, allow_self_approval: bool) -> String {
+    format!(
+        "phase: 4\napprovals: {{required: {required}, allow_self_approval: {allow_self_approval}, reactions: true}}\n\
+         actions: {{add_comment: approval_required}}\n"
+    )
+}
+
+/// The version a policy text is bound under, computed here from SPEC §6's definition (the first
+/// 16 hex digits of the file's SHA-256), not by orch's code.
+fn policy_version_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", &hex::encode(Sha256::digest(text.as_bytes()))[..16])
+}
+
+/// People of the revision test: (login, account id of the login's account, permission, type).
+/// `mara-2` and `lee-2` are mara and lee renamed (same account, same permission); the requester
+/// is whoever asks, so a renamed requester votes too.
+const REV_AUTHORIZED: [&str; 3] = ["mara", "lee", "kai"];
+const REV_VOTERS: [&str; 8] = [
+    "mara",
+    "lee",
+    "kai",
+    "mara-2",
+    "lee-2",
+    "rin",
+    "dependabot[bot]",
+    payloads::RENAMED_BOT,
+];
+
+/// The account behind a login of [`REV_VOTERS`].
+fn rev_account(login: &str) -> i64 {
+    match login {
+        "mara-2" => payloads::stable_id("user", "mara"),
+        "lee-2" => payloads::stable_id("user", "lee"),
+        other => payloads::stable_id("user", other),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum RevEvent {
+    /// Ask for a triage of issue `target` (0 or 1), a QA plan of the pull request (2) or a
+    /// patch for issue 3.
+    Ask {
+        target: usize,
+        by: &'static str,
+    },
+    Command {
+        target: usize,
+        by: &'static str,
+        body: &'static str,
+    },
+    /// A 👍 / 👎 on one of the target's proposal comments: the latest one, or any (old ones too).
+    React {
+        target: usize,
+        by: &'static str,
+        content: &'static str,
+        latest: bool,
+    },
+    /// A press of the patch check run's Approve or Reject button: on the current check run, or
+    /// on any of orch's patch check runs (superseded ones too).
+    Button {
+        by: &'static str,
+        approve: bool,
+        latest: bool,
+    },
+    /// New commits on the pull request.
+    Push,
+    /// `.github/orch.yml` on the default branch changes to these rules.
+    Policy {
+        required: u32,
+        allow_self_approval: bool,
+    },
+    Settle,
+    Pause(u64),
+}
+
+fn gen_rev_event(rng: &mut Rng) -> RevEvent {
+    let target = rng.below(4);
+    let voter = |rng: &mut Rng| match rng.below(10) {
+        0..=6 => rng.pick_str(&REV_VOTERS[..5]),
+        _ => rng.pick_str(&REV_VOTERS[5..]),
+    };
+    match rng.below(100) {
+        0..=11 => RevEvent::Ask {
+            target,
+            // The renamed accounts ask too: a renamed requester is still the requester.
+            by: rng.pick_str(&REV_VOTERS[..5]),
+        },
+        12..=54 => RevEvent::Command {
+            target,
+            by: voter(rng),
+            body: match rng.below(12) {
+                0..=6 => "/orch approve",
+                7 => "/orch reject not this one",
+                8..=9 => "/orch request-changes be more specific",
+                _ => "/orch retry",
+            },
+        },
+        55..=77 => RevEvent::React {
+            target,
+            by: voter(rng),
+            content: if rng.chance(0.85) { "+1" } else { "-1" },
+            latest: rng.chance(0.6),
+        },
+        78..=81 => RevEvent::Button {
+            by: voter(rng),
+            approve: rng.chance(0.85),
+            latest: rng.chance(0.6),
+        },
+        82..=85 => RevEvent::Push,
+        86..=89 => RevEvent::Policy {
+            required: 1 + rng.below(2) as u32,
+            allow_self_approval: rng.chance(0.4),
+        },
+        90..=93 => RevEvent::Settle,
+        _ => RevEvent::Pause(20 + rng.below(250) as u64),
+    }
+}
+
+/// `login` comments `body` on `issue`; the payload names the login's account id (a renamed
+/// account keeps its id).
+async fn comment_by_account(o: &Orch, issue: &IssueSpec, login: &str, body: &str) {
+    let kind = payloads::user_type(login);
+    let comment = o.fake.state.user_comment(REPO, issue.number, login, kind, body);
+    let mut payload = payloads::issue_comment_created(&o.repo, issue, comment, body, login, kind);
+    payload["comment"]["user"]["id"] = rev_account(login).into();
+    payload["sender"]["id"] = rev_account(login).into();
+    o.deliver("issue_comment", &payload).await;
+}
+
+/// A vote as stored, every column the check needs.
+#[derive(Debug, Clone)]
+struct StoredVote {
+    row: i64,
+    voter: String,
+    voter_id: Option<i64>,
+    decision: String,
+    source: String,
+    proposal_hash: String,
+    head_sha: Option<String>,
+    policy_version: String,
+    at: i64,
+    voided_at: Option<i64>,
+}
+
+async fn stored_votes_full(o: &Orch, id: i64) -> Vec<StoredVote> {
+    sqlx::query(
+        "SELECT id, voter, voter_id, decision, source, proposal_hash, head_sha, policy_version, at, voided_at \
+         FROM approvals WHERE workflow_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(o.store.pool())
+    .await
+    .expect("approvals are readable")
+    .iter()
+    .map(|r| StoredVote {
+        row: r.get(0),
+        voter: r.get(1),
+        voter_id: r.get(2),
+        decision: r.get(3),
+        source: r.get(4),
+        proposal_hash: r.get(5),
+        head_sha: r.get(6),
+        policy_version: r.get(7),
+        at: r.get(8),
+        voided_at: r.get(9),
+    })
+    .collect()
+}
+
+/// What the test sent that moves a binding: heads of the pull request (with the wall-clock time
+/// they were pushed) and the policy texts it installed.
+struct RevHistory {
+    heads: Vec<(i64, String)>,
+    /// The default branch's commits (a patch is bound to the base it was made on; a policy
+    /// change is a commit there).
+    main: Vec<(i64, String)>,
+    rules_by_version: HashMap<String, Rules>,
+}
+
+/// Whether the votes live at `t` (cast by then, not voided by then) for `binding` make a quorum
+/// under `rules`, judged here from SPEC §6 alone: each account's latest such vote; no rejection
+/// among them; at least `required` distinct approving accounts, each authorized and no bot; and
+/// one of them not the requester, unless self-approval is allowed. Err says why not.
+fn quorum_at(
+    votes: &[StoredVote],
+    t: i64,
+    binding: (&str, Option<&str>, &str),
+    rules: &Rules,
+    requester_id: Option<i64>,
+) -> Result<Vec<i64>, String> {
+    let authorized: BTreeSet<i64> = REV_AUTHORIZED.iter().map(|l| rev_account(l)).collect();
+    let mut latest: BTreeMap<String, &StoredVote> = BTreeMap::new();
+    for v in votes.iter().filter(|v| {
+        v.at <= t
+            && v.voided_at.is_none_or(|x| x > t)
+            && (v.proposal_hash.as_str(), v.head_sha.as_deref(), v.policy_version.as_str()) == binding
+    }) {
+        let key = v.voter_id.map(|i| i.to_string()).unwrap_or_else(|| v.voter.to_lowercase());
+        if latest.get(&key).is_none_or(|w| (w.at, w.row) <= (v.at, v.row)) {
+            latest.insert(key, v);
+        }
+    }
+    if let Some(r) = latest.values().find(|v| v.decision != "approve") {
+        return Err(format!("{} rejected ({:?})", r.voter, r.voter_id));
+    }
+    let mut ids = BTreeSet::new();
+    for v in latest.values() {
+        let Some(id) = v.voter_id else {
+            return Err(format!("a counted vote by {} has no account id", v.voter));
+        };
+        if v.source == "policy" || !authorized.contains(&id) || v.voter.ends_with("[bot]") {
+            return Err(format!("{} (id {id}, {}) may not approve", v.voter, v.source));
+        }
+        ids.insert(id);
+    }
+    if (ids.len() as u32) < rules.required {
+        return Err(format!("{} distinct approving account(s) of {}", ids.len(), rules.required));
+    }
+    if !rules.allow_self_approval && ids.iter().all(|id| Some(*id) == requester_id) {
+        return Err(format!("only the requester (id {requester_id:?}) approved"));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// Checks every write orch made against the approvals that caused it; returns the violations.
+async fn revision_violations(o: &Orch, pr_number: i64, history: &RevHistory) -> (Vec<String>, BTreeMap<&'static str, usize>) {
+    let mut bad = Vec::new();
+    let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let wfs = stored_workflows(o).await;
+    let mut applied_by_number: HashMap<(i64, Kind), usize> = HashMap::new();
+    for wf in &wfs {
+        let rows = stored_transitions(o, wf.id).await;
+        let path: Vec<String> = rows.iter().map(|r| format!("{}@{}", r.to, r.at)).collect();
+        let w = format!("workflow {} ({} #{}, path {path:?})", wf.id, wf.kind, wf.number);
+        let (hash, head, version, requester_id): (Option<String>, Option<String>, Option<String>, Option<i64>) =
+            sqlx::query("SELECT proposal_hash, head_sha, policy_version, requested_by_id FROM workflows WHERE id = $1")
+                .bind(wf.id)
+                .fetch_one(o.store.pool())
+                .await
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .expect("the workflow is readable");
+        let votes = stored_votes_full(o, wf.id).await;
+        if wf.proposal.is_some() && votes.iter().any(|v| Some(&v.proposal_hash) != hash.as_ref()) {
+            *seen.entry("votes on a superseded revision recorded").or_default() += 1;
+        }
+        let writes = rows
+            .windows(2)
+            .filter(|p| p[0].to == State::Approved && p[1].to == State::ApplyingChanges)
+            .count();
+        *applied_by_number.entry((wf.number, wf.kind)).or_default() += writes;
+        if rows.iter().any(|r| r.to == State::Approved) {
+            *seen.entry("approved").or_default() += 1;
+        }
+        // The APPROVED transition that led to the write: the binding then is the workflow's
+        // final one (no revision, push or policy change moves an applying workflow, except a
+        // push, for which every head pushed by then is a candidate) under the rules of its
+        // policy version.
+        for pair in rows
+            .windows(2)
+            .filter(|p| p[0].to == State::Approved && p[1].to == State::ApplyingChanges)
+        {
+            *seen.entry("written").or_default() += 1;
+            let t = pair[0].at;
+            let (Some(hash), Some(version)) = (hash.as_deref(), version.as_deref()) else {
+                bad.push(format!("{w}: applied without a proposal hash or policy version"));
+                continue;
+            };
+            let Some(rules) = history.rules_by_version.get(version) else {
+                bad.push(format!(
+                    "{w}: applied under policy version {version}, which the test never installed"
+                ));
+                continue;
+            };
+            // The head orch knew at `t`: any commit pushed by then (orch may not have seen the
+            // latest push yet; the check is that the counted votes all name the same one).
+            let pushed = match wf.kind {
+                Kind::QaPlan => Some(&history.heads),
+                Kind::Patch => Some(&history.main),
+                Kind::Triage => None,
+            };
+            let heads: Vec<Option<&str>> = match pushed {
+                Some(list) => list.iter().filter(|(at, _)| *at <= t).map(|(_, h)| Some(h.as_str())).collect(),
+                None => vec![None],
+            };
+            if let (Some(list), Some(h)) = (pushed, head.as_deref()) {
+                if !list.iter().any(|(_, x)| x == h) {
+                    bad.push(format!("{w}: bound to head {h}, which the test never pushed"));
+                }
+            }
+            let verdicts: Vec<Result<Vec<i64>, String>> = heads
+                .iter()
+                .map(|h| quorum_at(&votes, t, (hash, *h, version), rules, requester_id))
+                .collect();
+            match verdicts.iter().find_map(|v| v.as_ref().ok()) {
+                Some(ids) => {
+                    if ids.len() > 1 {
+                        *seen.entry("written with several approvers").or_default() += 1;
+                    }
+                    if ids.contains(&requester_id.unwrap_or_default()) {
+                        *seen.entry("written with the requester among the approvers").or_default() += 1;
+                    }
+                }
+                None => bad.push(format!(
+                    "{w}: APPROVED at {t} → written without a quorum of the current revision \
+                     (hash {hash}, policy {version}, {rules:?}, requester id {requester_id:?}): {verdicts:?}\n    votes: {votes:?}"
+                )),
+            }
+        }
+        if rows.iter().filter(|r| r.to == State::WaitingUserApproval).count() > 1 {
+            *seen.entry("asked again (revision, push or policy change)").or_default() += 1;
+        }
+        if rows.iter().any(|r| r.to == State::WaitingUserApproval) && writes == 0 {
+            *seen.entry("waited, never written").or_default() += 1;
+        }
+    }
+    // No write without a workflow that was approved and applied: the store's exactly-once
+    // actions, and what GitHub shows.
+    let actions = sqlx::query("SELECT idempotency_key, status FROM actions ORDER BY id")
+        .fetch_all(o.store.pool())
+        .await
+        .expect("actions are readable");
+    for r in actions {
+        let (key, status): (String, String) = (r.get(0), r.get(1));
+        let Some(rest) = key.strip_prefix("wf") else { continue };
+        let mut parts = rest.splitn(2, ':');
+        let (Some(id), Some(what)) = (parts.next().and_then(|n| n.parse::<i64>().ok()), parts.next()) else {
+            continue;
+        };
+        if !["labels", "qa-check", "qa-comment", "commit", "pull"].contains(&what) {
+            continue;
+        }
+        let applied = match wfs.iter().find(|w| w.id == id) {
+            Some(_) => stored_transitions(o, id)
+                .await
+                .windows(2)
+                .any(|p| p[0].to == State::Approved && p[1].to == State::ApplyingChanges),
+            None => false,
+        };
+        if !applied {
+            bad.push(format!(
+                "write {key} ({status}) of workflow {id}, which was never approved and applied"
+            ));
+        }
+    }
+    let log = o.fake.state.log();
+    for wf in &wfs {
+        let label_posts = log
+            .iter()
+            .filter(|(m, p)| m == "POST" && p.ends_with(&format!("/issues/{}/labels", wf.number)))
+            .count();
+        let applied = applied_by_number.get(&(wf.number, Kind::Triage)).copied().unwrap_or(0);
+        if label_posts > applied {
+            bad.push(format!(
+                "#{}: labels added {label_posts} times, {applied} triage(s) approved and applied",
+                wf.number
+            ));
+        }
+    }
+    let pulls = o.fake.state.pulls(REPO).into_iter().filter(|p| p.head.starts_with("orch/")).count();
+    let applied: usize = applied_by_number
+        .iter()
+        .filter(|((_, kind), _)| *kind == Kind::Patch)
+        .map(|(_, n)| n)
+        .sum();
+    if pulls > applied {
+        bad.push(format!(
+            "{pulls} pull requests opened by orch, {applied} patch(es) approved and applied"
+        ));
+    }
+    let plans = o
+        .fake
+        .state
+        .check_runs(REPO)
+        .into_iter()
+        .filter(|c| c.name == "orch/qa-plan")
+        .count();
+    let applied = applied_by_number.get(&(pr_number, Kind::QaPlan)).copied().unwrap_or(0);
+    if plans > applied {
+        bad.push(format!(
+            "#{pr_number}: {plans} QA plan check runs, {applied} QA plan(s) approved and applied"
+        ));
+    }
+    (bad, seen)
+}
+
+async fn revisions_votes_pushes_and_policies(backend: Backend) {
+    let seed = master_seed();
+    let events = cases(400);
+    let mut rng = Rng::new(seed);
+    let mut history = RevHistory {
+        heads: Vec::new(),
+        main: Vec::new(),
+        rules_by_version: HashMap::new(),
+    };
+    let mut rules_of = |required: u32, allow_self_approval: bool| {
+        let text = revision_policy(required, allow_self_approval);
+        history.rules_by_version.insert(
+            policy_version_of(&text),
+            Rules {
+                required,
+                allow_self_approval,
+            },
+        );
+        text
+    };
+    let first = rules_of(1 + rng.below(2) as u32, rng.chance(0.4));
+    for r in [1, 2] {
+        for a in [false, true] {
+            rules_of(r, a);
+        }
+    }
+    let Some(mut o) = Orch::start(backend, &first).await else { return };
+    for (login, permission) in [
+        ("mara", "maintain"),
+        ("mara-2", "maintain"),
+        ("lee", "write"),
+        ("lee-2", "write"),
+        ("kai", "admin"),
+        ("rin", "read"),
+        (payloads::RENAMED_BOT, "admin"),
+        ("dependabot[bot]", "write"),
+    ] {
+        o.user(login, permission);
+        o.fake.state.set_user_id(login, rev_account(login));
+    }
+    let mut issues = vec![
+        o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim"),
+        o.open_issue("Parser panics on empty input", "Stack trace attached.", "dev-kim"),
+        o.open_issue("Off by one", "answer() should be 42", "dev-kim"),
+    ];
+    let mut pr = o.open_pull("Faster parser", "feature", &[("src/parse.rs", Some("fn parse() {}\n"))], "dev-kim");
+    history.heads.push((0, pr.head_sha.clone()));
+    history.main.push((0, o.main_sha.clone()));
+    let started = Instant::now();
+    let mut log: Vec<String> = Vec::new();
+    let mut pushes = 0;
+    for n in 0..events {
+        if started.elapsed() > Duration::from_secs(20) {
+            log.push(format!("(stopped after {n} events: time budget)"));
+            break;
+        }
+        let event = gen_rev_event(&mut rng);
+        log.push(format!("{event:?}"));
+        let target_issue = |target: usize, issues: &[IssueSpec], pr: &payloads::PullSpec| match target {
+            2 => pr.as_issue(),
+            3 => issues[2].clone(),
+            _ => issues[target].clone(),
+        };
+        match event {
+            RevEvent::Ask { target: 2, by } => comment_by_account(&o, &pr.as_issue(), by, "/orch plan").await,
+            RevEvent::Ask { target: 3, by } => comment_by_account(&o, &issues[2], by, "/orch propose fix `src/lib.rs` to return 42").await,
+            RevEvent::Ask { target, by } if issues[target].labels.is_empty() => add_label(&o, &mut issues[target], "orch:triage", by).await,
+            RevEvent::Ask { target, by } => comment_by_account(&o, &issues[target], by, "/orch triage").await,
+            RevEvent::Command { target, by, body } => comment_by_account(&o, &target_issue(target, &issues, &pr), by, body).await,
+            RevEvent::React {
+                target,
+                by,
+                content,
+                latest,
+            } => {
+                let number = target_issue(target, &issues, &pr).number;
+                let proposals: Vec<i64> = o
+                    .fake
+                    .state
+                    .bot_comments(REPO, number)
+                    .into_iter()
+                    .filter(|c| c.body.contains("proposal") || c.body.contains("QA plan"))
+                    .map(|c| c.id)
+                    .collect();
+                let Some(&newest) = proposals.last() else { continue };
+                let comment = if latest { newest } else { *rng.pick(&proposals) };
+                if !o.fake.state.reactions(comment).contains(&(content.to_string(), by.to_string())) {
+                    o.fake.state.react(comment, by, payloads::user_type(by), content);
+                }
+            }
+            RevEvent::Button { by, approve, latest } => {
+                let runs: Vec<(i64, String, i64)> = o
+                    .fake
+                    .state
+                    .check_runs(REPO)
+                    .into_iter()
+                    .filter(|c| c.name == "orch/patch")
+                    .filter_map(|c| {
+                        let title = c.title.clone().unwrap_or_default();
+                        let wf = title.split("(workflow ").nth(1)?.split(',').next()?.trim().parse().ok()?;
+                        Some((c.id, c.head_sha.clone(), wf))
+                    })
+                    .collect();
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT check_run_id FROM workflows WHERE kind = 'patch' ORDER BY id DESC LIMIT 1")
+                        .fetch_optional(o.store.pool())
+                        .await
+                        .expect("workflows are readable")
+                        .flatten();
+                let run = if latest {
+                    runs.iter().find(|r| Some(r.0) == current)
+                } else if runs.is_empty() {
+                    None
+                } else {
+                    Some(rng.pick(&runs))
+                };
+                let Some((run, head, wf)) = run.cloned() else { continue };
+                let mut press = payloads::check_run_requested_action(
+                    &o.repo,
+                    run,
+                    "orch/patch",
+                    &head,
+                    Some(&format!("workflow:{wf}")),
+                    if approve { "approve" } else { "reject" },
+                    by,
+                    payloads::user_type(by),
+                );
+                press["sender"]["id"] = rev_account(by).into();
+                o.deliver("check_run", &press).await;
+            }
+            RevEvent::Push => {
+                pushes += 1;
+                let before = pr.head_sha.clone();
+                let at = chrono_ms();
+                let after = o.fake.state.push(
+                    REPO,
+                    "feature",
+                    &[("src/parse.rs", Some(format!("fn parse() {{ /* {pushes} */ }}\n").as_str()))],
+                );
+                history.heads.push((at, after.clone()));
+                pr.head_sha = after.clone();
+                o.deliver(
+                    "pull_request",
+                    &payloads::pull_request_synchronize(&o.repo, &pr, &before, &after, "dev-kim"),
+                )
+                .await;
+            }
+            RevEvent::Policy {
+                required,
+                allow_self_approval,
+            } => {
+                let at = chrono_ms();
+                let sha = o.set_policy(&revision_policy(required, allow_self_approval));
+                history.main.push((at, sha));
+            }
+            RevEvent::Settle => o.wait_idle(30).await,
+            RevEvent::Pause(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    }
+    o.wait_idle(30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    o.wait_idle(30).await;
+    let diagnostics = o.diagnostics().await;
+    o.stop().await;
+    let (bad, seen) = revision_violations(&o, pr.number, &history).await;
+    let mut paths = String::new();
+    for wf in stored_workflows(&o).await {
+        let rows = stored_transitions(&o, wf.id).await;
+        let p: Vec<String> = rows.iter().map(|r| format!("{}({})", r.to, r.actor)).collect();
+        paths.push_str(&format!("  {} #{} {}: {}\n", wf.id, wf.number, wf.kind, p.join(" → ")));
+    }
+    eprintln!(
+        "revision property: {} events in {:.1}s, {seen:?} (seed {seed:#x})",
+        log.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        bad.is_empty(),
+        "{} violation(s) (seed {seed:#x}; replay with ORCH_PROPERTY_SEED={seed:#x} ORCH_PROPERTY_CASES={events}):\n  {}\n\
+         events:\n  {}\nworkflows:\n{paths}\n{diagnostics}",
+        bad.len(),
+        bad.join("\n  "),
+        log.join("\n  ")
+    );
+}
+
+/// Wall-clock unix milliseconds, the clock orch stamps transitions and votes with.
+fn chrono_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_writes_only_with_a_quorum_of_the_current_revision() {
+    revisions_votes_pushes_and_policies(Backend::Sqlite).await
+}

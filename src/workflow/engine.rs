@@ -881,9 +881,7 @@ impl Engine {
                     "-1" => "your 👎",
                     _ => continue,
                 };
-                if !approval::may_vote(&r.user.login, &r.user.kind)
-                    || workflows::reaction_recorded(self.store.pool(), wf.id, r.id).await?
-                {
+                if !approval::may_vote(&r.user.login, &r.user.kind) || workflows::reaction_recorded(self.store.pool(), wf.id, r.id).await? {
                     continue;
                 }
                 let text = messages::void_vote(&r.user.login, what, wf.id, messages::revision_of_key(&key), now_revision);

@@ -7,7 +7,7 @@ pub mod authz;
 pub mod engine;
 pub mod guard;
 pub mod messages;
-pub mod shown;
 pub mod service;
+pub mod shown;
 pub mod state;
 pub mod triggers;
