@@ -1441,6 +1441,25 @@ const REV_VOTERS: [&str; 8] = [
     payloads::RENAMED_BOT,
 ];
 
+/// Stands for whoever last asked for a workflow on the target, under their login or renamed.
+const REQUESTER: &str = "<requester>";
+
+/// The login `by` stands for: [`REQUESTER`] is the target's last asker, renamed half the time.
+fn resolve(by: &'static str, asker: Option<&'static str>, rng: &mut Rng) -> &'static str {
+    if by != REQUESTER {
+        return by;
+    }
+    let asker = asker.unwrap_or("mara");
+    let base = asker.trim_end_matches("-2");
+    match (base, rng.chance(0.5)) {
+        ("mara", true) => "mara-2",
+        ("lee", true) => "lee-2",
+        ("mara", false) => "mara",
+        ("lee", false) => "lee",
+        _ => asker,
+    }
+}
+
 /// The account behind a login of [`REV_VOTERS`].
 fn rev_account(login: &str) -> i64 {
     match login {
@@ -1490,8 +1509,9 @@ enum RevEvent {
 
 fn gen_rev_event(rng: &mut Rng) -> RevEvent {
     let target = rng.below(4);
-    let voter = |rng: &mut Rng| match rng.below(10) {
+    let voter = |rng: &mut Rng| match rng.below(12) {
         0..=6 => rng.pick_str(&REV_VOTERS[..5]),
+        7..=9 => REQUESTER,
         _ => rng.pick_str(&REV_VOTERS[5..]),
     };
     match rng.below(100) {
@@ -1702,11 +1722,13 @@ async fn revision_violations(o: &Orch, pr_number: i64, history: &RevHistory) -> 
                     bad.push(format!("{w}: bound to head {h}, which the test never pushed"));
                 }
             }
-            let verdicts: Vec<Result<Vec<i64>, String>> = heads
+            let mut verdicts: Vec<(Option<&str>, Result<Vec<i64>, String>)> = heads
                 .iter()
-                .map(|h| quorum_at(&votes, t, (hash, *h, version), rules, requester_id))
+                .map(|h| (*h, quorum_at(&votes, t, (hash, *h, version), rules, requester_id)))
                 .collect();
-            match verdicts.iter().find_map(|v| v.as_ref().ok()) {
+            // The workflow's own head first, for the report.
+            verdicts.sort_by_key(|(h, _)| *h != head.as_deref());
+            match verdicts.iter().find_map(|(_, v)| v.as_ref().ok()) {
                 Some(ids) => {
                     if ids.len() > 1 {
                         *seen.entry("written with several approvers").or_default() += 1;
@@ -1849,12 +1871,19 @@ async fn revisions_votes_pushes_and_policies(backend: Backend) {
     let started = Instant::now();
     let mut log: Vec<String> = Vec::new();
     let mut pushes = 0;
+    let mut askers: [Option<&'static str>; 4] = [None; 4];
     for n in 0..events {
         if started.elapsed() > Duration::from_secs(20) {
             log.push(format!("(stopped after {n} events: time budget)"));
             break;
         }
-        let event = gen_rev_event(&mut rng);
+        let mut event = gen_rev_event(&mut rng);
+        match &mut event {
+            RevEvent::Ask { target, by } => askers[*target] = Some(*by),
+            RevEvent::Command { target, by, .. } | RevEvent::React { target, by, .. } => *by = resolve(by, askers[*target], &mut rng),
+            RevEvent::Button { by, .. } => *by = resolve(by, askers[3], &mut rng),
+            _ => {}
+        }
         log.push(format!("{event:?}"));
         let target_issue = |target: usize, issues: &[IssueSpec], pr: &payloads::PullSpec| match target {
             2 => pr.as_issue(),
