@@ -8,6 +8,15 @@
 //!   the fake GitHub; afterwards every workflow's stored history is a legal path, nothing was
 //!   approved or applied around a gate, labels came only from DONE triage workflows and no
 //!   exactly-once write reached GitHub twice.
+//! - `approval::tally` over ledgers mixing account ids, id-less rows, renamed logins, bots and
+//!   stale bindings, against an account-id reading of SPEC §6 computed here.
+//! - End to end (SQLite): random votes (commands, 👍 on current and superseded proposal
+//!   comments, patch check-run buttons on current and superseded check runs) by writers, renamed
+//!   writers, the requester (renamed or not), a reader and bots, interleaved with proposal
+//!   revisions (`/orch request-changes` + `/orch retry`), pushes and policy changes; afterwards
+//!   every write (labels, QA plan, pull request) came from an APPROVED transition backed by a
+//!   quorum of distinct authorized account ids on the then-current binding, not the requester's
+//!   alone, judged from the stored ledger and transitions without `tally`.
 //!
 //! Every run prints its seed on failure; `ORCH_PROPERTY_SEED=<seed>` replays it (decimal or
 //! `0x…`), `ORCH_PROPERTY_CASES=<n>` changes the number of cases (for the end-to-end test: the
@@ -828,6 +837,169 @@ fn tally_by_account_id_ignores_renames() {
                     .any(|&(id, d, current, _, _)| id != requester && current && d == Decision::Approve);
                 ensure!(others || !renamed.is_approved(), "the requester approved alone: {renamed:?}");
             }
+            Ok(())
+        },
+    );
+}
+
+/// A ledger mixing votes with and without account ids (rows from before ids were stored),
+/// renamed logins, bots and votes bound to superseded revisions, heads and policies.
+#[derive(Debug, Clone)]
+struct Mixed {
+    /// (account 1..=4, or 9 for a bot; renamed; with its id; decision; binding 0 = current,
+    /// 1..=3 stale; time).
+    votes: Vec<(i64, bool, bool, Decision, usize, i64)>,
+    /// The requester's account, renamed since asking, and whether the row has its id.
+    requester: Option<(i64, bool, bool)>,
+    rules: Rules,
+}
+
+fn mixed_login(account: i64, renamed: bool) -> String {
+    match (account, renamed) {
+        (9, false) => "helper[bot]".into(),
+        (9, true) => "Helper-Renamed[BOT]".into(),
+        (a, false) => format!("user-{a}"),
+        (a, true) => format!("Renamed-{a}"),
+    }
+}
+
+fn mixed_bindings() -> [Binding; 4] {
+    [
+        binding("the proposal", Some("head1"), "policy-1"),
+        binding("a superseded proposal", Some("head1"), "policy-1"),
+        binding("the proposal", Some("head0"), "policy-1"),
+        binding("the proposal", Some("head1"), "policy-0"),
+    ]
+}
+
+fn mixed_votes(m: &Mixed) -> Vec<Vote> {
+    let bindings = mixed_bindings();
+    m.votes
+        .iter()
+        .map(|&(account, renamed, with_id, decision, b, at)| Vote {
+            voter: mixed_login(account, renamed),
+            voter_id: with_id.then_some(account),
+            decision,
+            source: Source::Command,
+            binding: bindings[b].clone(),
+            reason: None,
+            at,
+        })
+        .collect()
+}
+
+fn mixed_tally(m: &Mixed, votes: &[Vote]) -> Tally {
+    let requester = m
+        .requester
+        .map(|(a, renamed, with_id)| approval::Person::new(with_id.then_some(a), mixed_login(a, renamed)));
+    approval::tally(votes, &mixed_bindings()[0], requester.as_ref(), &m.rules)
+}
+
+/// SPEC §6 by account id, computed here: each account's latest current vote (a row without an id
+/// is the account's whose login it carries, since these logins are never reused); a rejection
+/// rejects; else approved when `required` distinct non-bot accounts approve, one of them not the
+/// requester unless self-approval is allowed.
+fn mixed_expected(m: &Mixed) -> (&'static str, BTreeSet<i64>) {
+    let mut latest: BTreeMap<i64, (i64, usize, Decision)> = BTreeMap::new();
+    for (i, &(account, _, _, decision, b, at)) in m.votes.iter().enumerate() {
+        if b != 0 || account == 9 {
+            continue;
+        }
+        let e = latest.entry(account).or_insert((at, i, decision));
+        if (at, i) > (e.0, e.1) {
+            *e = (at, i, decision);
+        }
+    }
+    if latest.values().any(|(_, _, d)| *d == Decision::Reject) {
+        return ("rejected", BTreeSet::new());
+    }
+    let approving: BTreeSet<i64> = latest.keys().copied().collect();
+    let requester = m.requester.map(|(a, _, _)| a);
+    let self_ok = m.rules.allow_self_approval || approving.iter().any(|a| Some(*a) != requester);
+    if approving.len() as u32 >= m.rules.required && self_ok {
+        ("approved", approving)
+    } else {
+        ("pending", approving)
+    }
+}
+
+/// `tally` over ledgers that mix ids, id-less rows, renames, bots and stale bindings agrees with
+/// an account-id reading of SPEC §6 computed independently. Id-less requester rows are compared
+/// by login, so the requester's id is always known when their own votes lack it, and vice versa
+/// (what orch stores since migration 0008).
+#[test]
+fn tally_counts_distinct_accounts_of_the_current_binding() {
+    check(
+        "approval::tally, mixed ledgers",
+        20_000,
+        |rng| {
+            let votes = (0..rng.below(9))
+                .map(|_| {
+                    let account = if rng.chance(0.12) { 9 } else { 1 + rng.below(4) as i64 };
+                    (
+                        account,
+                        rng.chance(0.5),
+                        rng.chance(0.75),
+                        if rng.chance(0.82) { Decision::Approve } else { Decision::Reject },
+                        if rng.chance(0.6) { 0 } else { 1 + rng.below(3) },
+                        rng.below(6) as i64,
+                    )
+                })
+                .collect();
+            Mixed {
+                votes,
+                requester: (!rng.chance(0.1)).then(|| (1 + rng.below(4) as i64, rng.chance(0.5), true)),
+                rules: Rules {
+                    required: 1 + rng.below(3) as u32,
+                    allow_self_approval: rng.chance(0.3),
+                },
+            }
+        },
+        |m| {
+            without_one(&m.votes)
+                .into_iter()
+                .map(|votes| Mixed { votes, ..m.clone() })
+                .collect()
+        },
+        |m| {
+            // An id-less row of the requester is matched by login: give it the requester's
+            // current login, as the row was written under it.
+            let mut m = m.clone();
+            if let Some((r, renamed, _)) = m.requester {
+                for v in m.votes.iter_mut().filter(|v| v.0 == r && !v.2) {
+                    v.1 = renamed;
+                }
+            }
+            // An id-less row belongs to its login's account when that login appears with an id in
+            // the ledger; otherwise it is a voter of its own (its login). Keep the id-less current
+            // rows whose login a current row with an id names, so that each is its account's.
+            let with_ids: BTreeSet<String> = m
+                .votes
+                .iter()
+                .filter(|v| v.2 && v.4 == 0)
+                .map(|v| mixed_login(v.0, v.1).to_lowercase())
+                .collect();
+            m.votes
+                .retain(|v| v.2 || with_ids.contains(&mixed_login(v.0, v.1).to_lowercase()) || v.4 != 0);
+            let t = mixed_tally(&m, &mixed_votes(&m));
+            let (expected, approving) = mixed_expected(&m);
+            let got = match &t {
+                Tally::Approved { .. } => "approved",
+                Tally::Rejected { .. } => "rejected",
+                Tally::Pending { .. } => "pending",
+            };
+            ensure!(got == expected, "{t:?}, expected {expected} with accounts {approving:?}");
+            if let Tally::Approved { approvers } | Tally::Pending { approvers, .. } = &t {
+                ensure!(
+                    approvers.len() == approving.len(),
+                    "{t:?} names {} approvers, the distinct accounts are {approving:?}",
+                    approvers.len()
+                );
+                ensure!(!approvers.iter().any(|a| is_bot(a)), "a bot counted: {t:?}");
+            }
+            // Stale bindings change nothing.
+            let current: Vec<Vote> = mixed_votes(&m).into_iter().filter(|v| v.binding == mixed_bindings()[0]).collect();
+            ensure!(mixed_tally(&m, &current) == t, "stale votes changed {t:?}");
             Ok(())
         },
     );
