@@ -1784,26 +1784,23 @@ struct RevHistory {
     rules_by_version: HashMap<String, Rules>,
 }
 
+/// The distinct approving accounts, or why they are no quorum.
+type Quorum = Result<Vec<i64>, String>;
+
 /// Whether the votes live at `t` (cast by then, not voided by then) for `binding` make a quorum
 /// under `rules`, judged here from SPEC §6 alone: each account's latest such vote; no rejection
 /// among them; at least `required` distinct approving accounts, each authorized and no bot; and
 /// one of them not the requester, unless self-approval is allowed. Err says why not.
-fn quorum_at(
-    votes: &[StoredVote],
-    t: i64,
-    binding: (&str, Option<&str>, &str),
-    rules: &Rules,
-    requester_id: Option<i64>,
-) -> Result<Vec<i64>, String> {
+fn quorum_at(votes: &[StoredVote], t: i64, binding: (&str, Option<&str>, &str), rules: &Rules, requester_id: Option<i64>) -> Quorum {
     let authorized: BTreeSet<i64> = REV_AUTHORIZED.iter().map(|l| rev_account(l)).collect();
     let mut latest: BTreeMap<String, &StoredVote> = BTreeMap::new();
     for v in votes.iter().filter(|v| {
         v.at <= t
-            && v.voided_at.is_none_or(|x| x > t)
+            && v.voided_at.map_or(true, |x| x > t)
             && (v.proposal_hash.as_str(), v.head_sha.as_deref(), v.policy_version.as_str()) == binding
     }) {
         let key = v.voter_id.map(|i| i.to_string()).unwrap_or_else(|| v.voter.to_lowercase());
-        if latest.get(&key).is_none_or(|w| (w.at, w.row) <= (v.at, v.row)) {
+        if latest.get(&key).map_or(true, |w| (w.at, w.row) <= (v.at, v.row)) {
             latest.insert(key, v);
         }
     }
@@ -1894,7 +1891,7 @@ async fn revision_violations(o: &Orch, pr_number: i64, history: &RevHistory) -> 
                     bad.push(format!("{w}: bound to head {h}, which the test never pushed"));
                 }
             }
-            let mut verdicts: Vec<(Option<&str>, Result<Vec<i64>, String>)> = heads
+            let mut verdicts: Vec<(Option<&str>, Quorum)> = heads
                 .iter()
                 .map(|h| (*h, quorum_at(&votes, t, (hash, *h, version), rules, requester_id)))
                 .collect();
