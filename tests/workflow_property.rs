@@ -10,7 +10,7 @@
 //!   exactly-once write reached GitHub twice.
 //! - `approval::tally` over ledgers mixing account ids, id-less rows, renamed logins, bots and
 //!   stale bindings, against an account-id reading of SPEC §6 computed here.
-//! - End to end (SQLite): random votes (commands, 👍 on current and superseded proposal
+//! - End to end (SQLite and Postgres): random votes (commands, 👍 on current and superseded proposal
 //!   comments, patch check-run buttons on current and superseded check runs) by writers, renamed
 //!   writers, the requester (renamed or not), a reader and bots, interleaved with proposal
 //!   revisions (`/orch request-changes` + `/orch retry`), pushes and policy changes; afterwards
@@ -2193,4 +2193,9 @@ fn chrono_ms() -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_writes_only_with_a_quorum_of_the_current_revision() {
     revisions_votes_pushes_and_policies(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_writes_only_with_a_quorum_of_the_current_revision_postgres() {
+    revisions_votes_pushes_and_policies(Backend::Postgres).await
 }
