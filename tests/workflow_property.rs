@@ -8,6 +8,15 @@
 //!   the fake GitHub; afterwards every workflow's stored history is a legal path, nothing was
 //!   approved or applied around a gate, labels came only from DONE triage workflows and no
 //!   exactly-once write reached GitHub twice.
+//! - `approval::tally` over ledgers mixing account ids, id-less rows, renamed logins, bots and
+//!   stale bindings, against an account-id reading of SPEC §6 computed here.
+//! - End to end (SQLite and Postgres): random votes (commands, 👍 on current and superseded proposal
+//!   comments, patch check-run buttons on current and superseded check runs) by writers, renamed
+//!   writers, the requester (renamed or not), a reader and bots, interleaved with proposal
+//!   revisions (`/orch request-changes` + `/orch retry`), pushes and policy changes; afterwards
+//!   every write (labels, QA plan, pull request) came from an APPROVED transition backed by a
+//!   quorum of distinct authorized account ids on the then-current binding, not the requester's
+//!   alone, judged from the stored ledger and transitions without `tally`.
 //!
 //! Every run prints its seed on failure; `ORCH_PROPERTY_SEED=<seed>` replays it (decimal or
 //! `0x…`), `ORCH_PROPERTY_CASES=<n>` changes the number of cases (for the end-to-end test: the
@@ -833,6 +842,169 @@ fn tally_by_account_id_ignores_renames() {
     );
 }
 
+/// A ledger mixing votes with and without account ids (rows from before ids were stored),
+/// renamed logins, bots and votes bound to superseded revisions, heads and policies.
+#[derive(Debug, Clone)]
+struct Mixed {
+    /// (account 1..=4, or 9 for a bot; renamed; with its id; decision; binding 0 = current,
+    /// 1..=3 stale; time).
+    votes: Vec<(i64, bool, bool, Decision, usize, i64)>,
+    /// The requester's account, renamed since asking, and whether the row has its id.
+    requester: Option<(i64, bool, bool)>,
+    rules: Rules,
+}
+
+fn mixed_login(account: i64, renamed: bool) -> String {
+    match (account, renamed) {
+        (9, false) => "helper[bot]".into(),
+        (9, true) => "Helper-Renamed[BOT]".into(),
+        (a, false) => format!("user-{a}"),
+        (a, true) => format!("Renamed-{a}"),
+    }
+}
+
+fn mixed_bindings() -> [Binding; 4] {
+    [
+        binding("the proposal", Some("head1"), "policy-1"),
+        binding("a superseded proposal", Some("head1"), "policy-1"),
+        binding("the proposal", Some("head0"), "policy-1"),
+        binding("the proposal", Some("head1"), "policy-0"),
+    ]
+}
+
+fn mixed_votes(m: &Mixed) -> Vec<Vote> {
+    let bindings = mixed_bindings();
+    m.votes
+        .iter()
+        .map(|&(account, renamed, with_id, decision, b, at)| Vote {
+            voter: mixed_login(account, renamed),
+            voter_id: with_id.then_some(account),
+            decision,
+            source: Source::Command,
+            binding: bindings[b].clone(),
+            reason: None,
+            at,
+        })
+        .collect()
+}
+
+fn mixed_tally(m: &Mixed, votes: &[Vote]) -> Tally {
+    let requester = m
+        .requester
+        .map(|(a, renamed, with_id)| approval::Person::new(with_id.then_some(a), mixed_login(a, renamed)));
+    approval::tally(votes, &mixed_bindings()[0], requester.as_ref(), &m.rules)
+}
+
+/// SPEC §6 by account id, computed here: each account's latest current vote (a row without an id
+/// is the account's whose login it carries, since these logins are never reused); a rejection
+/// rejects; else approved when `required` distinct non-bot accounts approve, one of them not the
+/// requester unless self-approval is allowed.
+fn mixed_expected(m: &Mixed) -> (&'static str, BTreeSet<i64>) {
+    let mut latest: BTreeMap<i64, (i64, usize, Decision)> = BTreeMap::new();
+    for (i, &(account, _, _, decision, b, at)) in m.votes.iter().enumerate() {
+        if b != 0 || account == 9 {
+            continue;
+        }
+        let e = latest.entry(account).or_insert((at, i, decision));
+        if (at, i) > (e.0, e.1) {
+            *e = (at, i, decision);
+        }
+    }
+    if latest.values().any(|(_, _, d)| *d == Decision::Reject) {
+        return ("rejected", BTreeSet::new());
+    }
+    let approving: BTreeSet<i64> = latest.keys().copied().collect();
+    let requester = m.requester.map(|(a, _, _)| a);
+    let self_ok = m.rules.allow_self_approval || approving.iter().any(|a| Some(*a) != requester);
+    if approving.len() as u32 >= m.rules.required && self_ok {
+        ("approved", approving)
+    } else {
+        ("pending", approving)
+    }
+}
+
+/// `tally` over ledgers that mix ids, id-less rows, renames, bots and stale bindings agrees with
+/// an account-id reading of SPEC §6 computed independently. Id-less requester rows are compared
+/// by login, so the requester's id is always known when their own votes lack it, and vice versa
+/// (what orch stores since migration 0008).
+#[test]
+fn tally_counts_distinct_accounts_of_the_current_binding() {
+    check(
+        "approval::tally, mixed ledgers",
+        20_000,
+        |rng| {
+            let votes = (0..rng.below(9))
+                .map(|_| {
+                    let account = if rng.chance(0.12) { 9 } else { 1 + rng.below(4) as i64 };
+                    (
+                        account,
+                        rng.chance(0.5),
+                        rng.chance(0.75),
+                        if rng.chance(0.82) { Decision::Approve } else { Decision::Reject },
+                        if rng.chance(0.6) { 0 } else { 1 + rng.below(3) },
+                        rng.below(6) as i64,
+                    )
+                })
+                .collect();
+            Mixed {
+                votes,
+                requester: (!rng.chance(0.1)).then(|| (1 + rng.below(4) as i64, rng.chance(0.5), true)),
+                rules: Rules {
+                    required: 1 + rng.below(3) as u32,
+                    allow_self_approval: rng.chance(0.3),
+                },
+            }
+        },
+        |m| {
+            without_one(&m.votes)
+                .into_iter()
+                .map(|votes| Mixed { votes, ..m.clone() })
+                .collect()
+        },
+        |m| {
+            // An id-less row of the requester is matched by login: give it the requester's
+            // current login, as the row was written under it.
+            let mut m = m.clone();
+            if let Some((r, renamed, _)) = m.requester {
+                for v in m.votes.iter_mut().filter(|v| v.0 == r && !v.2) {
+                    v.1 = renamed;
+                }
+            }
+            // An id-less row belongs to its login's account when that login appears with an id in
+            // the ledger; otherwise it is a voter of its own (its login). Keep the id-less current
+            // rows whose login a current row with an id names, so that each is its account's.
+            let with_ids: BTreeSet<String> = m
+                .votes
+                .iter()
+                .filter(|v| v.2 && v.4 == 0)
+                .map(|v| mixed_login(v.0, v.1).to_lowercase())
+                .collect();
+            m.votes
+                .retain(|v| v.2 || with_ids.contains(&mixed_login(v.0, v.1).to_lowercase()) || v.4 != 0);
+            let t = mixed_tally(&m, &mixed_votes(&m));
+            let (expected, approving) = mixed_expected(&m);
+            let got = match &t {
+                Tally::Approved { .. } => "approved",
+                Tally::Rejected { .. } => "rejected",
+                Tally::Pending { .. } => "pending",
+            };
+            ensure!(got == expected, "{t:?}, expected {expected} with accounts {approving:?}");
+            if let Tally::Approved { approvers } | Tally::Pending { approvers, .. } = &t {
+                ensure!(
+                    approvers.len() == approving.len(),
+                    "{t:?} names {} approvers, the distinct accounts are {approving:?}",
+                    approvers.len()
+                );
+                ensure!(!approvers.iter().any(|a| is_bot(a)), "a bot counted: {t:?}");
+            }
+            // Stale bindings change nothing.
+            let current: Vec<Vote> = mixed_votes(&m).into_iter().filter(|v| v.binding == mixed_bindings()[0]).collect();
+            ensure!(mixed_tally(&m, &current) == t, "stale votes changed {t:?}");
+            Ok(())
+        },
+    );
+}
+
 /// Bots are bots by their account type (or a `[bot]` login, which only App bots have): a login
 /// compared with orch's decides nothing, since logins can be renamed. orch is a Bot account.
 #[test]
@@ -1402,4 +1574,628 @@ async fn e2e_cancel_while_applying_keeps_every_invariant() {
         bad.join("\n  "),
         o.fake.state.labels(REPO, issue.number)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1d. End to end: votes, proposal revisions, pushes and policy changes interleaved at random.
+//     Every write orch made was caused by an approval of the then-current revision by a quorum
+//     of distinct authorized account ids, not the requester's alone (issue 13).
+// ---------------------------------------------------------------------------------------------
+
+/// The policy file with the given approval rules. QA plans need approval too, so that a pull
+/// request (which has a head that pushes move) has something to approve.
+fn revision_policy(required: u32, allow_self_approval: bool) -> String {
+    format!(
+        "phase: 4\napprovals: {{required: {required}, allow_self_approval: {allow_self_approval}, reactions: true}}\n\
+         actions: {{add_comment: approval_required}}\n"
+    )
+}
+
+/// The version a policy text is bound under, computed here from SPEC §6's definition (the first
+/// 16 hex digits of the file's SHA-256), not by orch's code.
+fn policy_version_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", &hex::encode(Sha256::digest(text.as_bytes()))[..16])
+}
+
+/// People of the revision test: (login, account id of the login's account, permission, type).
+/// `mara-2` and `lee-2` are mara and lee renamed (same account, same permission); the requester
+/// is whoever asks, so a renamed requester votes too.
+const REV_AUTHORIZED: [&str; 3] = ["mara", "lee", "kai"];
+const REV_VOTERS: [&str; 8] = [
+    "mara",
+    "lee",
+    "kai",
+    "mara-2",
+    "lee-2",
+    "rin",
+    "dependabot[bot]",
+    payloads::RENAMED_BOT,
+];
+
+/// Stands for whoever last asked for a workflow on the target, under their login or renamed.
+const REQUESTER: &str = "<requester>";
+
+/// The login `by` stands for: [`REQUESTER`] is the target's last asker, renamed half the time.
+fn resolve(by: &'static str, asker: Option<&'static str>, rng: &mut Rng) -> &'static str {
+    if by != REQUESTER {
+        return by;
+    }
+    let asker = asker.unwrap_or("mara");
+    let base = asker.trim_end_matches("-2");
+    match (base, rng.chance(0.5)) {
+        ("mara", true) => "mara-2",
+        ("lee", true) => "lee-2",
+        ("mara", false) => "mara",
+        ("lee", false) => "lee",
+        _ => asker,
+    }
+}
+
+/// The account behind a login of [`REV_VOTERS`].
+fn rev_account(login: &str) -> i64 {
+    match login {
+        "mara-2" => payloads::stable_id("user", "mara"),
+        "lee-2" => payloads::stable_id("user", "lee"),
+        other => payloads::stable_id("user", other),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum RevEvent {
+    /// Ask for a triage of issue `target` (0 or 1), a QA plan of the pull request (2) or a
+    /// patch for issue 3.
+    Ask {
+        target: usize,
+        by: &'static str,
+    },
+    Command {
+        target: usize,
+        by: &'static str,
+        body: &'static str,
+    },
+    /// A 👍 / 👎 on one of the target's proposal comments: the latest one, or any (old ones too).
+    React {
+        target: usize,
+        by: &'static str,
+        content: &'static str,
+        latest: bool,
+    },
+    /// A press of the patch check run's Approve or Reject button: on the current check run, or
+    /// on any of orch's patch check runs (superseded ones too).
+    Button {
+        by: &'static str,
+        approve: bool,
+        latest: bool,
+    },
+    /// New commits on the pull request.
+    Push,
+    /// `.github/orch.yml` on the default branch changes to these rules.
+    Policy {
+        required: u32,
+        allow_self_approval: bool,
+    },
+    Settle,
+    Pause(u64),
+}
+
+fn gen_rev_event(rng: &mut Rng) -> RevEvent {
+    let target = rng.below(4);
+    let voter = |rng: &mut Rng| match rng.below(12) {
+        0..=6 => rng.pick_str(&REV_VOTERS[..5]),
+        7..=9 => REQUESTER,
+        _ => rng.pick_str(&REV_VOTERS[5..]),
+    };
+    match rng.below(100) {
+        0..=11 => RevEvent::Ask {
+            target,
+            // The renamed accounts ask too: a renamed requester is still the requester.
+            by: rng.pick_str(&REV_VOTERS[..5]),
+        },
+        12..=54 => RevEvent::Command {
+            target,
+            by: voter(rng),
+            body: match rng.below(12) {
+                0..=6 => "/orch approve",
+                7 => "/orch reject not this one",
+                8..=9 => "/orch request-changes be more specific",
+                _ => "/orch retry",
+            },
+        },
+        55..=77 => RevEvent::React {
+            target,
+            by: voter(rng),
+            content: if rng.chance(0.85) { "+1" } else { "-1" },
+            latest: rng.chance(0.6),
+        },
+        78..=81 => RevEvent::Button {
+            by: voter(rng),
+            approve: rng.chance(0.85),
+            latest: rng.chance(0.6),
+        },
+        82..=85 => RevEvent::Push,
+        86..=89 => RevEvent::Policy {
+            required: 1 + rng.below(2) as u32,
+            allow_self_approval: rng.chance(0.4),
+        },
+        90..=93 => RevEvent::Settle,
+        _ => RevEvent::Pause(20 + rng.below(250) as u64),
+    }
+}
+
+/// `login` comments `body` on `issue`; the payload names the login's account id (a renamed
+/// account keeps its id).
+async fn comment_by_account(o: &Orch, issue: &IssueSpec, login: &str, body: &str) {
+    let kind = payloads::user_type(login);
+    let comment = o.fake.state.user_comment(REPO, issue.number, login, kind, body);
+    let mut payload = payloads::issue_comment_created(&o.repo, issue, comment, body, login, kind);
+    payload["comment"]["user"]["id"] = rev_account(login).into();
+    payload["sender"]["id"] = rev_account(login).into();
+    o.deliver("issue_comment", &payload).await;
+}
+
+/// A vote as stored, every column the check needs.
+#[derive(Debug, Clone)]
+struct StoredVote {
+    row: i64,
+    voter: String,
+    voter_id: Option<i64>,
+    decision: String,
+    source: String,
+    proposal_hash: String,
+    head_sha: Option<String>,
+    policy_version: String,
+    at: i64,
+    voided_at: Option<i64>,
+}
+
+async fn stored_votes_full(o: &Orch, id: i64) -> Vec<StoredVote> {
+    sqlx::query(
+        "SELECT id, voter, voter_id, decision, source, proposal_hash, head_sha, policy_version, at, voided_at \
+         FROM approvals WHERE workflow_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(o.store.pool())
+    .await
+    .expect("approvals are readable")
+    .iter()
+    .map(|r| StoredVote {
+        row: r.get(0),
+        voter: r.get(1),
+        voter_id: r.get(2),
+        decision: r.get(3),
+        source: r.get(4),
+        proposal_hash: r.get(5),
+        head_sha: r.get(6),
+        policy_version: r.get(7),
+        at: r.get(8),
+        voided_at: r.get(9),
+    })
+    .collect()
+}
+
+/// What the test sent that moves a binding: heads of the pull request (with the wall-clock time
+/// they were pushed) and the policy texts it installed.
+struct RevHistory {
+    heads: Vec<(i64, String)>,
+    /// The default branch's commits (a patch is bound to the base it was made on; a policy
+    /// change is a commit there).
+    main: Vec<(i64, String)>,
+    rules_by_version: HashMap<String, Rules>,
+}
+
+/// The distinct approving accounts, or why they are no quorum.
+type Quorum = Result<Vec<i64>, String>;
+
+/// Whether the votes live at `t` (cast by then, not voided by then) for `binding` make a quorum
+/// under `rules`, judged here from SPEC §6 alone: each account's latest such vote; no rejection
+/// among them; at least `required` distinct approving accounts, each authorized and no bot; and
+/// one of them not the requester, unless self-approval is allowed. Err says why not.
+fn quorum_at(votes: &[StoredVote], t: i64, binding: (&str, Option<&str>, &str), rules: &Rules, requester_id: Option<i64>) -> Quorum {
+    let authorized: BTreeSet<i64> = REV_AUTHORIZED.iter().map(|l| rev_account(l)).collect();
+    let mut latest: BTreeMap<String, &StoredVote> = BTreeMap::new();
+    for v in votes.iter().filter(|v| {
+        v.at <= t
+            && v.voided_at.map_or(true, |x| x > t)
+            && (v.proposal_hash.as_str(), v.head_sha.as_deref(), v.policy_version.as_str()) == binding
+    }) {
+        let key = v.voter_id.map(|i| i.to_string()).unwrap_or_else(|| v.voter.to_lowercase());
+        if latest.get(&key).map_or(true, |w| (w.at, w.row) <= (v.at, v.row)) {
+            latest.insert(key, v);
+        }
+    }
+    if let Some(r) = latest.values().find(|v| v.decision != "approve") {
+        return Err(format!("{} rejected ({:?})", r.voter, r.voter_id));
+    }
+    let mut ids = BTreeSet::new();
+    for v in latest.values() {
+        let Some(id) = v.voter_id else {
+            return Err(format!("a counted vote by {} has no account id", v.voter));
+        };
+        if v.source == "policy" || !authorized.contains(&id) || v.voter.ends_with("[bot]") {
+            return Err(format!("{} (id {id}, {}) may not approve", v.voter, v.source));
+        }
+        ids.insert(id);
+    }
+    if (ids.len() as u32) < rules.required {
+        return Err(format!("{} distinct approving account(s) of {}", ids.len(), rules.required));
+    }
+    if !rules.allow_self_approval && ids.iter().all(|id| Some(*id) == requester_id) {
+        return Err(format!("only the requester (id {requester_id:?}) approved"));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// Checks every write orch made against the approvals that caused it; returns the violations.
+async fn revision_violations(o: &Orch, pr_number: i64, history: &RevHistory) -> (Vec<String>, BTreeMap<&'static str, usize>) {
+    let mut bad = Vec::new();
+    let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let wfs = stored_workflows(o).await;
+    let mut applied_by_number: HashMap<(i64, Kind), usize> = HashMap::new();
+    for wf in &wfs {
+        let rows = stored_transitions(o, wf.id).await;
+        let path: Vec<String> = rows.iter().map(|r| format!("{}@{}", r.to, r.at)).collect();
+        let w = format!("workflow {} ({} #{}, path {path:?})", wf.id, wf.kind, wf.number);
+        let (hash, head, version, requester_id): (Option<String>, Option<String>, Option<String>, Option<i64>) =
+            sqlx::query("SELECT proposal_hash, head_sha, policy_version, requested_by_id FROM workflows WHERE id = $1")
+                .bind(wf.id)
+                .fetch_one(o.store.pool())
+                .await
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .expect("the workflow is readable");
+        let votes = stored_votes_full(o, wf.id).await;
+        if wf.proposal.is_some() && votes.iter().any(|v| Some(&v.proposal_hash) != hash.as_ref()) {
+            *seen.entry("votes on a superseded revision recorded").or_default() += 1;
+        }
+        let writes = rows
+            .windows(2)
+            .filter(|p| p[0].to == State::Approved && p[1].to == State::ApplyingChanges)
+            .count();
+        *applied_by_number.entry((wf.number, wf.kind)).or_default() += writes;
+        if rows.iter().any(|r| r.to == State::Approved) {
+            *seen.entry("approved").or_default() += 1;
+        }
+        // The APPROVED transition that led to the write: the binding then is the workflow's
+        // final one (no revision, push or policy change moves an applying workflow, except a
+        // push, for which every head pushed by then is a candidate) under the rules of its
+        // policy version.
+        for pair in rows
+            .windows(2)
+            .filter(|p| p[0].to == State::Approved && p[1].to == State::ApplyingChanges)
+        {
+            *seen.entry("written").or_default() += 1;
+            let t = pair[0].at;
+            let (Some(hash), Some(version)) = (hash.as_deref(), version.as_deref()) else {
+                bad.push(format!("{w}: applied without a proposal hash or policy version"));
+                continue;
+            };
+            let Some(rules) = history.rules_by_version.get(version) else {
+                bad.push(format!(
+                    "{w}: applied under policy version {version}, which the test never installed"
+                ));
+                continue;
+            };
+            // The head orch knew at `t`: any commit pushed by then (orch may not have seen the
+            // latest push yet; the check is that the counted votes all name the same one).
+            let pushed = match wf.kind {
+                Kind::QaPlan => Some(&history.heads),
+                Kind::Patch => Some(&history.main),
+                Kind::Triage => None,
+            };
+            let heads: Vec<Option<&str>> = match pushed {
+                Some(list) => list.iter().filter(|(at, _)| *at <= t).map(|(_, h)| Some(h.as_str())).collect(),
+                None => vec![None],
+            };
+            if let (Some(list), Some(h)) = (pushed, head.as_deref()) {
+                if !list.iter().any(|(_, x)| x == h) {
+                    bad.push(format!("{w}: bound to head {h}, which the test never pushed"));
+                }
+            }
+            let mut verdicts: Vec<(Option<&str>, Quorum)> = heads
+                .iter()
+                .map(|h| (*h, quorum_at(&votes, t, (hash, *h, version), rules, requester_id)))
+                .collect();
+            // The workflow's own head first, for the report.
+            verdicts.sort_by_key(|(h, _)| *h != head.as_deref());
+            match verdicts.iter().find_map(|(_, v)| v.as_ref().ok()) {
+                Some(ids) => {
+                    if ids.len() > 1 {
+                        *seen.entry("written with several approvers").or_default() += 1;
+                    }
+                    if ids.contains(&requester_id.unwrap_or_default()) {
+                        *seen.entry("written with the requester among the approvers").or_default() += 1;
+                    }
+                }
+                None => bad.push(format!(
+                    "{w}: APPROVED at {t} → written without a quorum of the current revision \
+                     (hash {hash}, policy {version}, {rules:?}, requester id {requester_id:?}): {verdicts:?}\n    votes: {votes:?}"
+                )),
+            }
+        }
+        if rows.iter().filter(|r| r.to == State::WaitingUserApproval).count() > 1 {
+            *seen.entry("asked again (revision, push or policy change)").or_default() += 1;
+        }
+        if rows.iter().any(|r| r.to == State::WaitingUserApproval) && writes == 0 {
+            *seen.entry("waited, never written").or_default() += 1;
+        }
+    }
+    // No write without a workflow that was approved and applied: the store's exactly-once
+    // actions, and what GitHub shows.
+    let actions = sqlx::query("SELECT idempotency_key, status FROM actions ORDER BY id")
+        .fetch_all(o.store.pool())
+        .await
+        .expect("actions are readable");
+    for r in actions {
+        let (key, status): (String, String) = (r.get(0), r.get(1));
+        let Some(rest) = key.strip_prefix("wf") else { continue };
+        let mut parts = rest.splitn(2, ':');
+        let (Some(id), Some(what)) = (parts.next().and_then(|n| n.parse::<i64>().ok()), parts.next()) else {
+            continue;
+        };
+        if !["labels", "qa-check", "qa-comment", "commit", "pull"].contains(&what) {
+            continue;
+        }
+        let applied = match wfs.iter().find(|w| w.id == id) {
+            Some(_) => stored_transitions(o, id)
+                .await
+                .windows(2)
+                .any(|p| p[0].to == State::Approved && p[1].to == State::ApplyingChanges),
+            None => false,
+        };
+        if !applied {
+            bad.push(format!(
+                "write {key} ({status}) of workflow {id}, which was never approved and applied"
+            ));
+        }
+    }
+    let log = o.fake.state.log();
+    for wf in &wfs {
+        let label_posts = log
+            .iter()
+            .filter(|(m, p)| m == "POST" && p.ends_with(&format!("/issues/{}/labels", wf.number)))
+            .count();
+        let applied = applied_by_number.get(&(wf.number, Kind::Triage)).copied().unwrap_or(0);
+        if label_posts > applied {
+            bad.push(format!(
+                "#{}: labels added {label_posts} times, {applied} triage(s) approved and applied",
+                wf.number
+            ));
+        }
+    }
+    let pulls = o.fake.state.pulls(REPO).into_iter().filter(|p| p.head.starts_with("orch/")).count();
+    let applied: usize = applied_by_number
+        .iter()
+        .filter(|((_, kind), _)| *kind == Kind::Patch)
+        .map(|(_, n)| n)
+        .sum();
+    if pulls > applied {
+        bad.push(format!(
+            "{pulls} pull requests opened by orch, {applied} patch(es) approved and applied"
+        ));
+    }
+    let plans = o
+        .fake
+        .state
+        .check_runs(REPO)
+        .into_iter()
+        .filter(|c| c.name == "orch/qa-plan")
+        .count();
+    let applied = applied_by_number.get(&(pr_number, Kind::QaPlan)).copied().unwrap_or(0);
+    if plans > applied {
+        bad.push(format!(
+            "#{pr_number}: {plans} QA plan check runs, {applied} QA plan(s) approved and applied"
+        ));
+    }
+    (bad, seen)
+}
+
+async fn revisions_votes_pushes_and_policies(backend: Backend) {
+    let seed = master_seed();
+    let events = cases(400);
+    let mut rng = Rng::new(seed);
+    let mut history = RevHistory {
+        heads: Vec::new(),
+        main: Vec::new(),
+        rules_by_version: HashMap::new(),
+    };
+    let mut rules_of = |required: u32, allow_self_approval: bool| {
+        let text = revision_policy(required, allow_self_approval);
+        history.rules_by_version.insert(
+            policy_version_of(&text),
+            Rules {
+                required,
+                allow_self_approval,
+            },
+        );
+        text
+    };
+    let first = rules_of(1 + rng.below(2) as u32, rng.chance(0.4));
+    for r in [1, 2] {
+        for a in [false, true] {
+            rules_of(r, a);
+        }
+    }
+    let Some(mut o) = Orch::start(backend, &first).await else { return };
+    for (login, permission) in [
+        ("mara", "maintain"),
+        ("mara-2", "maintain"),
+        ("lee", "write"),
+        ("lee-2", "write"),
+        ("kai", "admin"),
+        ("rin", "read"),
+        (payloads::RENAMED_BOT, "admin"),
+        ("dependabot[bot]", "write"),
+    ] {
+        o.user(login, permission);
+        o.fake.state.set_user_id(login, rev_account(login));
+    }
+    let mut issues = vec![
+        o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim"),
+        o.open_issue("Parser panics on empty input", "Stack trace attached.", "dev-kim"),
+        o.open_issue("Off by one", "answer() should be 42", "dev-kim"),
+    ];
+    let mut pr = o.open_pull("Faster parser", "feature", &[("src/parse.rs", Some("fn parse() {}\n"))], "dev-kim");
+    history.heads.push((0, pr.head_sha.clone()));
+    history.main.push((0, o.main_sha.clone()));
+    let started = Instant::now();
+    let mut log: Vec<String> = Vec::new();
+    let mut pushes = 0;
+    let mut askers: [Option<&'static str>; 4] = [None; 4];
+    for n in 0..events {
+        if started.elapsed() > Duration::from_secs(20) {
+            log.push(format!("(stopped after {n} events: time budget)"));
+            break;
+        }
+        let mut event = gen_rev_event(&mut rng);
+        match &mut event {
+            RevEvent::Ask { target, by } => askers[*target] = Some(*by),
+            RevEvent::Command { target, by, .. } | RevEvent::React { target, by, .. } => *by = resolve(by, askers[*target], &mut rng),
+            RevEvent::Button { by, .. } => *by = resolve(by, askers[3], &mut rng),
+            _ => {}
+        }
+        log.push(format!("{event:?}"));
+        let target_issue = |target: usize, issues: &[IssueSpec], pr: &payloads::PullSpec| match target {
+            2 => pr.as_issue(),
+            3 => issues[2].clone(),
+            _ => issues[target].clone(),
+        };
+        match event {
+            RevEvent::Ask { target: 2, by } => comment_by_account(&o, &pr.as_issue(), by, "/orch plan").await,
+            RevEvent::Ask { target: 3, by } => comment_by_account(&o, &issues[2], by, "/orch propose fix `src/lib.rs` to return 42").await,
+            RevEvent::Ask { target, by } if issues[target].labels.is_empty() => add_label(&o, &mut issues[target], "orch:triage", by).await,
+            RevEvent::Ask { target, by } => comment_by_account(&o, &issues[target], by, "/orch triage").await,
+            RevEvent::Command { target, by, body } => comment_by_account(&o, &target_issue(target, &issues, &pr), by, body).await,
+            RevEvent::React {
+                target,
+                by,
+                content,
+                latest,
+            } => {
+                let number = target_issue(target, &issues, &pr).number;
+                let proposals: Vec<i64> = o
+                    .fake
+                    .state
+                    .bot_comments(REPO, number)
+                    .into_iter()
+                    .filter(|c| c.body.contains("proposal") || c.body.contains("QA plan"))
+                    .map(|c| c.id)
+                    .collect();
+                let Some(&newest) = proposals.last() else { continue };
+                let comment = if latest { newest } else { *rng.pick(&proposals) };
+                if !o.fake.state.reactions(comment).contains(&(content.to_string(), by.to_string())) {
+                    o.fake.state.react(comment, by, payloads::user_type(by), content);
+                }
+            }
+            RevEvent::Button { by, approve, latest } => {
+                let runs: Vec<(i64, String, i64)> = o
+                    .fake
+                    .state
+                    .check_runs(REPO)
+                    .into_iter()
+                    .filter(|c| c.name == "orch/patch")
+                    .filter_map(|c| {
+                        let title = c.title.clone().unwrap_or_default();
+                        let wf = title.split("(workflow ").nth(1)?.split(',').next()?.trim().parse().ok()?;
+                        Some((c.id, c.head_sha.clone(), wf))
+                    })
+                    .collect();
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT check_run_id FROM workflows WHERE kind = 'patch' ORDER BY id DESC LIMIT 1")
+                        .fetch_optional(o.store.pool())
+                        .await
+                        .expect("workflows are readable")
+                        .flatten();
+                let run = if latest {
+                    runs.iter().find(|r| Some(r.0) == current)
+                } else if runs.is_empty() {
+                    None
+                } else {
+                    Some(rng.pick(&runs))
+                };
+                let Some((run, head, wf)) = run.cloned() else { continue };
+                let mut press = payloads::check_run_requested_action(
+                    &o.repo,
+                    run,
+                    "orch/patch",
+                    &head,
+                    Some(&format!("workflow:{wf}")),
+                    if approve { "approve" } else { "reject" },
+                    by,
+                    payloads::user_type(by),
+                );
+                press["sender"]["id"] = rev_account(by).into();
+                o.deliver("check_run", &press).await;
+            }
+            RevEvent::Push => {
+                pushes += 1;
+                let before = pr.head_sha.clone();
+                let at = chrono_ms();
+                let after = o.fake.state.push(
+                    REPO,
+                    "feature",
+                    &[("src/parse.rs", Some(format!("fn parse() {{ /* {pushes} */ }}\n").as_str()))],
+                );
+                history.heads.push((at, after.clone()));
+                pr.head_sha = after.clone();
+                o.deliver(
+                    "pull_request",
+                    &payloads::pull_request_synchronize(&o.repo, &pr, &before, &after, "dev-kim"),
+                )
+                .await;
+            }
+            RevEvent::Policy {
+                required,
+                allow_self_approval,
+            } => {
+                let at = chrono_ms();
+                let sha = o.set_policy(&revision_policy(required, allow_self_approval));
+                history.main.push((at, sha));
+            }
+            RevEvent::Settle => o.wait_idle(30).await,
+            RevEvent::Pause(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    }
+    o.wait_idle(30).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    o.wait_idle(30).await;
+    let diagnostics = o.diagnostics().await;
+    o.stop().await;
+    let (bad, seen) = revision_violations(&o, pr.number, &history).await;
+    let mut paths = String::new();
+    for wf in stored_workflows(&o).await {
+        let rows = stored_transitions(&o, wf.id).await;
+        let p: Vec<String> = rows.iter().map(|r| format!("{}({})", r.to, r.actor)).collect();
+        paths.push_str(&format!("  {} #{} {}: {}\n", wf.id, wf.number, wf.kind, p.join(" → ")));
+    }
+    eprintln!(
+        "revision property: {} events in {:.1}s, {seen:?} (seed {seed:#x})",
+        log.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        bad.is_empty(),
+        "{} violation(s) (seed {seed:#x}; replay with ORCH_PROPERTY_SEED={seed:#x} ORCH_PROPERTY_CASES={events}):\n  {}\n\
+         events:\n  {}\nworkflows:\n{paths}\n{diagnostics}",
+        bad.len(),
+        bad.join("\n  "),
+        log.join("\n  ")
+    );
+}
+
+/// Wall-clock unix milliseconds, the clock orch stamps transitions and votes with.
+fn chrono_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_writes_only_with_a_quorum_of_the_current_revision() {
+    revisions_votes_pushes_and_policies(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_writes_only_with_a_quorum_of_the_current_revision_postgres() {
+    revisions_votes_pushes_and_policies(Backend::Postgres).await
 }

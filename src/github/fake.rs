@@ -1676,16 +1676,23 @@ fn user_json(login: &str, kind: &str) -> serde_json::Value {
     json!({ "login": login, "id": user_id(login), "type": kind })
 }
 
-fn reactions_json(list: &[(i64, String, String, String)]) -> serde_json::Value {
+/// A renamed account (see [`FakeState::set_user_id`]) reacts under its new login with its old id.
+fn reactions_json(list: &[(i64, String, String, String)], ids: &HashMap<String, i64>) -> serde_json::Value {
     json!(list
         .iter()
-        .map(|(id, content, login, kind)| json!({ "id": id, "content": content, "user": user_json(login, kind) }))
+        .map(|(id, content, login, kind)| {
+            let mut user = user_json(login, kind);
+            if let Some(account) = ids.get(login) {
+                user["id"] = (*account).into();
+            }
+            json!({ "id": id, "content": content, "user": user })
+        })
         .collect::<Vec<_>>())
 }
 
 async fn list_reactions(State(s): State<Arc<FakeState>>, Path((_owner, _repo, comment)): ItemPath, headers: HeaderMap) -> Response {
     let mut m = s.model();
-    let body = reactions_json(m.reactions.get(&comment).map(Vec::as_slice).unwrap_or_default());
+    let body = reactions_json(m.reactions.get(&comment).map(Vec::as_slice).unwrap_or_default(), &m.user_ids);
     let etag = format!("W/\"{:08x}\"", crc32fast::hash(body.to_string().as_bytes()));
     if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         // GitHub does not count a 304 against the rate limit.
