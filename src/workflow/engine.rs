@@ -1007,7 +1007,38 @@ impl Engine {
                 return Ok(None);
             }
         }
-        self.step(wf, Step::Gate3Passed, "orch", "approvals, policy and binding hold", false)
+        // The ledger decides again, against the workflow as it is now: a push or a policy change
+        // that voided votes while the approval was being recorded (both only compare the state
+        // name, which a void leaves at WAITING_USER_APPROVAL) must not be carried into applying.
+        let current = self.load(wf.id).await?;
+        if current.state != State::Approved {
+            return Ok(None);
+        }
+        match self.tally(&current, &policy).await? {
+            Some(t) if t.is_approved() => {}
+            verdict => {
+                let summary = verdict.map(|t| t.summary()).unwrap_or_else(|| "there is no proposal".into());
+                let binding = current
+                    .binding()
+                    .map(|b| format!("{}:{}", short(&b.proposal_hash), b.head_sha.unwrap_or_default()));
+                self.step(
+                    &current,
+                    Step::ApprovalsVoided,
+                    "orch",
+                    &format!("approvals no longer hold for the current revision: {summary}"),
+                    false,
+                )
+                .await?;
+                self.comment(
+                    &current,
+                    &format!("wf{}:gate3-binding:{}", wf.id, binding.unwrap_or_default()),
+                    &format!("Workflow {} is not applied: the approvals it had were given for an earlier revision, head or policy, and do not count for the current one ({summary}). It is waiting for approval again.", wf.id),
+                )
+                .await?;
+                return Ok(None);
+            }
+        }
+        self.step(&current, Step::Gate3Passed, "orch", "approvals, policy and binding hold", false)
             .await?;
         Ok(None)
     }
