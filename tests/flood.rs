@@ -8,7 +8,7 @@ mod common;
 mod e2e;
 
 use common::Backend;
-use e2e::{IssueSpec, Orch};
+use e2e::{IssueSpec, Orch, REPO};
 use sqlx::Row;
 
 async fn orch(backend: Backend) -> Option<Orch> {
@@ -147,9 +147,46 @@ async fn one_comment_makes_orch_write_at_most_two_comments(backend: Backend) {
     );
 }
 
+/// Check-run buttons follow the same rule as commands: eve (read only) presses Approve three
+/// times on a patch's check run; she is refused once, the other presses are audited, and
+/// nothing is recorded.
+async fn a_reader_pressing_buttons_is_refused_once_per_hour(backend: Backend) {
+    let Some(o) = orch(backend).await else { return };
+    let issue = o.open_issue("Off by one", "answer() should be 42", "dev-kim");
+    say(&o, &issue, "mara", "/orch propose fix `src/lib.rs` to return 42").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let before = o.bot_comments(issue.number).len();
+    let run = o.fake.state.check_runs(REPO)[0].id;
+    for _ in 0..3 {
+        let press = e2e::payloads::check_run_requested_action(
+            &o.repo,
+            run,
+            "orch/patch",
+            &o.main_sha,
+            Some(&format!("workflow:{id}")),
+            "approve",
+            "eve",
+            "User",
+        );
+        let guid = o.deliver("check_run", &press).await;
+        o.wait_processed(&guid).await;
+        o.wait_idle(15).await;
+    }
+    let comments = o.bot_comments(issue.number);
+    let refused: Vec<&String> = comments[before..].iter().filter(|c| c.starts_with("@eve")).collect();
+    assert_eq!(refused.len(), 1, "one refusal posted: {comments:?}");
+    assert!(refused[0].contains("the Approve button"), "{}", refused[0]);
+    let audited: Vec<bool> = refusals(&o).await.into_iter().map(|(_, posted)| posted).collect();
+    assert_eq!(audited, [true, false, false], "later presses are audited, not posted");
+    assert!(orch::store::workflows::votes(o.store.pool(), id).await.unwrap().is_empty());
+    assert_eq!(o.state_of(id).await, "WAITING_USER_APPROVAL");
+}
+
 both_backends!(
     two_hundred_status_lines_get_one_reply,
     five_thousand_commands_get_one_bounded_reply,
     a_user_without_permission_is_refused_once_per_hour,
     one_comment_makes_orch_write_at_most_two_comments,
+    a_reader_pressing_buttons_is_refused_once_per_hour,
 );

@@ -239,7 +239,9 @@ impl Engine {
         match decision {
             Outcome::Refused { user_id, text } => {
                 // Keyed by the comment, so that the refused lines of one comment share its reply.
-                let comment = t.comment.context("a refused command has its comment")?;
+                // A button press has no comment: its own delivery stands in for one, as a negative
+                // number (comment ids are positive), so that each press is a refusal of its own.
+                let comment = t.comment.unwrap_or_else(|| press_origin(&t.key));
                 let posted = trigger_runs::claim_refusal(&mut tx, t.at.repo, t.at.number, user_id, comment, now).await?;
                 if posted {
                     trigger_runs::settle(&mut *tx, &t.key, None, Some(&text)).await?;
@@ -752,8 +754,9 @@ impl Engine {
             } else {
                 "the Reject button"
             };
-            Outcome::Reply {
-                accepted: false,
+            // Like a refused command: posted at most once per user, issue and hour (SPEC §5).
+            Outcome::Refused {
+                user_id: sender.id,
                 text: messages::denied(&sender.login, what, &repo.full_name, &permission),
             }
         } else if wf.state != State::WaitingUserApproval {
@@ -883,4 +886,14 @@ fn start_request<'a>(
         retry: false,
         tasks_before: t.tasks_before,
     }
+}
+
+/// The stand-in comment id of a trigger without a comment (a check-run button press): a
+/// negative number derived from its key, so it never equals a comment id.
+fn press_origin(key: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    -((u64::from_be_bytes(first) >> 1) as i64) - 1
 }
