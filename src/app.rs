@@ -201,6 +201,7 @@ fn engine(
     let github = GithubClient::new(http, &config.github_api_url, tokens, policy)
         .with_dry_run(config.github_dry_run)
         .with_pace(config.github_write_pace)
+        .with_budget(store.clone(), config.github_write_limits.clone())
         .with_permission_ttl(config.permission_cache)
         .with_marker_key(marker_key);
     Ok(Engine {

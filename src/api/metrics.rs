@@ -399,6 +399,46 @@ pub async fn render(state: &AppState) -> anyhow::Result<String> {
         x.family("orch_github_rate_limit_limit", "gauge", "GitHub's rate limit per window.");
         x.sample("orch_github_rate_limit_limit", &[], limit as f64);
     }
+
+    // GitHub's budget as every replica shares it through the store (SPEC §11).
+    let now = crate::store::now_ms();
+    x.family(
+        "orch_jobs_waiting_for_github",
+        "gauge",
+        "Queued jobs that wait for GitHub's rate limit (primary or secondary) to let them run.",
+    );
+    x.sample(
+        "orch_jobs_waiting_for_github",
+        &[],
+        crate::store::jobs::waiting_for_github(pool, now).await? as f64,
+    );
+    let budgets = crate::store::github_budget::all(pool).await?;
+    let seconds = |until: i64| if until > now { (until / 1000) as f64 } else { 0.0 };
+    let families: [(&str, &str, &dyn Fn(&crate::store::github_budget::Budget) -> Option<f64>); 3] = [
+        (
+            "orch_github_blocked_until_seconds",
+            "Per installation, until when (unix seconds) GitHub's rate limit holds its requests; 0 when it does not.",
+            &|b| Some(seconds(b.blocked_until)),
+        ),
+        (
+            "orch_github_writes_blocked_until_seconds",
+            "Per installation, until when (unix seconds) a secondary limit holds its content-creating requests; 0 when none does.",
+            &|b| Some(seconds(b.writes_blocked_until)),
+        ),
+        (
+            "orch_github_budget_remaining",
+            "Per installation, the requests GitHub said were left, as last recorded (recorded once they run low).",
+            &|b| b.remaining.map(|r| r as f64),
+        ),
+    ];
+    for (name, help, value) in families {
+        x.family(name, "gauge", help);
+        for b in &budgets {
+            if let Some(v) = value(b) {
+                x.sample(name, &[("installation", &b.installation_id.to_string())], v);
+            }
+        }
+    }
     Ok(x.finish())
 }
 

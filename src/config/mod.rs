@@ -93,6 +93,9 @@ pub struct Config {
     pub workers: usize,
     /// Spacing of content-creating GitHub requests per installation.
     pub github_write_pace: Duration,
+    /// GitHub's secondary limits for content-creating requests per installation, and the share
+    /// of them orch leaves unused (`ORCH_GITHUB_WRITE_LIMITS`, `ORCH_GITHUB_WRITE_HEADROOM`).
+    pub github_write_limits: crate::store::github_budget::WriteLimits,
     /// How often open proposals' reactions are polled (GitHub sends no reaction webhook).
     pub reaction_poll: Duration,
     /// How long a collaborator's permission is trusted before GitHub is asked again.
@@ -153,6 +156,8 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_JOB_LEASE_SECS",
     "ORCH_WORKERS",
     "ORCH_GITHUB_WRITE_PACE_MS",
+    "ORCH_GITHUB_WRITE_LIMITS",
+    "ORCH_GITHUB_WRITE_HEADROOM",
     "ORCH_REACTION_POLL_MS",
     "ORCH_BOT_LOGIN",
     "ORCH_PERMISSION_CACHE_SECS",
@@ -323,6 +328,25 @@ impl Config {
         let github_write_pace = src
             .parse::<u64>("ORCH_GITHUB_WRITE_PACE_MS", "a whole number of milliseconds")?
             .unwrap_or(1000);
+        let github_write_limits = {
+            use crate::store::github_budget::{parse_write_limits, WriteLimits, DEFAULT_WRITE_HEADROOM, DEFAULT_WRITE_LIMITS};
+            let limits = parse_write_limits(src.get("ORCH_GITHUB_WRITE_LIMITS").unwrap_or(DEFAULT_WRITE_LIMITS)).map_err(|problem| {
+                ConfigError::Invalid {
+                    var: "ORCH_GITHUB_WRITE_LIMITS",
+                    problem: format!("{problem} (expected e.g. 80/60s,500/3600s)"),
+                }
+            })?;
+            let headroom = src
+                .parse::<f64>("ORCH_GITHUB_WRITE_HEADROOM", "a fraction from 0 to 0.9")?
+                .unwrap_or(DEFAULT_WRITE_HEADROOM);
+            if !(0.0..=0.9).contains(&headroom) {
+                return Err(ConfigError::Invalid {
+                    var: "ORCH_GITHUB_WRITE_HEADROOM",
+                    problem: format!("expected a fraction from 0 to 0.9, got {headroom}"),
+                });
+            }
+            WriteLimits { limits, headroom }
+        };
         let reaction_poll = src
             .parse::<u64>("ORCH_REACTION_POLL_MS", "a whole number of milliseconds")?
             .unwrap_or(30_000);
@@ -378,7 +402,7 @@ impl Config {
         };
         let github_request_timeout = millis("ORCH_GITHUB_TIMEOUT_MS", 15_000)?;
         let github_retry_backoff = millis("ORCH_GITHUB_RETRY_BACKOFF_MS", 500)?;
-        let github_max_rate_limit_wait = millis("ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS", 60_000)?;
+        let github_max_rate_limit_wait = millis("ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS", 5_000)?;
         let llm_request_timeout = millis("ORCH_LLM_TIMEOUT_MS", 120_000)?;
         let llm_retry_backoff = millis("ORCH_LLM_RETRY_BACKOFF_MS", 1_000)?;
         let webhook_body_timeout = millis("ORCH_WEBHOOK_BODY_TIMEOUT_MS", 10_000)?;
@@ -451,6 +475,7 @@ impl Config {
             job_lease: Duration::from_secs(job_lease_secs),
             workers,
             github_write_pace: Duration::from_millis(github_write_pace),
+            github_write_limits,
             reaction_poll: Duration::from_millis(reaction_poll),
             permission_cache: Duration::from_secs(
                 src.parse::<u64>("ORCH_PERMISSION_CACHE_SECS", "a whole number of seconds")?

@@ -89,7 +89,35 @@ pub fn client_error_of(e: &anyhow::Error) -> Option<&ClientError> {
     })
 }
 
+/// How long GitHub's rate limit holds the request behind an error chain, if that is why it
+/// failed: the job waits that long and runs again, it has not failed (SPEC §11).
+pub fn rate_limit_of(e: &anyhow::Error) -> Option<Duration> {
+    let limited = |g: &GithubError| match g {
+        GithubError::RateLimited { wait, .. } => Some(*wait),
+        _ => None,
+    };
+    client_error_of(e).and_then(ClientError::rate_limit).or_else(|| {
+        e.chain().find_map(|c| {
+            c.downcast_ref::<GithubError>().and_then(limited).or_else(|| {
+                c.downcast_ref::<AuthError>().and_then(|a| match a {
+                    AuthError::Github(g) => limited(g),
+                    _ => None,
+                })
+            })
+        })
+    })
+}
+
 impl ClientError {
+    /// How long GitHub's rate limit holds the request, when that is why it failed.
+    pub fn rate_limit(&self) -> Option<Duration> {
+        match self {
+            ClientError::Github(GithubError::RateLimited { wait, .. })
+            | ClientError::Auth(AuthError::Github(GithubError::RateLimited { wait, .. })) => Some(*wait),
+            _ => None,
+        }
+    }
+
     /// Whether repeating the same request later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -167,7 +195,26 @@ pub struct GithubClient {
     marker_key: Arc<MarkerKey>,
     /// orch's App and bot account ids, learned once from GitHub.
     identity: Arc<tokio::sync::OnceCell<AppIdentity>>,
+    /// Where GitHub's budget is shared with the other replicas (SPEC §11); None: not shared
+    /// (tools and tests that use the client alone).
+    budget: Option<SharedBudget>,
 }
+
+/// The store that holds GitHub's budget per installation, and the secondary limits orch paces
+/// content-creating requests under.
+#[derive(Clone)]
+struct SharedBudget {
+    store: crate::store::Store,
+    writes: Arc<crate::store::github_budget::WriteLimits>,
+}
+
+/// A full write window that frees within this long is waited out in-process (bounded by the
+/// policy's `max_rate_limit_wait`); a longer wait defers the job instead.
+const IN_PROCESS_WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// GitHub's headroom is written to the store only once it runs this low (a fraction of the
+/// limit), so that the budget costs no database write per request while it is plentiful.
+const LOW_REMAINING: f64 = 0.1;
 
 /// The default spacing of content-creating requests per installation.
 pub const DEFAULT_PACE: Duration = Duration::from_secs(1);
@@ -289,7 +336,18 @@ impl GithubClient {
             dry_run: false,
             marker_key: Arc::new(MarkerKey::random()),
             identity: Arc::default(),
+            budget: None,
         }
+    }
+
+    /// The same client sharing GitHub's budget through `store` (every replica must use the
+    /// same store), pacing content-creating requests under `writes`.
+    pub fn with_budget(mut self, store: crate::store::Store, writes: crate::store::github_budget::WriteLimits) -> Self {
+        self.budget = Some(SharedBudget {
+            store,
+            writes: Arc::new(writes),
+        });
+        self
     }
 
     /// The same client tagging markers with `key` (every replica must use the same key).
@@ -319,20 +377,90 @@ impl GithubClient {
         self
     }
 
+    /// How far apart deferred jobs of one repository are put (see `worker::defer_for_github`).
+    pub fn deferral_spacing_ms(&self) -> i64 {
+        self.budget.as_ref().map(|b| b.writes.spacing_ms()).unwrap_or(0)
+    }
+
     /// GitHub's rate-limit headroom as its latest answer gave it: (remaining, limit).
     pub fn rate_limit(&self) -> Option<(i64, i64)> {
         *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn note_rate_limit(&self, headers: &reqwest::header::HeaderMap) {
+    async fn note_rate_limit(&self, installation: i64, headers: &reqwest::header::HeaderMap) {
         let number = |name: &str| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<i64>().ok())
         };
-        if let (Some(remaining), Some(limit)) = (number("x-ratelimit-remaining"), number("x-ratelimit-limit")) {
-            *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some((remaining, limit));
+        let (Some(remaining), Some(limit)) = (number("x-ratelimit-remaining"), number("x-ratelimit-limit")) else {
+            return;
+        };
+        *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = Some((remaining, limit));
+        let Some(budget) = &self.budget else { return };
+        if (remaining as f64) > (limit as f64) * LOW_REMAINING {
+            return;
+        }
+        use crate::store::github_budget;
+        let now = crate::store::now_ms();
+        let reset_at = number("x-ratelimit-reset").map(|s| s * 1000).unwrap_or(now);
+        let mut written = github_budget::record_remaining(&budget.store, installation, remaining, limit, reset_at, now).await;
+        // Spent: no replica sends another request of this installation before the reset (one
+        // second more: the reset is a whole second and clocks differ a little).
+        if remaining == 0 && written.is_ok() {
+            written = github_budget::record_block(&budget.store, installation, reset_at + 1000, false, now).await;
+        }
+        if let Err(e) = written {
+            tracing::warn!(error = %e, installation, "could not record GitHub's rate limit in the store");
+        }
+    }
+
+    /// Until when the store says GitHub's budget holds this request back (None: it may leave).
+    /// A content-creating request takes its slot in the secondary limits' windows here; a
+    /// window that frees within moments is waited for in-process.
+    async fn budget_hold(&self, installation: i64, write: bool) -> Option<i64> {
+        use crate::store::{github_budget, now_ms};
+        let budget = self.budget.as_ref()?;
+        loop {
+            let now = now_ms();
+            let held = if write {
+                github_budget::reserve_write(&budget.store, installation, &budget.writes, now)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            installation,
+                            "could not take a write slot in the store; sending"
+                        );
+                        Ok(())
+                    })
+                    .err()
+            } else {
+                github_budget::blocked_until(budget.store.pool(), installation, false, now)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, installation, "could not read GitHub's budget from the store; sending");
+                        None
+                    })
+            };
+            let until = held?;
+            let short = IN_PROCESS_WRITE_WAIT.min(self.policy.max_rate_limit_wait).as_millis() as i64;
+            if !write || until - now > short {
+                return Some(until);
+            }
+            tokio::time::sleep(Duration::from_millis((until - now).max(1) as u64)).await;
+        }
+    }
+
+    /// Records for every replica that GitHub's limit holds the installation for `wait` (its
+    /// content-creating requests only, when a secondary limit refused a write).
+    async fn note_block(&self, installation: i64, wait: Duration, writes_only: bool) {
+        let Some(budget) = &self.budget else { return };
+        let now = crate::store::now_ms();
+        let until = now + wait.as_millis() as i64;
+        if let Err(e) = crate::store::github_budget::record_block(&budget.store, installation, until, writes_only, now).await {
+            tracing::warn!(error = %e, installation, "could not record GitHub's rate limit in the store");
         }
     }
 
@@ -401,6 +529,16 @@ impl GithubClient {
             }
             self.pace_write(installation).await;
         }
+        let write = method != Method::GET;
+        if let Some(until) = self.budget_hold(installation, write).await {
+            let wait = Duration::from_millis((until - crate::store::now_ms()).max(0) as u64);
+            tracing::debug!(%method, %path, installation, ?wait, "GitHub's budget holds the request: not sent");
+            return Err(ClientError::Github(GithubError::RateLimited {
+                wait,
+                secondary: write,
+                request_id: "none: not sent".into(),
+            }));
+        }
         for refreshed in [false, true] {
             let token = self.tokens.scoped_token(installation, &scope).await?;
             let result = retry::send(
@@ -426,9 +564,15 @@ impl GithubClient {
             match result {
                 // The token was revoked or expired early: fetch a new one, once.
                 Err(GithubError::Permanent { status: 401, .. }) if !refreshed => self.tokens.invalidate(installation),
+                Err(e @ GithubError::RateLimited { .. }) => {
+                    if let GithubError::RateLimited { wait, secondary, .. } = &e {
+                        self.note_block(installation, *wait, *secondary && write).await;
+                    }
+                    return Err(e.into());
+                }
                 other => {
                     let response = other?;
-                    self.note_rate_limit(response.headers());
+                    self.note_rate_limit(installation, response.headers()).await;
                     return Ok(response);
                 }
             }

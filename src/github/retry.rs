@@ -15,7 +15,8 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
     pub max_backoff: Duration,
     pub request_timeout: Duration,
-    /// The longest orch waits for a rate limit to lift before giving up with a clear error.
+    /// The longest orch waits in-process for a rate limit to lift; a longer wait is returned
+    /// as [`GithubError::RateLimited`] and its job deferred until then.
     pub max_rate_limit_wait: Duration,
 }
 
@@ -38,7 +39,7 @@ impl Default for RetryPolicy {
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             request_timeout: Duration::from_secs(15),
-            max_rate_limit_wait: Duration::from_secs(60),
+            max_rate_limit_wait: Duration::from_secs(5),
         }
     }
 }
@@ -48,8 +49,14 @@ impl Default for RetryPolicy {
 pub enum GithubError {
     #[error("GitHub answered {status} (request id {request_id}): {message}")]
     Permanent { status: u16, message: String, request_id: String },
-    #[error("GitHub's rate limit lifts in {wait:?}, longer than orch waits (request id {request_id})")]
-    RateLimited { wait: Duration, request_id: String },
+    /// GitHub's rate limit holds the request for `wait` (or held it: orch did not send it). Not
+    /// a failure: the job waits and runs again (SPEC §11).
+    #[error("GitHub's {} rate limit holds requests for {wait:?} (request id {request_id})", if *.secondary { "secondary" } else { "primary" })]
+    RateLimited {
+        wait: Duration,
+        secondary: bool,
+        request_id: String,
+    },
     #[error("GitHub request failed after {attempts} attempts; last: {last}")]
     Exhausted { attempts: u32, last: String },
 }
@@ -58,10 +65,19 @@ pub enum GithubError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Success,
-    /// Transient: retry after this long (from `Retry-After`, a rate-limit reset, or backoff when None).
+    /// Transient: retry after this long (from `Retry-After` of a server error, or backoff when None).
     Retry(Option<Duration>),
-    /// The rate limit lifts only after this long (beyond what orch is willing to wait).
-    RateLimitedFor(Duration),
+    /// A rate limit (primary, or secondary with `Retry-After`) that lifts after `wait`, within
+    /// what orch waits in-process.
+    Limited {
+        wait: Duration,
+        secondary: bool,
+    },
+    /// The rate limit lifts only after this long (beyond what orch waits in-process).
+    RateLimitedFor {
+        wait: Duration,
+        secondary: bool,
+    },
     Permanent,
 }
 
@@ -91,20 +107,20 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, now_unix: u64, policy: 
     if status.is_success() || status == StatusCode::NOT_MODIFIED {
         return Verdict::Success;
     }
-    let limited = |wait: Duration| {
+    let limited = |wait: Duration, secondary: bool| {
         if wait <= policy.max_rate_limit_wait {
-            Verdict::Retry(Some(wait))
+            Verdict::Limited { wait, secondary }
         } else {
-            Verdict::RateLimitedFor(wait)
+            Verdict::RateLimitedFor { wait, secondary }
         }
     };
     match status.as_u16() {
         429 | 403 => {
             if let Some(wait) = retry_after(headers) {
                 // Secondary rate limit (403 or 429 with Retry-After).
-                limited(wait)
+                limited(wait, true)
             } else if let Some(wait) = primary_limit_wait(headers, now_unix) {
-                limited(wait)
+                limited(wait, false)
             } else if status.as_u16() == 429 {
                 Verdict::Retry(None)
             } else {
@@ -205,8 +221,11 @@ pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> R
                             last = format!("HTTP 403 secondary rate limit (request id {})", request_id(&headers));
                             let wait = SECONDARY_LIMIT_WAIT.min(policy.max_rate_limit_wait);
                             if attempt == policy.max_attempts {
-                                tracing::info!(?wait, reason = %last, "waiting as GitHub asked before giving the request up");
-                                tokio::time::sleep(wait).await;
+                                return Err(GithubError::RateLimited {
+                                    wait,
+                                    secondary: true,
+                                    request_id: request_id(&headers),
+                                });
                             }
                             wait
                         } else {
@@ -225,11 +244,37 @@ pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> R
                             });
                         }
                     }
-                    Verdict::RateLimitedFor(wait) => {
+                    Verdict::RateLimitedFor { wait, secondary } => {
                         stats::error(RATE_LIMITED);
-                        tracing::warn!(?wait, request_id = %request_id(&headers), "GitHub rate limit beyond the wait bound");
+                        tracing::info!(?wait, secondary, request_id = %request_id(&headers), "GitHub rate limit beyond the in-process wait: the job waits");
                         return Err(GithubError::RateLimited {
                             wait,
+                            secondary,
+                            request_id: request_id(&headers),
+                        });
+                    }
+                    Verdict::Limited { wait, secondary } => {
+                        reason = RATE_LIMITED;
+                        stats::error(reason);
+                        last = format!("HTTP {} rate limited (request id {})", status.as_u16(), request_id(&headers));
+                        // The last attempt (a write's only one) hands the wait to its caller,
+                        // which records it for every replica and defers the job: no request
+                        // of the installation leaves sooner.
+                        if attempt == policy.max_attempts {
+                            return Err(GithubError::RateLimited {
+                                wait,
+                                secondary,
+                                request_id: request_id(&headers),
+                            });
+                        }
+                        wait
+                    }
+                    // A 429 that says nothing of how long: still a rate limit, never a failure.
+                    Verdict::Retry(None) if status.as_u16() == 429 && attempt == policy.max_attempts => {
+                        stats::error(RATE_LIMITED);
+                        return Err(GithubError::RateLimited {
+                            wait: backoff(policy, attempt).max(Duration::from_secs(1)),
+                            secondary: true,
                             request_id: request_id(&headers),
                         });
                     }
@@ -300,17 +345,51 @@ mod tests {
         assert_eq!(c(304, &[]), Verdict::Success);
         assert_eq!(c(502, &[]), Verdict::Retry(None));
         assert_eq!(c(503, &[("retry-after", "2")]), Verdict::Retry(Some(Duration::from_secs(2))));
-        assert_eq!(c(429, &[("retry-after", "1")]), Verdict::Retry(Some(Duration::from_secs(1))));
-        // Secondary limit: 403 with Retry-After.
-        assert_eq!(c(403, &[("retry-after", "30")]), Verdict::Retry(Some(Duration::from_secs(30))));
-        // Primary limit: wait until the reset (+1 s), bounded.
+        let secs = Duration::from_secs;
         assert_eq!(
-            c(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1005")]),
-            Verdict::Retry(Some(Duration::from_secs(6)))
+            c(429, &[("retry-after", "1")]),
+            Verdict::Limited {
+                wait: secs(1),
+                secondary: true
+            }
+        );
+        // Secondary limit: 403 with Retry-After; within the in-process bound (5 s) or beyond it.
+        assert_eq!(
+            c(403, &[("retry-after", "3")]),
+            Verdict::Limited {
+                wait: secs(3),
+                secondary: true
+            }
+        );
+        assert_eq!(
+            c(403, &[("retry-after", "30")]),
+            Verdict::RateLimitedFor {
+                wait: secs(30),
+                secondary: true
+            }
+        );
+        // Primary limit: wait until the reset (+1 s); beyond the bound the job waits instead.
+        assert_eq!(
+            c(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1003")]),
+            Verdict::Limited {
+                wait: secs(4),
+                secondary: false
+            }
         );
         assert_eq!(
             c(403, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5000")]),
-            Verdict::RateLimitedFor(Duration::from_secs(4001))
+            Verdict::RateLimitedFor {
+                wait: secs(4001),
+                secondary: false
+            }
+        );
+        // Whatever the reset, a rate limit is never a refusal.
+        assert_eq!(
+            c(429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "999999")]),
+            Verdict::RateLimitedFor {
+                wait: secs(998_000),
+                secondary: false
+            }
         );
         assert_eq!(c(403, &[("x-ratelimit-remaining", "12")]), Verdict::Permanent);
         for permanent in [400, 401, 404, 410, 422] {

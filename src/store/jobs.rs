@@ -57,11 +57,13 @@ pub async fn enqueue_workflow_job(conn: &mut sqlx::AnyConnection, workflow_id: i
     match inserted {
         Some(row) => Ok(Some(row.try_get(0)?)),
         None => {
-            sqlx::query("UPDATE jobs SET run_at = $1 WHERE workflow_id = $2 AND status = 'queued' AND run_at > $1")
-                .bind(run_at)
-                .bind(workflow_id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET run_at = $1, github_wait_until = NULL WHERE workflow_id = $2 AND status = 'queued' AND run_at > $1",
+            )
+            .bind(run_at)
+            .bind(workflow_id)
+            .execute(&mut *conn)
+            .await?;
             Ok(None)
         }
     }
@@ -263,4 +265,73 @@ pub async fn for_workflow<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_
         .fetch_all(conn)
         .await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Puts a job GitHub's budget holds back in the queue for `run_at`, as if it had not been
+/// claimed (the attempt is given back: a rate limit is not the job's failure), noting its lane
+/// and until when it waits for GitHub.
+pub async fn defer_for_github<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    id: i64,
+    owner: &str,
+    deferral: &Deferral<'_>,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE jobs SET status = 'queued', run_at = $1, lease_owner = NULL, lease_until = NULL, \
+         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, last_error = $2, lane = $3, github_wait_until = $4 \
+         WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
+    )
+    .bind(deferral.run_at)
+    .bind(deferral.reason.to_string())
+    .bind(deferral.lane.to_string())
+    .bind(deferral.github_until)
+    .bind(id)
+    .bind(owner.to_string())
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Where and until when a job waits for GitHub's budget.
+#[derive(Debug, Clone)]
+pub struct Deferral<'a> {
+    pub run_at: i64,
+    pub github_until: i64,
+    pub lane: &'a str,
+    pub reason: &'a str,
+}
+
+/// How many jobs of `lane` are already deferred to `from` or later: a deferred job goes behind
+/// them, so that the lanes (repositories) of an installation take turns when the block lifts.
+pub async fn lane_backlog<'c, E: Executor<'c, Database = Db>>(conn: E, lane: &str, from: i64) -> sqlx::Result<i64> {
+    sqlx::query("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND lane = $1 AND run_at >= $2")
+        .bind(lane.to_string())
+        .bind(from)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)
+}
+
+/// Jobs queued that wait for GitHub's budget at `now`.
+pub async fn waiting_for_github<'c, E: Executor<'c, Database = Db>>(conn: E, now: i64) -> sqlx::Result<i64> {
+    sqlx::query("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND github_wait_until > $1")
+        .bind(now)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)
+}
+
+/// Until when the workflow's queued job waits for GitHub's budget, if it does at `now`.
+pub async fn workflow_waits_for_github<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    workflow_id: i64,
+    now: i64,
+) -> sqlx::Result<Option<i64>> {
+    let row =
+        sqlx::query("SELECT MAX(github_wait_until) FROM jobs WHERE workflow_id = $1 AND status = 'queued' AND github_wait_until > $2")
+            .bind(workflow_id)
+            .bind(now)
+            .fetch_one(conn)
+            .await?;
+    row.try_get(0)
 }

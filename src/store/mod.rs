@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod archive;
 pub mod deliveries;
+pub mod github_budget;
 pub mod health;
 pub mod ingest;
 pub mod installations;

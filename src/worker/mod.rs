@@ -250,6 +250,15 @@ async fn run_job(worker: &Worker, job: jobs::Job) {
         match outcome {
             Ok(true) => tracing::debug!("job done"),
             Ok(false) => tracing::warn!("lease was lost before completion; the other worker's result stands"),
+            Err(e) if crate::github::client::rate_limit_of(&e).is_some() => {
+                let wait = crate::github::client::rate_limit_of(&e).unwrap_or_default();
+                if let Err(e) = defer_for_github(worker, &job, wait, &format!("{e:#}")).await {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "could not defer the job; the lease will expire and the job run again"
+                    );
+                }
+            }
             Err(e) => {
                 let message = format!("{e:#}");
                 let mut retry_at = (job.attempts < config.max_attempts).then(|| now_ms() + backoff_ms(job.attempts));
@@ -283,6 +292,67 @@ async fn run_job(worker: &Worker, job: jobs::Job) {
     }
     .instrument(span)
     .await
+}
+
+/// Puts a job that GitHub's rate limit holds back in the queue until the limit lifts (SPEC §11):
+/// it is not a failure, so it costs no attempt and never ends its workflow. Jobs of one lane
+/// (installation and repository) queue behind that lane's jobs already waiting, one pacing slot
+/// apart, so that when the limit lifts every repository of the installation takes its turn
+/// instead of the busiest one going first with all of its jobs.
+async fn defer_for_github(worker: &Worker, job: &jobs::Job, wait: Duration, reason: &str) -> anyhow::Result<()> {
+    let (store, config) = (&worker.store, &*worker.config);
+    let lane = lane_of(store, job).await?;
+    let spacing = worker.engine.as_ref().map(|e| e.github.deferral_spacing_ms()).unwrap_or(0);
+    let now = now_ms();
+    let until = now + wait.as_millis() as i64;
+    let mut tx = store.begin().await?;
+    let behind = jobs::lane_backlog(&mut *tx, &lane, until).await?;
+    let run_at = deferral_time(until, behind, spacing, jitter_ms(spacing));
+    let deferral = jobs::Deferral {
+        run_at,
+        github_until: run_at,
+        lane: &lane,
+        reason,
+    };
+    let deferred = jobs::defer_for_github(&mut *tx, job.id, &config.owner, &deferral).await?;
+    tx.commit().await?;
+    tracing::info!(deferred, %lane, wait_ms = run_at - now, behind, "GitHub's rate limit: the job waits");
+    Ok(())
+}
+
+/// When a deferred job runs: after the limit lifts (`until`), behind the `behind` jobs of its
+/// lane already waiting, one `spacing` apart, plus `jitter` so that replicas do not run in step.
+fn deferral_time(until: i64, behind: i64, spacing: i64, jitter: i64) -> i64 {
+    until.saturating_add(behind.saturating_mul(spacing)).saturating_add(jitter)
+}
+
+/// Up to half a pacing slot (at least 50 ms, at most a second) of randomness.
+fn jitter_ms(spacing: i64) -> i64 {
+    let bound = (spacing / 2).clamp(50, 1000);
+    let mut b = [0u8; 4];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => i64::from(u32::from_le_bytes(b)) % bound,
+        Err(_) => 0,
+    }
+}
+
+/// The job's lane: `installation/owner/repo` of its workflow or delivery (`-` when unknown).
+async fn lane_of(store: &Store, job: &jobs::Job) -> anyhow::Result<String> {
+    if let Some(id) = job.workflow_id {
+        if let Some(wf) = crate::store::workflows::get(store.pool(), id).await? {
+            return Ok(format!("{}/{}", wf.installation_id, wf.repository));
+        }
+    }
+    if let Some(guid) = &job.delivery_guid {
+        if let Some(d) = deliveries::get(store.pool(), guid).await? {
+            return Ok(format!(
+                "{}/{}",
+                d.installation_id.unwrap_or(0),
+                d.repository.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    Ok("-".to_string())
 }
 
 /// GitHub refused for good (a 4xx other than rate limits): repeating the step cannot help.
@@ -423,6 +493,19 @@ async fn apply_delivery(tx: &mut WriteTx, event: &Event, now: i64) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_jobs_of_a_lane_queue_one_slot_apart_behind_its_waiting_ones() {
+        assert_eq!(deferral_time(10_000, 0, 833, 0), 10_000);
+        assert_eq!(deferral_time(10_000, 3, 833, 7), 12_506);
+        assert_eq!(deferral_time(10_000, i64::MAX, 833, 0), i64::MAX, "saturates");
+        for spacing in [0, 12, 833, 8000] {
+            for _ in 0..100 {
+                let j = jitter_ms(spacing);
+                assert!((0..(spacing / 2).clamp(50, 1000)).contains(&j), "{spacing}: {j}");
+            }
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

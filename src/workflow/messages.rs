@@ -102,6 +102,15 @@ pub fn blocked(wf: &Workflow, violations: &[String]) -> String {
     out
 }
 
+/// What `/orch status` and the dashboard say of a workflow whose next step waits for GitHub's
+/// rate limit (SPEC §11): that it waits, and until when.
+pub fn waits_for_github(until_ms: i64) -> String {
+    format!(
+        "waits for GitHub's rate limit until {} UTC; it goes on by itself then",
+        crate::api::ui::html::time(until_ms)
+    )
+}
+
 pub fn status_line(wf: &Workflow, tally: Option<&Tally>) -> String {
     let mut line = format!(
         "- workflow {} ({}, attempt {}): `{}`",

@@ -510,8 +510,11 @@ impl Engine {
                         }
                     }
                     Authz::Allowed => {
-                        // Acknowledged as soon as it is accepted, before it acts.
-                        actions::reaction_once(
+                        // Acknowledged as soon as it is accepted, before it acts. While GitHub's
+                        // rate limit holds writes the 👀 is left out: the command is decided now
+                        // (what `/orch status` says is what holds now) and its reply waits for
+                        // the limit like any write.
+                        let eyes = actions::reaction_once(
                             &self.store,
                             Some(&self.github),
                             &format!("c{comment_id}:eyes"),
@@ -520,7 +523,18 @@ impl Engine {
                             comment_id,
                             "eyes",
                         )
-                        .await?;
+                        .await;
+                        match eyes {
+                            Err(actions::ActionError::Github(e)) if e.rate_limit().is_some() => {
+                                tracing::info!(
+                                    comment_id,
+                                    "GitHub's rate limit holds writes: the command is not acknowledged with 👀"
+                                );
+                            }
+                            other => {
+                                other?;
+                            }
+                        }
                         self.decide(t, comment_id, author, command, policy, on_pull)
                             .await
                             .with_context(|| format!("command {command}"))?
@@ -601,6 +615,9 @@ impl Engine {
                 for wf in all.iter().take(10) {
                     let tally = if wf.state == State::WaitingUserApproval { self.tally(wf, policy).await? } else { None };
                     text.push_str(&messages::status_line(wf, tally.as_ref()));
+                    if let Some(until) = jobs::workflow_waits_for_github(self.store.pool(), wf.id, crate::store::now_ms()).await? {
+                        text.push_str(&format!(" — {}", messages::waits_for_github(until)));
+                    }
                     let approvers = match &tally {
                         Some(t) => messages::counted_approvers(&workflows::votes(self.store.pool(), wf.id).await?, wf, t),
                         None => Vec::new(),

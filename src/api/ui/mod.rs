@@ -384,6 +384,17 @@ async fn workflow_page(
         esc(wf.policy_version.as_deref().unwrap_or("")),
         esc(wf.head_sha.as_deref().unwrap_or("")),
     );
+    match crate::store::jobs::workflow_waits_for_github(pool, id, crate::store::now_ms()).await {
+        Ok(Some(until)) => {
+            let _ = write!(
+                b,
+                "<p class=\"notice\" id=\"github-wait\">Workflow {id} {}.</p>",
+                esc(&crate::workflow::messages::waits_for_github(until))
+            );
+        }
+        Ok(None) => {}
+        Err(e) => return internal("reading a workflow's job", e),
+    }
     if wf.state == State::WaitingUserApproval {
         let _ = write!(b, "<h2>Decide</h2><p>{}</p>", vote_forms(id, &session.csrf));
     }
