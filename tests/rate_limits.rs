@@ -1,0 +1,312 @@
+//! GitHub's budget (issue 14, SPEC §11): rate limits defer work, never fail it. A burst of
+//! triage workflows meets the primary limit running out mid-burst, and a storm of secondary-limit
+//! 403s; every proposal is posted once, no workflow fails, and the waiting shows in `/orch
+//! status`, the dashboard and `/metrics` while it lasts. One busy repository does not starve
+//! another of the same installation. The real router, signed webhooks, the fake GitHub over HTTP.
+
+mod common;
+#[path = "common/e2e.rs"]
+mod e2e;
+
+use axum::http::Method;
+use common::Backend;
+use e2e::{payloads, IssueSpec, Orch, INSTALLATION, REPO};
+use orch::github::fake::{Fault, FaultKind};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const TOKEN: &str = "rate-limit-admin-token";
+/// The longest orch waits in-process for a rate limit in these tests; the limits below last
+/// longer, so orch must defer its jobs instead.
+const IN_PROCESS_WAIT_MS: &str = "200";
+/// How long the harness waits for a whole burst to get through its limit.
+const BURST: Duration = Duration::from_secs(90);
+
+async fn start(backend: Backend, extra: &[(&str, &str)]) -> Option<Orch> {
+    let mut env = vec![
+        ("ORCH_ADMIN_TOKEN", TOKEN),
+        ("ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS", IN_PROCESS_WAIT_MS),
+        ("ORCH_GITHUB_RETRY_BACKOFF_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    let o = Orch::with_env(backend, "phase: 4\n", &env).await?;
+    o.user("mara", "maintain");
+    Some(o)
+}
+
+/// `/metrics` as `name{labels}` → value.
+async fn metrics(o: &Orch) -> HashMap<String, f64> {
+    let r = o.http.get(format!("{}/metrics", o.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_string(), value.parse::<f64>().unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
+}
+
+fn now_secs() -> f64 {
+    orch::store::now_ms() as f64 / 1000.0
+}
+
+/// A workflow whose job waits for GitHub's budget now, as (workflow id, issue number).
+async fn waiting_workflow(o: &Orch) -> Option<(i64, i64)> {
+    sqlx::query(
+        "SELECT j.workflow_id, w.number FROM jobs j JOIN workflows w ON w.id = j.workflow_id \
+         WHERE j.status = 'queued' AND j.github_wait_until > $1 ORDER BY j.github_wait_until DESC LIMIT 1",
+    )
+    .bind(orch::store::now_ms())
+    .fetch_optional(o.store.pool())
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1)))
+}
+
+/// The dashboard's page of workflow `id`, logged in with the admin token.
+async fn dashboard_page(o: &Orch, id: i64) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{}/ui/login", o.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    http.get(format!("{}/ui/workflows/{id}", o.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Every issue got exactly one triage proposal, every workflow waits for approval (none failed
+/// or was handed to a human), and no job or delivery failed.
+async fn every_proposal_posted_once(o: &Orch, issues: &[IssueSpec]) {
+    o.eventually("every workflow waits for approval", BURST, || async {
+        let states = o.workflow_states().await;
+        (states.len() == issues.len() && states.iter().all(|(_, _, s)| s == "WAITING_USER_APPROVAL")).then_some(())
+    })
+    .await;
+    for issue in issues {
+        let proposals: Vec<String> = o
+            .bot_comments(issue.number)
+            .into_iter()
+            .filter(|c| c.contains("triage proposal"))
+            .collect();
+        assert_eq!(proposals.len(), 1, "#{}: {proposals:?}", issue.number);
+    }
+    for (id, _, _) in o.workflow_states().await {
+        let ended: Vec<String> = o
+            .transitions(id)
+            .await
+            .into_iter()
+            .map(|(_, to, _)| to)
+            .filter(|to| to == "FAILED" || to == "NEEDS_HUMAN")
+            .collect();
+        assert!(ended.is_empty(), "workflow {id}: {ended:?}");
+    }
+    let failed: i64 = sqlx::query("SELECT COUNT(*) FROM jobs WHERE status = 'failed'")
+        .fetch_one(o.store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 0, "{}", o.diagnostics().await);
+    let failed: i64 = sqlx::query("SELECT COUNT(*) FROM deliveries WHERE status = 'failed'")
+        .fetch_one(o.store.pool())
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failed, 0);
+}
+
+/// (a) The primary limit runs out mid-burst and resets only after far longer than orch waits
+/// in-process: the jobs wait in the queue (visible in `/metrics` and on the dashboard while the
+/// limit lasts), and once it resets every proposal is posted exactly once.
+async fn the_primary_limit_runs_out_mid_burst(backend: Backend) {
+    let Some(o) = start(backend, &[]).await else { return };
+    let mut issues: Vec<IssueSpec> = (1..=6)
+        .map(|i| o.open_issue(&format!("Crash {i}"), "It crashes on start.", "dev-kim"))
+        .collect();
+    for issue in &mut issues[..3] {
+        o.label_issue(issue, "orch:triage", "mara").await;
+    }
+    o.wait_state(1, "WAITING_USER_APPROVAL").await;
+    // Spent for 6 s: far beyond the 200 ms orch waits in-process.
+    o.fake.state.exhaust_rate_limit(Duration::from_secs(6));
+    for issue in &mut issues[3..] {
+        o.label_issue(issue, "orch:triage", "mara").await;
+    }
+    // While it lasts: jobs wait for GitHub, the installation is blocked until the reset, and a
+    // waiting proposal's reaction poll waits too (the dashboard says so, and until when).
+    let seen = o
+        .eventually("the wait in /metrics", BURST, || async {
+            let m = metrics(&o).await;
+            let blocked = metric(&m, &format!("orch_github_blocked_until_seconds{{installation=\"{INSTALLATION}\"}}"));
+            (metric(&m, "orch_jobs_waiting_for_github") >= 1.0 && blocked > now_secs()).then_some(m)
+        })
+        .await;
+    assert!(
+        metric(&seen, "orch_github_request_errors_total{reason=\"rate_limited\"}") >= 1.0,
+        "{seen:?}"
+    );
+    let (id, _) = o.eventually("a workflow waiting for GitHub", BURST, || waiting_workflow(&o)).await;
+    let page = dashboard_page(&o, id).await;
+    assert!(page.contains("id=\"github-wait\""), "{page}");
+    assert!(page.contains("rate limit until 20") && page.contains(" UTC"), "{page}");
+    every_proposal_posted_once(&o, &issues).await;
+    // And afterwards nothing waits any more.
+    o.eventually("no job waiting for GitHub", BURST, || async {
+        (metric(&metrics(&o).await, "orch_jobs_waiting_for_github") == 0.0).then_some(())
+    })
+    .await;
+    let mut o = o;
+    o.stop().await;
+}
+
+/// (b) A storm of secondary-limit 403s with `Retry-After` on content-creating requests: the
+/// installation's writes wait (reads go on), `/orch status` says the workflow waits for GitHub's
+/// rate limit and until when, and every proposal is posted once when the storm ends.
+async fn a_secondary_limit_storm(backend: Backend) {
+    let Some(o) = start(backend, &[]).await else { return };
+    let mut issues: Vec<IssueSpec> = (1..=4)
+        .map(|i| o.open_issue(&format!("Crash {i}"), "It crashes on start.", "dev-kim"))
+        .collect();
+    // Eight refusals, each holding the installation's writes for 2 s.
+    o.fake.state.inject(Fault::new(
+        Method::POST,
+        "/comments",
+        8,
+        FaultKind::Status {
+            code: 403,
+            retry_after: Some(2),
+        },
+    ));
+    for issue in &mut issues {
+        o.label_issue(issue, "orch:triage", "mara").await;
+    }
+    o.eventually("the writes' block in /metrics", BURST, || async {
+        let m = metrics(&o).await;
+        let blocked = metric(
+            &m,
+            &format!("orch_github_writes_blocked_until_seconds{{installation=\"{INSTALLATION}\"}}"),
+        );
+        (blocked > now_secs()).then_some(())
+    })
+    .await;
+    let (id, number) = o.eventually("a workflow waiting for GitHub", BURST, || waiting_workflow(&o)).await;
+    let issue = issues.iter().find(|i| i.number == number).unwrap().clone();
+    o.comment(&issue, "mara", "/orch status").await;
+    let status = o
+        .eventually("the status reply", BURST, || async {
+            o.bot_comments(number).into_iter().find(|c| c.contains("### orch · status"))
+        })
+        .await;
+    let line = status.lines().find(|l| l.contains(&format!("workflow {id} "))).unwrap_or_default();
+    assert!(line.contains("waits for GitHub's rate limit until 20"), "{status}");
+    assert!(line.contains(" UTC; it goes on by itself then"), "{status}");
+    every_proposal_posted_once(&o, &issues).await;
+    let m = metrics(&o).await;
+    assert!(metric(&m, "orch_github_request_errors_total{reason=\"rate_limited\"}") >= 1.0);
+    assert_eq!(
+        metric(&m, "orch_github_request_errors_total{reason=\"refused\"}"),
+        0.0,
+        "not taken for refusals"
+    );
+    let mut o = o;
+    o.stop().await;
+}
+
+/// (d) Fairness: a busy repository's deferred jobs do not all go before a quiet repository's of
+/// the same installation once the limit lifts: deferrals are spaced per repository, so the
+/// quiet one's proposal is among the first posted.
+async fn a_busy_repository_does_not_starve_another(backend: Backend) {
+    // Two writes a second (no headroom): a repository's deferred jobs are put 500 ms apart.
+    let Some(mut o) = start(
+        backend,
+        &[("ORCH_GITHUB_WRITE_LIMITS", "2/1s"), ("ORCH_GITHUB_WRITE_HEADROOM", "0")],
+    )
+    .await
+    else {
+        return;
+    };
+    const QUIET: &str = "acme/gadgets";
+    o.fake.state.add_repo(QUIET, INSTALLATION, "main");
+    o.fake
+        .state
+        .init_repo(QUIET, "main", &[(".github/orch.yml", "phase: 4\n"), ("README.md", "# gadgets\n")]);
+    o.fake.state.set_permission(QUIET, "mara", "maintain");
+    let mut busy: Vec<IssueSpec> = (1..=10)
+        .map(|i| o.open_issue(&format!("Crash {i}"), "It crashes on start.", "dev-kim"))
+        .collect();
+    let quiet_number = o.fake.state.open_issue(QUIET, "Gadget crash", "It crashes too.", "dev-kim");
+    let mut quiet = IssueSpec::new(quiet_number, "Gadget crash").body("It crashes too.").by("dev-kim");
+    // The limit is spent before the burst arrives: every job of both repositories waits.
+    o.fake.state.exhaust_rate_limit(Duration::from_secs(4));
+    for issue in &mut busy {
+        o.label_issue(issue, "orch:triage", "mara").await;
+    }
+    quiet.labels.push("orch:triage".into());
+    o.fake.state.set_labels(QUIET, quiet_number, &["orch:triage"]);
+    let gadgets = payloads::RepoSpec::new(QUIET, INSTALLATION);
+    o.deliver("issues", &payloads::issue_labeled(&gadgets, &quiet, "orch:triage", "mara"))
+        .await;
+    o.eventually("every workflow waits for approval", BURST, || async {
+        let states = o.workflow_states().await;
+        (states.len() == 11 && states.iter().all(|(_, _, s)| s == "WAITING_USER_APPROVAL")).then_some(())
+    })
+    .await;
+    // The order in which proposals were posted, by repository.
+    let posted: Vec<String> = o
+        .fake
+        .state
+        .log()
+        .into_iter()
+        .filter(|(m, p)| m == "POST" && p.ends_with("/comments") && p.contains("/issues/"))
+        .map(|(_, p)| p)
+        .collect();
+    let quiet_at = posted
+        .iter()
+        .position(|p| p.starts_with(&format!("/repos/{QUIET}/")))
+        .expect("the quiet repository's proposal");
+    assert!(
+        quiet_at < 3,
+        "the quiet repository's proposal came {}th of {}: {posted:?}",
+        quiet_at + 1,
+        posted.len()
+    );
+    assert_eq!(
+        posted.iter().filter(|p| p.starts_with(&format!("/repos/{REPO}/"))).count(),
+        10,
+        "{posted:?}"
+    );
+    o.stop().await;
+}
+
+both_backends!(
+    the_primary_limit_runs_out_mid_burst,
+    a_secondary_limit_storm,
+    a_busy_repository_does_not_starve_another
+);
