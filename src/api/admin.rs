@@ -477,6 +477,7 @@ async fn vote(state: AppState, op: &OperatorName, id: &str, decision: Decision, 
         .map_err(|e| match e {
             VoteError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             VoteError::NotWaiting { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            VoteError::WaitsForGithub { .. } => ApiError::new(StatusCode::ACCEPTED, e.to_string()),
             e => ApiError::internal("vote", e),
         })?;
     Ok((

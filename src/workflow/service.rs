@@ -95,6 +95,10 @@ pub enum VoteError {
     /// The vote is recorded, but settling the workflow failed; the worker settles it later.
     #[error("the vote was recorded, but settling workflow {id} failed: {source:#}")]
     Settle { id: i64, source: anyhow::Error },
+    /// The vote is recorded; settling the workflow waits for GitHub's rate limit, and its job
+    /// is queued for when the limit lifts (a rate limit never fails anything, SPEC §11).
+    #[error("the vote was recorded; settling workflow {id} {}", messages::waits_for_github(*until))]
+    WaitsForGithub { id: i64, until: i64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -271,7 +275,22 @@ impl<'e> Service<'e> {
             let after = self.engine.load(id).await?;
             anyhow::Ok(Voted { state: after.state, tally })
         };
-        settled.await.map_err(|source| VoteError::Settle { id, source })
+        match settled.await {
+            Ok(voted) => Ok(voted),
+            Err(source) => match crate::github::client::rate_limit_of(&source) {
+                Some(wait) => {
+                    let now = now_ms();
+                    let until = now + wait.as_millis() as i64;
+                    let mut tx = store.begin().await?;
+                    jobs::enqueue_workflow_job(&mut tx, id, until, now)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                    tx.commit().await.map_err(anyhow::Error::from)?;
+                    Err(VoteError::WaitsForGithub { id, until })
+                }
+                None => Err(VoteError::Settle { id, source }),
+            },
+        }
     }
 
     /// Closes the circuit breaker and counts afresh (spending totals are kept), audited as an

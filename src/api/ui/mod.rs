@@ -551,6 +551,13 @@ async fn vote(
             let msg = format!("Workflow {id} is {s}: only a workflow waiting for approval takes votes.");
             return status_page(StatusCode::CONFLICT, "Cannot vote", csrf, &msg);
         }
+        Err(VoteError::WaitsForGithub { until, .. }) => {
+            let msg = format!(
+                "The vote was recorded. Settling workflow {id} {}.",
+                crate::workflow::messages::waits_for_github(until)
+            );
+            return status_page(StatusCode::ACCEPTED, "Vote recorded", csrf, &msg);
+        }
         Err(VoteError::Settle { source, .. }) => {
             tracing::error!(workflow = id, error = %source, "dashboard: settling after a vote");
             let msg = "The vote was recorded, but settling the workflow failed (see the server log); the worker will settle it later.";
