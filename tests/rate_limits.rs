@@ -305,7 +305,29 @@ async fn a_busy_repository_does_not_starve_another(backend: Backend) {
     o.stop().await;
 }
 
+/// An operator's vote while GitHub's limit holds: recorded and answered 202 with until when
+/// (not a 500, not a failed workflow); the workflow settles by itself once the limit lifts.
+async fn an_operator_vote_waits_for_the_limit(backend: Backend) {
+    let Some(o) = start(backend, &[]).await else { return };
+    let mut issue = o.open_issue("Crash", "It crashes on start.", "dev-kim");
+    o.label_issue(&mut issue, "orch:triage", "mara").await;
+    o.wait_state(1, "WAITING_USER_APPROVAL").await;
+    o.fake.state.exhaust_rate_limit(Duration::from_secs(4));
+    let r = o.http.post(format!("{}/approve/1", o.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("the vote was recorded; settling workflow 1 waits for GitHub's rate limit until 20"), "{body}");
+    assert_eq!(o.state_of(1).await, "WAITING_USER_APPROVAL");
+    o.eventually("the approved triage done", BURST, || async { (o.state_of(1).await == "DONE").then_some(()) }).await;
+    let ended: Vec<String> = o.transitions(1).await.into_iter().map(|(_, to, _)| to).collect();
+    assert!(!ended.iter().any(|s| s == "FAILED" || s == "NEEDS_HUMAN"), "{ended:?}");
+    let mut o = o;
+    o.stop().await;
+}
+
 both_backends!(
+    an_operator_vote_waits_for_the_limit,
     the_primary_limit_runs_out_mid_burst,
     a_secondary_limit_storm,
     a_busy_repository_does_not_starve_another
