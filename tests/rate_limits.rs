@@ -313,20 +313,96 @@ async fn an_operator_vote_waits_for_the_limit(backend: Backend) {
     o.label_issue(&mut issue, "orch:triage", "mara").await;
     o.wait_state(1, "WAITING_USER_APPROVAL").await;
     o.fake.state.exhaust_rate_limit(Duration::from_secs(4));
-    let r = o.http.post(format!("{}/approve/1", o.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let r = o
+        .http
+        .post(format!("{}/approve/1", o.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let body = r.text().await.unwrap();
     assert_eq!(status, 202, "{body}");
-    assert!(body.contains("the vote was recorded; settling workflow 1 waits for GitHub's rate limit until 20"), "{body}");
+    assert!(
+        body.contains("the vote was recorded; settling workflow 1 waits for GitHub's rate limit until 20"),
+        "{body}"
+    );
     assert_eq!(o.state_of(1).await, "WAITING_USER_APPROVAL");
-    o.eventually("the approved triage done", BURST, || async { (o.state_of(1).await == "DONE").then_some(()) }).await;
+    o.eventually("the approved triage done", BURST, || async {
+        (o.state_of(1).await == "DONE").then_some(())
+    })
+    .await;
     let ended: Vec<String> = o.transitions(1).await.into_iter().map(|(_, to, _)| to).collect();
     assert!(!ended.iter().any(|s| s == "FAILED" || s == "NEEDS_HUMAN"), "{ended:?}");
     let mut o = o;
     o.stop().await;
 }
 
+/// The budget is shared through the store: two replicas' stores (two pools on one database)
+/// count their writes in the same windows, see each other's blocks, and a secondary limit's
+/// block holds writes while reads go on.
+async fn replicas_share_the_budget(backend: Backend) {
+    use orch::store::github_budget::{self, parse_write_limits, WriteLimits};
+    let Some(db) = common::TestDb::new(backend).await else { return };
+    let (a, b) = (db.store().await, db.store().await);
+    let limits = WriteLimits {
+        limits: parse_write_limits("3/60s,4/1h").unwrap(),
+        headroom: 0.0,
+    };
+    let t = 1_000_000_000;
+    // Three writes a minute between them, whichever replica sends.
+    assert_eq!(github_budget::reserve_write(&a, 7, &limits, t).await.unwrap(), Ok(()));
+    assert_eq!(github_budget::reserve_write(&b, 7, &limits, t + 10).await.unwrap(), Ok(()));
+    assert_eq!(github_budget::reserve_write(&a, 7, &limits, t + 20).await.unwrap(), Ok(()));
+    assert_eq!(github_budget::reserve_write(&b, 7, &limits, t + 30).await.unwrap(), Err(t + 60_000));
+    // Another installation has budgets of its own.
+    assert_eq!(github_budget::reserve_write(&b, 8, &limits, t + 30).await.unwrap(), Ok(()));
+    // The minute's first write left the window: one more fits, then the hour is full.
+    assert_eq!(github_budget::reserve_write(&b, 7, &limits, t + 60_000).await.unwrap(), Ok(()));
+    assert_eq!(
+        github_budget::reserve_write(&a, 7, &limits, t + 120_000).await.unwrap(),
+        Err(t + 3_600_000)
+    );
+    // A primary block recorded by one replica holds the other's reads and writes.
+    github_budget::record_block(&a, 8, t + 5_000, false, t).await.unwrap();
+    assert_eq!(
+        github_budget::blocked_until(b.pool(), 8, false, t + 1).await.unwrap(),
+        Some(t + 5_000)
+    );
+    assert_eq!(github_budget::reserve_write(&b, 8, &limits, t + 1).await.unwrap(), Err(t + 5_000));
+    assert_eq!(
+        github_budget::blocked_until(b.pool(), 8, false, t + 5_000).await.unwrap(),
+        None,
+        "lifted"
+    );
+    // An earlier block recorded later does not shorten it.
+    github_budget::record_block(&b, 8, t + 2_000, false, t).await.unwrap();
+    assert_eq!(
+        github_budget::blocked_until(a.pool(), 8, false, t + 3_000).await.unwrap(),
+        Some(t + 5_000)
+    );
+    // A secondary limit met by a write holds writes only.
+    github_budget::record_block(&a, 9, t + 8_000, true, t).await.unwrap();
+    assert_eq!(github_budget::blocked_until(b.pool(), 9, false, t + 1).await.unwrap(), None);
+    assert_eq!(
+        github_budget::blocked_until(b.pool(), 9, true, t + 1).await.unwrap(),
+        Some(t + 8_000)
+    );
+    assert_eq!(github_budget::reserve_write(&b, 9, &limits, t + 1).await.unwrap(), Err(t + 8_000));
+    // Headroom as recorded shows per installation.
+    github_budget::record_remaining(&a, 9, 12, 5000, t + 3_600_000, t).await.unwrap();
+    let all = github_budget::all(b.pool()).await.unwrap();
+    let nine = all.iter().find(|x| x.installation_id == 9).unwrap();
+    assert_eq!(
+        (nine.remaining, nine.limit_total, nine.writes_blocked_until),
+        (Some(12), Some(5000), t + 8_000)
+    );
+    a.close().await;
+    b.close().await;
+}
+
 both_backends!(
+    replicas_share_the_budget,
     an_operator_vote_waits_for_the_limit,
     the_primary_limit_runs_out_mid_burst,
     a_secondary_limit_storm,
