@@ -414,7 +414,8 @@ pub async fn render(state: &AppState) -> anyhow::Result<String> {
     );
     let budgets = crate::store::github_budget::all(pool).await?;
     let seconds = |until: i64| if until > now { (until / 1000) as f64 } else { 0.0 };
-    let families: [(&str, &str, &dyn Fn(&crate::store::github_budget::Budget) -> Option<f64>); 3] = [
+    type Gauge<'a> = &'a dyn Fn(&crate::store::github_budget::Budget) -> Option<f64>;
+    let families: [(&str, &str, Gauge); 3] = [
         (
             "orch_github_blocked_until_seconds",
             "Per installation, until when (unix seconds) GitHub's rate limit holds its requests; 0 when it does not.",
