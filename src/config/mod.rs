@@ -93,8 +93,12 @@ pub struct Config {
     pub workers: usize,
     /// Spacing of content-creating GitHub requests per installation.
     pub github_write_pace: Duration,
-    /// How often open proposals' reactions are polled (GitHub sends no reaction webhook).
+    /// How often open proposals' reactions are polled at first (GitHub sends no reaction
+    /// webhook); the interval grows as a proposal ages (see `workflow::engine::poll_interval`).
     pub reaction_poll: Duration,
+    /// How long a day of `approvals.expire_days` is (`ORCH_PROPOSAL_DAY_MS`; a real day unless a
+    /// test or benchmark scales the clock).
+    pub proposal_day: Duration,
     /// How long a collaborator's permission is trusted before GitHub is asked again.
     pub permission_cache: Duration,
     /// orch's own GitHub login (`<app-slug>[bot]`): its comments never run commands or approve.
@@ -154,6 +158,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_WORKERS",
     "ORCH_GITHUB_WRITE_PACE_MS",
     "ORCH_REACTION_POLL_MS",
+    "ORCH_PROPOSAL_DAY_MS",
     "ORCH_BOT_LOGIN",
     "ORCH_PERMISSION_CACHE_SECS",
     "ORCH_MAX_PHASE",
@@ -332,6 +337,15 @@ impl Config {
                 problem: "must be at least 100".into(),
             });
         }
+        let proposal_day = src
+            .parse::<u64>("ORCH_PROPOSAL_DAY_MS", "a whole number of milliseconds")?
+            .unwrap_or(86_400_000);
+        if proposal_day < 100 {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_PROPOSAL_DAY_MS",
+                problem: "must be at least 100".into(),
+            });
+        }
         let max_phase = src.parse::<u8>("ORCH_MAX_PHASE", "a phase from 0 to 4")?.unwrap_or(4);
         if max_phase > 4 {
             return Err(ConfigError::Invalid {
@@ -452,6 +466,7 @@ impl Config {
             workers,
             github_write_pace: Duration::from_millis(github_write_pace),
             reaction_poll: Duration::from_millis(reaction_poll),
+            proposal_day: Duration::from_millis(proposal_day),
             permission_cache: Duration::from_secs(
                 src.parse::<u64>("ORCH_PERMISSION_CACHE_SECS", "a whole number of seconds")?
                     .unwrap_or(60),
