@@ -60,7 +60,11 @@ async fn costs(o: &Orch) -> Vec<(&'static str, u64, Vec<String>)> {
     for round in 0..2 {
         // Triage: label → proposal → `/orch approve` → labels applied.
         let (used, log) = (o.fake.state.rate_used(), o.fake.state.log().len());
-        let mut issue = o.open_issue(&format!("Crash on start {round}"), "It crashes when the config is empty.", "dev-kim");
+        let mut issue = o.open_issue(
+            &format!("Crash on start {round}"),
+            "It crashes when the config is empty.",
+            "dev-kim",
+        );
         let before = o.workflow_states().await.len();
         o.label_issue(&mut issue, "orch:triage", "mara").await;
         let id = newest_workflow(o, before).await;
@@ -82,8 +86,11 @@ async fn costs(o: &Orch) -> Vec<(&'static str, u64, Vec<String>)> {
         );
         let before = o.workflow_states().await.len();
         let pr = pr.labels(&["orch:qa"]);
-        o.deliver("pull_request", &payloads::pull_request("labeled", &o.repo, &pr, Some("orch:qa"), "mara"))
-            .await;
+        o.deliver(
+            "pull_request",
+            &payloads::pull_request("labeled", &o.repo, &pr, Some("orch:qa"), "mara"),
+        )
+        .await;
         let id = newest_workflow(o, before).await;
         o.wait_state(id, "DONE").await;
         o.wait_idle(10).await;
@@ -120,11 +127,17 @@ async fn newest_workflow(o: &Orch, before: usize) -> i64 {
 async fn each_workflow_kind_stays_within_its_request_budget(backend: Backend) {
     // Polls far apart: a proposal approved at once is never polled (the poll schedule is
     // measured by the test below).
-    let Some(o) = orch(backend, &[("ORCH_REACTION_POLL_MS", "3600000")]).await else { return };
+    let Some(o) = orch(backend, &[("ORCH_REACTION_POLL_MS", "3600000")]).await else {
+        return;
+    };
     let costs = costs(&o).await;
     for (kind, used, requests) in &costs {
         eprintln!("{kind}: {used} rate-limited requests\n  {}", requests.join("\n  "));
-        assert_eq!(*used, requests.len() as u64, "{kind}: the fake's count and its log agree: {requests:#?}");
+        assert_eq!(
+            *used,
+            requests.len() as u64,
+            "{kind}: the fake's count and its log agree: {requests:#?}"
+        );
     }
     let bound = |kind: &str| match kind {
         "triage" => TRIAGE_MAX,
@@ -149,7 +162,9 @@ fn polls_of(o: &Orch, comment: i64) -> (usize, usize) {
 /// the production schedule. Only the first read of the proposal's reactions is counted (it has
 /// no ETag yet); every later poll is a 304, and the policy is not read at all.
 async fn a_waiting_proposal_spends_nothing_in_an_hour_of_polling(backend: Backend) {
-    let Some(o) = orch(backend, &[("ORCH_REACTION_POLL_MS", "100")]).await else { return };
+    let Some(o) = orch(backend, &[("ORCH_REACTION_POLL_MS", "100")]).await else {
+        return;
+    };
     let mut issue = o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim");
     o.label_issue(&mut issue, "orch:triage", "mara").await;
     let id = o.only_workflow().await;
@@ -225,7 +240,12 @@ async fn an_unanswered_proposal_expires_once_and_stops_polling(backend: Backend)
     // `/orch retry` makes a new proposal from there.
     o.comment(&issue, "mara", "/orch retry").await;
     o.eventually("a new proposal", WAIT, || async {
-        (o.bot_comments(issue.number).iter().filter(|c| c.contains("triage proposal")).count() == 2).then_some(())
+        (o.bot_comments(issue.number)
+            .iter()
+            .filter(|c| c.contains("triage proposal"))
+            .count()
+            == 2)
+            .then_some(())
     })
     .await;
 }

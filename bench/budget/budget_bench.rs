@@ -90,7 +90,10 @@ impl Bench {
 
     async fn triage(&mut self, round: usize) -> anyhow::Result<()> {
         let title = format!("Crash on start {round}");
-        let number = self.fake.state.open_issue(REPO, &title, "It crashes when the config is empty.", "dev-kim");
+        let number = self
+            .fake
+            .state
+            .open_issue(REPO, &title, "It crashes when the config is empty.", "dev-kim");
         self.fake.state.set_labels(REPO, number, &["orch:triage"]);
         let issue = payloads::IssueSpec::new(number, &title).by("dev-kim").labels(&["orch:triage"]);
         self.deliver("issues", &payloads::issue_labeled(&self.repo, &issue, "orch:triage", "mara"))
@@ -106,9 +109,14 @@ impl Bench {
         let title = format!("Faster parser {round}");
         let number = self.fake.state.open_pull(REPO, &title, &branch, "main", "dev-kim");
         self.fake.state.set_labels(REPO, number, &["orch:qa"]);
-        let pr = payloads::PullSpec::new(number, &title, &branch, &head).by("dev-kim").labels(&["orch:qa"]);
-        self.deliver("pull_request", &payloads::pull_request("labeled", &self.repo, &pr, Some("orch:qa"), "mara"))
-            .await?;
+        let pr = payloads::PullSpec::new(number, &title, &branch, &head)
+            .by("dev-kim")
+            .labels(&["orch:qa"]);
+        self.deliver(
+            "pull_request",
+            &payloads::pull_request("labeled", &self.repo, &pr, Some("orch:qa"), "mara"),
+        )
+        .await?;
         self.until_comment(number, "QA plan (workflow").await
     }
 
@@ -182,7 +190,11 @@ async fn main() -> anyhow::Result<()> {
     fake.state.init_repo(
         REPO,
         "main",
-        &[(".github/orch.yml", POLICY), ("src/lib.rs", "pub fn answer() -> u32 { 41 }\n"), ("README.md", "# widgets\n")],
+        &[
+            (".github/orch.yml", POLICY),
+            ("src/lib.rs", "pub fn answer() -> u32 { 41 }\n"),
+            ("README.md", "# widgets\n"),
+        ],
     );
     fake.state.set_permission(REPO, "mara", "maintain");
     fake.state.set_permission(REPO, "lee", "write");

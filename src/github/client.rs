@@ -743,7 +743,10 @@ impl GithubClient {
 pub enum FileRead {
     /// Unchanged since the ETag given.
     NotModified,
-    Found { text: String, etag: Option<String> },
+    Found {
+        text: String,
+        etag: Option<String>,
+    },
     /// No such file.
     Absent,
 }

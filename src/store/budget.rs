@@ -124,7 +124,13 @@ pub async fn subject_since<'c, E: Executor<'c, Database = Db>>(
 
 /// Replaces what is known of the issue with what a webhook said. The comments it carried are
 /// added to the ones carried before (a webhook carries at most the one it is about).
-pub async fn remember_subject(conn: &mut sqlx::AnyConnection, repository: &str, number: i64, mut subject: Subject, now: i64) -> sqlx::Result<()> {
+pub async fn remember_subject(
+    conn: &mut sqlx::AnyConnection,
+    repository: &str,
+    number: i64,
+    mut subject: Subject,
+    now: i64,
+) -> sqlx::Result<()> {
     let mut known = subject_known(&mut *conn, repository, number).await?;
     for (id, body) in std::mem::take(&mut subject.known_comments) {
         if !known.iter().any(|(k, _)| *k == id) {
@@ -156,7 +162,9 @@ async fn subject_known(conn: &mut sqlx::AnyConnection, repository: &str, number:
 /// A comment of the issue was edited or deleted: the comments carried so far are no longer
 /// all there is to know, so the next context lists them.
 pub async fn forget_comments(conn: &mut sqlx::AnyConnection, repository: &str, number: i64, now: i64) -> sqlx::Result<()> {
-    let Some(mut s) = subject(&mut *conn, repository, number).await? else { return Ok(()) };
+    let Some(mut s) = subject(&mut *conn, repository, number).await? else {
+        return Ok(());
+    };
     s.comments = None;
     s.known_comments.clear();
     let text = serde_json::to_string(&s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;

@@ -176,8 +176,15 @@ impl Engine {
                     number: issue.number,
                 };
                 let subject = issue_subject(repo, issue, Some((comment.id, comment.body.clone())));
-                self.run_commands(&at, comment.id, &comment.author, &comment.body, issue.is_pull_request, Some(subject))
-                    .await?;
+                self.run_commands(
+                    &at,
+                    comment.id,
+                    &comment.author,
+                    &comment.body,
+                    issue.is_pull_request,
+                    Some(subject),
+                )
+                .await?;
             }
             Event::IssueCommentChanged {
                 repo,
