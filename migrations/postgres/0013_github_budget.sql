@@ -21,7 +21,8 @@ CREATE TABLE reaction_etags (
 
 -- What the latest webhook said about an issue or pull request (title, body, labels, author,
 -- comment count and the comments it carried), as JSON: a workflow's context is built from it
--- instead of asking GitHub again. Every delivery about the issue replaces it.
+-- instead of asking GitHub again. Written with the workflow a delivery starts (one transaction);
+-- only a workflow's first proposal, made moments after its trigger, reads it.
 CREATE TABLE subjects (
     repository TEXT NOT NULL,
     number     BIGINT NOT NULL,

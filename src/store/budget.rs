@@ -158,22 +158,3 @@ async fn subject_known(conn: &mut sqlx::AnyConnection, repository: &str, number:
         .map(|s| s.known_comments)
         .unwrap_or_default())
 }
-
-/// A comment of the issue was edited or deleted: the comments carried so far are no longer
-/// all there is to know, so the next context lists them.
-pub async fn forget_comments(conn: &mut sqlx::AnyConnection, repository: &str, number: i64, now: i64) -> sqlx::Result<()> {
-    let Some(mut s) = subject(&mut *conn, repository, number).await? else {
-        return Ok(());
-    };
-    s.comments = None;
-    s.known_comments.clear();
-    let text = serde_json::to_string(&s).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("UPDATE subjects SET subject = $1, updated_at = $2 WHERE repository = $3 AND number = $4")
-        .bind(text)
-        .bind(now)
-        .bind(repository.to_string())
-        .bind(number)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
