@@ -355,7 +355,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 3 * 11 * 18);
+        assert_eq!(checked, 3 * 11 * 19);
     }
 
     #[test]
