@@ -213,7 +213,7 @@ fn engine(
         caps: config.policy_caps.clone(),
         compiled: Default::default(),
         public_url: config.public_url.clone(),
-        superseded_etags: Default::default(),
+        proposal_day: config.proposal_day,
     })
 }
 

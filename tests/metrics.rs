@@ -166,9 +166,11 @@ async fn metrics_move_as_deliveries_arrive(backend: Backend) {
         .collect();
     assert_eq!(remaining.len(), 1, "{remaining:?}");
     let remaining = *remaining[0].1;
-    assert!(used >= 5.0, "a triage makes several counted requests: {used}");
+    // Up to its proposal a triage now makes few counted requests (issue 14: the issue comes with
+    // the webhook, the policy's 304s are free): the requester's permission and the proposal.
+    assert!(used >= 2.0, "a triage makes counted requests: {used}");
     assert!(
-        remaining >= 5000.0 - used && remaining <= 4995.0,
+        remaining >= 5000.0 - used && remaining <= 4998.0,
         "remaining {remaining}, used {used}"
     );
     let moved = |series: &str| get(&after, series) - get(&before, series);

@@ -96,8 +96,12 @@ pub struct Config {
     /// GitHub's secondary limits for content-creating requests per installation, and the share
     /// of them orch leaves unused (`ORCH_GITHUB_WRITE_LIMITS`, `ORCH_GITHUB_WRITE_HEADROOM`).
     pub github_write_limits: crate::store::github_budget::WriteLimits,
-    /// How often open proposals' reactions are polled (GitHub sends no reaction webhook).
+    /// How often open proposals' reactions are polled at first (GitHub sends no reaction
+    /// webhook); the interval grows as a proposal ages (see `workflow::engine::poll_interval`).
     pub reaction_poll: Duration,
+    /// How long a day of `approvals.expire_days` is (`ORCH_PROPOSAL_DAY_MS`; a real day unless a
+    /// test or benchmark scales the clock).
+    pub proposal_day: Duration,
     /// How long a collaborator's permission is trusted before GitHub is asked again.
     pub permission_cache: Duration,
     /// orch's own GitHub login (`<app-slug>[bot]`): its comments never run commands or approve.
@@ -159,6 +163,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_GITHUB_WRITE_LIMITS",
     "ORCH_GITHUB_WRITE_HEADROOM",
     "ORCH_REACTION_POLL_MS",
+    "ORCH_PROPOSAL_DAY_MS",
     "ORCH_BOT_LOGIN",
     "ORCH_PERMISSION_CACHE_SECS",
     "ORCH_MAX_PHASE",
@@ -356,6 +361,15 @@ impl Config {
                 problem: "must be at least 100".into(),
             });
         }
+        let proposal_day = src
+            .parse::<u64>("ORCH_PROPOSAL_DAY_MS", "a whole number of milliseconds")?
+            .unwrap_or(86_400_000);
+        if proposal_day < 100 {
+            return Err(ConfigError::Invalid {
+                var: "ORCH_PROPOSAL_DAY_MS",
+                problem: "must be at least 100".into(),
+            });
+        }
         let max_phase = src.parse::<u8>("ORCH_MAX_PHASE", "a phase from 0 to 4")?.unwrap_or(4);
         if max_phase > 4 {
             return Err(ConfigError::Invalid {
@@ -477,6 +491,7 @@ impl Config {
             github_write_pace: Duration::from_millis(github_write_pace),
             github_write_limits,
             reaction_poll: Duration::from_millis(reaction_poll),
+            proposal_day: Duration::from_millis(proposal_day),
             permission_cache: Duration::from_secs(
                 src.parse::<u64>("ORCH_PERMISSION_CACHE_SECS", "a whole number of seconds")?
                     .unwrap_or(60),

@@ -836,7 +836,6 @@ impl GithubClient {
 
     /// A file's text at `git_ref` (the default branch when None); None when there is no such file.
     pub async fn file(&self, installation: i64, repo: &str, path: &str, git_ref: Option<&str>) -> Result<Option<String>, ClientError> {
-        use base64::Engine;
         let mut url = format!("/repos/{repo}/contents/{}", encode_path(path)?);
         if let Some(r) = git_ref {
             url.push_str(&format!("?ref={}", encode_path_segment(r)));
@@ -846,6 +845,31 @@ impl GithubClient {
             Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => return Ok(None),
             Err(e) => return Err(e),
         };
+        Self::file_text(path, response).await.map(Some)
+    }
+
+    /// A file on the default branch read with a conditional request: with the ETag of the
+    /// previous read, an unchanged file is a 304, which GitHub does not count against the rate
+    /// limit.
+    pub async fn file_if_changed(&self, installation: i64, repo: &str, path: &str, etag: Option<&str>) -> Result<FileRead, ClientError> {
+        let url = format!("/repos/{repo}/contents/{}", encode_path(path)?);
+        let response = match self.request_with(installation, Method::GET, &url, None, false, etag).await {
+            Ok(r) => r,
+            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => return Ok(FileRead::Absent),
+            Err(e) => return Err(e),
+        };
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(FileRead::NotModified);
+        }
+        let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(FileRead::Found {
+            text: Self::file_text(path, response).await?,
+            etag,
+        })
+    }
+
+    async fn file_text(path: &str, response: Response) -> Result<String, ClientError> {
+        use base64::Engine;
         let content: Content = Self::json(response).await?;
         if content.encoding != "base64" {
             return Err(ClientError::Decode(format!("{path}: unexpected encoding {:?}", content.encoding)));
@@ -854,10 +878,21 @@ impl GithubClient {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(compact)
             .map_err(|e| ClientError::Decode(format!("{path}: {e}")))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| ClientError::Decode(format!("{path} is not UTF-8 text")))
+        String::from_utf8(bytes).map_err(|_| ClientError::Decode(format!("{path} is not UTF-8 text")))
     }
+}
+
+/// A conditional read of a file (see [`GithubClient::file_if_changed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRead {
+    /// Unchanged since the ETag given.
+    NotModified,
+    Found {
+        text: String,
+        etag: Option<String>,
+    },
+    /// No such file.
+    Absent,
 }
 
 /// One entry of a new tree: a file's new blob, or `None` to delete the file.

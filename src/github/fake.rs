@@ -160,6 +160,8 @@ struct Model {
     faults: Vec<Fault>,
     /// Every request: (method, path).
     log: Vec<(String, String)>,
+    /// The requests answered 304 Not Modified, as (method, path): uncounted, as on GitHub.
+    not_modified: Vec<(String, String)>,
     /// Every JSON body received: (method, path, body), for checks against GitHub's description.
     bodies: Vec<(String, String, serde_json::Value)>,
     /// GitHub's REST description, when attached: request bodies are checked against it.
@@ -648,6 +650,12 @@ impl FakeState {
     /// Requests received, as (method, path).
     pub fn log(&self) -> Vec<(String, String)> {
         self.model().log.clone()
+    }
+
+    /// The requests answered 304 Not Modified (a conditional read whose ETag still matched), as
+    /// (method, path): GitHub does not count them against the rate limit.
+    pub fn not_modified(&self) -> Vec<(String, String)> {
+        self.model().not_modified.clone()
     }
 
     /// Requests received from the `start`-th on (for callers that follow the log as it grows).
@@ -1690,19 +1698,32 @@ fn reactions_json(list: &[(i64, String, String, String)], ids: &HashMap<String, 
         .collect::<Vec<_>>())
 }
 
-async fn list_reactions(State(s): State<Arc<FakeState>>, Path((_owner, _repo, comment)): ItemPath, headers: HeaderMap) -> Response {
-    let mut m = s.model();
-    let body = reactions_json(m.reactions.get(&comment).map(Vec::as_slice).unwrap_or_default(), &m.user_ids);
+async fn list_reactions(
+    State(s): State<Arc<FakeState>>,
+    Path((_owner, _repo, comment)): ItemPath,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let body = {
+        let m = s.model();
+        reactions_json(m.reactions.get(&comment).map(Vec::as_slice).unwrap_or_default(), &m.user_ids)
+    };
+    conditional(&s, uri.path(), &headers, body)
+}
+
+/// A GET's answer with a weak ETag of its body, or 304 Not Modified when the request's
+/// `If-None-Match` is that ETag: GitHub does not count a 304 against the rate limit.
+fn conditional(s: &FakeState, path: &str, headers: &HeaderMap, body: serde_json::Value) -> Response {
     let etag = format!("W/\"{:08x}\"", crc32fast::hash(body.to_string().as_bytes()));
     if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        // GitHub does not count a 304 against the rate limit.
+        let mut m = s.model();
         m.rate_used = m.rate_used.saturating_sub(1);
+        m.not_modified.push(("GET".into(), path.to_string()));
         drop(m);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert("etag", HeaderValue::from_str(&etag).expect("ascii"));
         return r;
     }
-    drop(m);
     let mut r = answer(StatusCode::OK, body);
     r.headers_mut().insert("etag", HeaderValue::from_str(&etag).expect("ascii"));
     r
@@ -1737,6 +1758,8 @@ async fn get_content(
     State(s): State<Arc<FakeState>>,
     Path((owner, repo, path)): Path<(String, String, String)>,
     Query(at): Query<ContentRef>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
 ) -> Response {
     use base64::Engine;
     let m = s.model();
@@ -1766,8 +1789,11 @@ async fn get_content(
         .chunks(60)
         .map(|c| String::from_utf8_lossy(c).to_string())
         .collect();
-    answer(
-        StatusCode::OK,
+    drop(m);
+    conditional(
+        &s,
+        uri.path(),
+        &headers,
         json!({ "type": "file", "encoding": "base64", "path": path, "size": text.len(), "content": wrapped.join("\n") + "\n" }),
     )
 }

@@ -83,6 +83,9 @@ pub struct Approvals {
     pub approvers: Vec<String>,
     /// Whether 👍/👎 on a proposal count as approve/reject.
     pub reactions: bool,
+    /// After how many days without a decision a proposal expires: its reactions are no longer
+    /// polled and it waits for a human (`/orch retry` makes a new proposal).
+    pub expire_days: u32,
 }
 
 impl Default for Approvals {
@@ -92,6 +95,7 @@ impl Default for Approvals {
             allow_self_approval: false,
             approvers: Vec::new(),
             reactions: true,
+            expire_days: 14,
         }
     }
 }
@@ -314,6 +318,13 @@ impl Policy {
         }
         if self.approvals.required == 0 {
             return Err(Problem::new("approvals.required", None, "must be at least 1".into()));
+        }
+        if !(1..=365).contains(&self.approvals.expire_days) {
+            return Err(Problem::new(
+                "approvals.expire_days",
+                None,
+                format!("expected 1 to 365 days, got {}", self.approvals.expire_days),
+            ));
         }
         let globs = [
             ("labels.allowed", &self.labels.allowed),

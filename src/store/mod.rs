@@ -5,6 +5,7 @@
 
 pub mod actions;
 pub mod archive;
+pub mod budget;
 pub mod deliveries;
 pub mod github_budget;
 pub mod health;

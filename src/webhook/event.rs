@@ -36,6 +36,10 @@ pub struct Issue {
     pub author: Actor,
     /// Comments on pull requests arrive as `issue_comment` on an issue that is a PR.
     pub is_pull_request: bool,
+    /// How many comments the issue had when the event happened; None when the payload did not
+    /// say (the comments are then listed when they matter).
+    #[serde(default)]
+    pub comments: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +53,9 @@ pub struct PullRequest {
     pub head_ref: String,
     pub base_ref: String,
     pub draft: bool,
+    /// How many comments the pull request had when the event happened (None: not said).
+    #[serde(default)]
+    pub comments: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +239,7 @@ fn issue(i: gh::Issue) -> Issue {
         labels: labels(i.labels),
         author: actor(i.user),
         is_pull_request: i.pull_request.is_some(),
+        comments: i.comments,
     }
 }
 
@@ -246,6 +254,7 @@ fn pull_request(p: gh::PullRequest) -> PullRequest {
         head_ref: p.head.name,
         base_ref: p.base.name,
         draft: p.draft.unwrap_or(false),
+        comments: p.comments,
     }
 }
 

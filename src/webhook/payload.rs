@@ -58,6 +58,9 @@ pub struct Issue {
     /// Present (an object of links) when the "issue" is a pull request.
     #[serde(default)]
     pub pull_request: Option<serde::de::IgnoredAny>,
+    /// How many comments the issue has (GitHub's `comments` count).
+    #[serde(default)]
+    pub comments: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +92,9 @@ pub struct PullRequest {
     pub base: GitRef,
     #[serde(default)]
     pub labels: Vec<Label>,
+    /// How many (issue) comments the pull request has.
+    #[serde(default)]
+    pub comments: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

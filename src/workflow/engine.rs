@@ -9,12 +9,12 @@ use super::guard;
 use super::messages;
 use super::state::{Kind, State, Step};
 use crate::github::actions::{self, PullSpec, Sent};
-use crate::github::client::{Annotation, CheckAction, CheckRunSpec, ClientError, GithubClient, Reactions, TreeChange};
+use crate::github::client::{Annotation, CheckAction, CheckRunSpec, ClientError, FileRead, GithubClient, Reactions, TreeChange};
 use crate::llm::{self, Context, FileAction, Proposal, Task};
 use crate::policy::gates::{self, ActionKind, Change, FileChange, ProposalView, Rule, Verdict};
 use crate::policy::{ActionClass, Effective, POLICY_PATH};
 use crate::store::workflows::{self, TransitionError, Workflow};
-use crate::store::{jobs, model_calls, now_ms, policies, Store};
+use crate::store::{budget, jobs, model_calls, now_ms, policies, Store};
 use anyhow::Context as _;
 use std::time::Duration;
 
@@ -34,10 +34,22 @@ pub struct Engine {
     pub compiled: std::sync::Mutex<std::collections::HashMap<(String, u8), std::sync::Arc<crate::policy::compiled::CompiledPolicy>>>,
     /// `ORCH_PUBLIC_URL`: where check runs link the dashboard.
     pub public_url: Option<String>,
-    /// The ETags of earlier (replaced) proposal comments' reactions, by comment: polling them
-    /// for void votes costs nothing while nobody reacts there.
-    pub superseded_etags: std::sync::Mutex<std::collections::HashMap<i64, String>>,
+    /// How long a day of `approvals.expire_days` is (a real day outside tests and benchmarks).
+    pub proposal_day: Duration,
 }
+
+/// How long a waiting proposal's reactions go unpolled at `age`: a tenth of its age, at least
+/// `base` (`ORCH_REACTION_POLL_MS`, 30 s) and at most 60 × `base` (30 min). With the default
+/// base: every 30 s for the first 5 minutes, then growing by a tenth per poll (about 45 polls
+/// from 5 minutes to 5 hours), then every 30 minutes until `approvals.expire_days` — about 700
+/// polls in 14 days, each a 304 that costs nothing while nobody reacts. The schedule only
+/// depends on age relative to `base`, so a scaled `base` scales it whole.
+pub fn poll_interval(base: Duration, age: Duration) -> Duration {
+    (age / 10).clamp(base, base * 60)
+}
+
+/// How an expiry's transition reason starts: the feedback of a later `/orch retry` leaves it out.
+const EXPIRED_REASON: &str = "the proposal expired after";
 
 /// When the workflow's next job should run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +82,49 @@ fn short(hash: &str) -> &str {
 }
 
 impl Engine {
-    /// The policy in force for `repo`, read from its default branch.
+    /// The policy in force for `repo`, read from its default branch with a conditional request:
+    /// the last answer and its ETag are kept in the store (shared by the replicas), so while
+    /// the file does not change GitHub answers 304, which costs no rate limit.
     pub async fn policy(&self, installation: i64, repo: &str) -> Result<Effective, ClientError> {
-        let text = self.github.file(installation, repo, POLICY_PATH, None).await?;
+        let store_error = |e: sqlx::Error| ClientError::Decode(format!("store: {e}"));
+        let cached = budget::policy_read(self.store.pool(), repo).await.map_err(store_error)?;
+        let etag = cached.as_ref().and_then(|c| c.etag.as_deref());
+        let (text, fresh) = match self.github.file_if_changed(installation, repo, POLICY_PATH, etag).await? {
+            FileRead::NotModified => (cached.and_then(|c| c.source), false),
+            read => {
+                let (text, etag) = match read {
+                    FileRead::Found { text, etag } => (Some(text), etag),
+                    _ => (None, None),
+                };
+                let _write = self.store.write_guard().await;
+                budget::record_policy_read(self.store.pool(), repo, etag.as_deref(), text.as_deref(), now_ms())
+                    .await
+                    .map_err(store_error)?;
+                (text, true)
+            }
+        };
+        self.effective(repo, text, fresh).await
+    }
+
+    /// The policy the last read of `repo`'s file found, without asking GitHub: what a waiting
+    /// proposal's polling goes by. A policy changed since is caught where it matters, at Gate 3
+    /// (which reads the file and compares the version the approvals are bound to).
+    pub async fn cached_policy(&self, installation: i64, repo: &str) -> Result<Effective, ClientError> {
+        match budget::policy_read(self.store.pool(), repo)
+            .await
+            .map_err(|e| ClientError::Decode(format!("store: {e}")))?
+        {
+            Some(read) => self.effective(repo, read.source, false).await,
+            None => self.policy(installation, repo).await,
+        }
+    }
+
+    /// The policy that the file's text `text` (None: no file) makes for `repo`; `fresh` when
+    /// the text was just read (a valid one is then remembered as the last valid policy).
+    async fn effective(&self, repo: &str, text: Option<String>, fresh: bool) -> Result<Effective, ClientError> {
         let effective = Effective::from_source_capped(text.as_deref(), &self.caps);
         let Some(error) = effective.error.clone() else {
-            if let Some(text) = &text {
+            if let (Some(text), true) = (&text, fresh) {
                 let _write = self.store.write_guard().await;
                 policies::remember(self.store.pool(), repo, &effective.version, text, now_ms())
                     .await
@@ -94,6 +143,17 @@ impl Engine {
         tracing::warn!(repo, %error, kept = %kept.version, "invalid policy file; the last valid policy applies");
         kept.error = Some(error);
         Ok(kept)
+    }
+
+    /// `wf`'s repository's default branch: as the triggering webhook said, else GitHub's word.
+    async fn default_branch(&self, wf: &Workflow) -> anyhow::Result<String> {
+        let said = budget::subject_since(self.store.pool(), &wf.repository, wf.number, wf.created_at)
+            .await?
+            .and_then(|s| s.default_branch);
+        Ok(match said {
+            Some(branch) => branch,
+            None => self.github.repository(wf.installation_id, &wf.repository).await?.default_branch,
+        })
     }
 
     /// The compiled form of `policy`, built once per version.
@@ -182,22 +242,50 @@ impl Engine {
     }
 
     /// What the model is shown for `wf`.
-    async fn context(&self, wf: &Workflow, feedback: Option<String>) -> anyhow::Result<Context> {
+    ///
+    /// The first proposal is made from what the triggering webhook said about the issue (title,
+    /// body, labels, comment count and the comment it carried): GitHub is asked again only for
+    /// comments the webhooks did not carry. That text is at most as old as the trigger, which
+    /// is moments ago. A later proposal (`/orch retry` after a request for changes, maybe days
+    /// later) reads the issue again, since an edit to it sends no webhook orch acts on.
+    async fn context(&self, wf: &Workflow, feedback: Option<String>, round: usize) -> anyhow::Result<Context> {
         let (inst, repo) = (wf.installation_id, wf.repository.as_str());
-        let issue = self.github.issue(inst, repo, wf.number).await?;
-        let comments = self.github.list_issue_comments(inst, repo, wf.number).await?;
-        // orch's own comments are its output, not the conversation: they are left out by who
-        // wrote them (GitHub's word), never by what they say. Everyone else's comment is kept
-        // whole, marker-shaped text included, so a forged marker can neither pass for orch's
-        // words nor hide a user's text from the model.
-        let me = self.github.app_identity(inst).await?;
-        let recent: Vec<String> = comments
-            .iter()
-            .rev()
-            .filter(|c| !c.written_by(&me))
-            .take(5)
-            .map(|c| c.body.chars().take(500).collect())
-            .collect();
+        let subject = match round {
+            // Written with the workflow by its trigger; an older one (a workflow the admin API
+            // started) is not what the issue says now.
+            0 => budget::subject_since(self.store.pool(), repo, wf.number, wf.created_at).await?,
+            _ => None,
+        };
+        let (title, body, labels) = match &subject {
+            Some(s) => (s.title.clone(), s.body.clone(), s.labels.clone()),
+            None => {
+                let issue = self.github.issue(inst, repo, wf.number).await?;
+                (
+                    issue.title,
+                    issue.body.unwrap_or_default(),
+                    issue.labels.into_iter().map(|l| l.name).collect(),
+                )
+            }
+        };
+        let recent: Vec<String> = match subject.as_ref().and_then(|s| s.all_comments()) {
+            // Every comment came with a webhook from someone who is not a bot: none is orch's.
+            Some(all) => all.iter().rev().take(5).map(|c| c.chars().take(500).collect()).collect(),
+            None => {
+                let comments = self.github.list_issue_comments(inst, repo, wf.number).await?;
+                // orch's own comments are its output, not the conversation: they are left out by
+                // who wrote them (GitHub's word), never by what they say. Everyone else's comment
+                // is kept whole, marker-shaped text included, so a forged marker can neither pass
+                // for orch's words nor hide a user's text from the model.
+                let me = self.github.app_identity(inst).await?;
+                comments
+                    .iter()
+                    .rev()
+                    .filter(|c| !c.written_by(&me))
+                    .take(5)
+                    .map(|c| c.body.chars().take(500).collect())
+                    .collect()
+            }
+        };
         let mut files = Vec::new();
         let mut refused = Vec::new();
         if let Some(instruction) = &wf.instruction {
@@ -215,9 +303,9 @@ impl Engine {
         Ok(Context {
             repository: wf.repository.clone(),
             number: wf.number,
-            title: issue.title,
-            body: issue.body.unwrap_or_default(),
-            labels: issue.labels.into_iter().map(|l| l.name).collect(),
+            title,
+            body,
+            labels,
             comments: recent.into_iter().rev().collect(),
             instruction: wf.instruction.clone(),
             feedback,
@@ -249,8 +337,11 @@ impl Engine {
             .into_iter()
             .rev()
             .find(|t| t.to == State::NeedsHuman)
-            .map(|t| t.reason);
-        let context = self.context(wf, feedback).await?;
+            .map(|t| t.reason)
+            // An expiry is not a request for changes.
+            .filter(|r| !r.starts_with(EXPIRED_REASON));
+        let round = self.proposal_round(wf).await?;
+        let context = self.context(wf, feedback, round).await?;
         let mut wf = wf.clone();
         if wf.state == State::Ingested {
             let reason = format!(
@@ -268,9 +359,11 @@ impl Engine {
         // What the proposal is bound to: a PR's head, or for a patch the default branch's commit
         // it was made against (Gate 3 compares the files it changes with the base then).
         let head_sha = match wf.kind {
+            // The head the trigger named (a push since moved it and voids approvals by webhook).
+            Kind::QaPlan if round == 0 && wf.head_sha.is_some() => wf.head_sha.clone(),
             Kind::QaPlan => Some(self.github.pull(wf.installation_id, &wf.repository, wf.number).await?.head.sha),
             Kind::Patch => {
-                let default_branch = self.github.repository(wf.installation_id, &wf.repository).await?.default_branch;
+                let default_branch = self.default_branch(&wf).await?;
                 self.github
                     .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{default_branch}"))
                     .await?
@@ -421,7 +514,17 @@ impl Engine {
                 problem: e.problem,
             },
             Ok(Proposal::Triage(t)) => {
-                let current = self.github.list_labels(wf.installation_id, &wf.repository, wf.number).await?;
+                // Gate 2 judges moments after the trigger, whose webhook carried the labels; a
+                // later judgement (Gate 3, after a policy change, maybe days later) asks GitHub,
+                // since a label removed meanwhile sends a webhook orch does not keep.
+                let remembered = match wf.state {
+                    State::PatchesProposed => budget::subject_since(self.store.pool(), &wf.repository, wf.number, wf.created_at).await?,
+                    _ => None,
+                };
+                let current = match remembered {
+                    Some(s) => s.labels,
+                    None => self.github.list_labels(wf.installation_id, &wf.repository, wf.number).await?,
+                };
                 ProposalView::Triage {
                     labels: messages::triage_labels(&t),
                     current_labels: current,
@@ -602,12 +705,17 @@ impl Engine {
         hash: &str,
         diff: &[super::shown::FileDiff],
     ) -> anyhow::Result<Option<i64>> {
-        let repo = self.github.repository(wf.installation_id, &wf.repository).await?;
-        let Some(base) = self
-            .github
-            .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{}", repo.default_branch))
-            .await?
-        else {
+        // The commit the patch was proposed on, which generation just read.
+        let base = match &wf.head_sha {
+            Some(sha) => Some(sha.clone()),
+            None => {
+                let default_branch = self.default_branch(wf).await?;
+                self.github
+                    .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{default_branch}"))
+                    .await?
+            }
+        };
+        let Some(base) = base else {
             return Ok(None);
         };
         let spec = CheckRunSpec {
@@ -779,11 +887,27 @@ impl Engine {
     }
 
     /// WAITING_USER_APPROVAL: polls the proposal's reactions (GitHub sends no webhook for them)
-    /// and settles. None when the workflow moved on.
+    /// and settles; ends the wait after `approvals.expire_days`. None when the workflow moved on.
+    ///
+    /// What polling costs: nothing while nobody reacts. The policy is the one the last read
+    /// found (no request; a policy changed since is caught at Gate 3), and the reactions are
+    /// read with their ETag, so an unchanged answer is a 304 that GitHub does not count. Only
+    /// the first read of a comment, and a read after someone reacted, are counted. The polls
+    /// thin out as the proposal ages ([`poll_interval`]); commands and check-run buttons do not
+    /// wait for a poll (their deliveries wake the workflow).
     async fn wait(&self, wf: &Workflow) -> anyhow::Result<Option<Next>> {
-        let policy = self.policy(wf.installation_id, &wf.repository).await?;
+        let policy = self.cached_policy(wf.installation_id, &wf.repository).await?;
+        let now = now_ms();
+        let since = self.waiting_since(wf).await?;
+        let age = Duration::from_millis((now - since).max(0) as u64);
+        let expires_at = since + (self.proposal_day.as_millis() as i64) * i64::from(policy.policy.approvals.expire_days);
+        if now >= expires_at {
+            self.expire(wf, &policy).await?;
+            return Ok(None);
+        }
         let polling = policy.policy.approvals.reactions && wf.proposal_comment_id.is_some();
-        if let (true, Some(comment_id)) = (polling, wf.proposal_comment_id) {
+        // A proposal posted a moment ago has no reactions worth a request yet.
+        if let (true, true, Some(comment_id)) = (polling, age >= self.reaction_poll, wf.proposal_comment_id) {
             self.poll_reactions(wf, comment_id, &policy).await?;
             self.poll_superseded(wf, comment_id).await?;
         }
@@ -791,11 +915,46 @@ impl Engine {
         if matches!(tally, Some(Tally::Approved { .. } | Tally::Rejected { .. })) {
             return Ok(None);
         }
-        Ok(Some(if polling {
-            Next::At(now_ms() + self.reaction_poll.as_millis() as i64)
+        let next = if polling {
+            (now + poll_interval(self.reaction_poll, age).as_millis() as i64).min(expires_at)
         } else {
-            Next::Idle
-        }))
+            expires_at
+        };
+        Ok(Some(Next::At(next)))
+    }
+
+    /// When `wf` began to wait for approval of its current proposal (unix ms): the latest move
+    /// from PATCHES_PROPOSED into WAITING_USER_APPROVAL. Votes voided by a push or a policy
+    /// change do not restart the clock.
+    async fn waiting_since(&self, wf: &Workflow) -> anyhow::Result<i64> {
+        Ok(workflows::transitions(self.store.pool(), wf.id)
+            .await?
+            .iter()
+            .rev()
+            .find(|t| t.to == State::WaitingUserApproval && t.from == Some(State::PatchesProposed))
+            .map(|t| t.at)
+            .unwrap_or(wf.updated_at))
+    }
+
+    /// WAITING_USER_APPROVAL → NEEDS_HUMAN after `approvals.expire_days` without a decision:
+    /// nothing is applied, the reactions are no longer polled, and the issue is told once how
+    /// to start again. NEEDS_HUMAN (not FAILED) because nothing went wrong and the workflow is
+    /// not over: SPEC §3's way out of NEEDS_HUMAN is `/orch retry`, which makes a new proposal
+    /// against the repository as it is by then, and `/orch cancel` ends it. A patch's check run
+    /// is closed with the other NEEDS_HUMAN outcomes (its buttons go).
+    async fn expire(&self, wf: &Workflow, policy: &Effective) -> anyhow::Result<()> {
+        let days = policy.policy.approvals.expire_days;
+        let text = messages::expired(wf.id, days);
+        let round = self.proposal_round(wf).await?;
+        // Posted before the state moves: a repeat after a crash finds the comment.
+        self.comment(wf, &format!("wf{}:expired:{round}", wf.id), &text).await?;
+        let reason = format!("{EXPIRED_REASON} {days} days without a decision");
+        match self.step(wf, Step::Expired, "orch", &reason, false).await {
+            Ok(_) => Ok(()),
+            // A vote or a command moved it in the meantime: theirs stands.
+            Err(e) if matches!(e.downcast_ref::<TransitionError>(), Some(TransitionError::Stale { .. })) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn poll_reactions(&self, wf: &Workflow, comment_id: i64, policy: &Effective) -> anyhow::Result<()> {
@@ -864,21 +1023,15 @@ impl Engine {
         let earlier = crate::store::actions::done_with_prefix(self.store.pool(), &format!("wf{}:proposal:", wf.id)).await?;
         let now_revision = short(wf.proposal_hash.as_deref().unwrap_or_default());
         for (key, comment_id) in earlier.into_iter().filter(|(_, c)| *c != current) {
-            let etag = self
-                .superseded_etags
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&comment_id)
-                .cloned();
+            // The ETag is stored, not kept in memory: polling stays free across restarts and
+            // whichever replica polls.
+            let etag = budget::reaction_etag(self.store.pool(), comment_id).await?;
             let reactions = match self.github.comment_reactions(inst, repo, comment_id, etag.as_deref()).await {
                 Ok(Reactions::NotModified) => continue,
                 Ok(Reactions::Changed { etag, reactions }) => {
-                    let mut etags = self.superseded_etags.lock().unwrap_or_else(|p| p.into_inner());
-                    if etags.len() >= 4096 {
-                        etags.clear();
-                    }
                     if let Some(etag) = etag {
-                        etags.insert(comment_id, etag);
+                        let _write = self.store.write_guard().await;
+                        budget::set_reaction_etag(self.store.pool(), comment_id, &etag, now_ms()).await?;
                     }
                     reactions
                 }
@@ -1128,10 +1281,11 @@ impl Engine {
         let approvers = self.approvers(wf).await?;
         // A branch made by an earlier run of this step is the patch already committed.
         let commit_key = format!("wf{}:commit", wf.id);
+        let mut made_now = false;
         let head = match self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? {
             Some(sha) => sha,
             None => {
-                let default_branch = self.github.repository(inst, repo).await?.default_branch;
+                let default_branch = self.default_branch(wf).await?;
                 let base = self
                     .github
                     .ref_sha(inst, repo, &format!("heads/{default_branch}"))
@@ -1210,6 +1364,7 @@ impl Engine {
                         // the branch is their marker), so the audit log records them here, once the branch
                         // makes them part of the repository.
                         audit(false).await?;
+                        made_now = true;
                         commit
                     }
                     // Made by a run whose answer was lost: the branch is the patch.
@@ -1227,11 +1382,18 @@ impl Engine {
                 }
             }
         };
-        if let Some(difference) = self.published_difference(wf, patch, &branch, &head).await? {
+        // A branch this run just created points at the commit it just made from the base tree
+        // and exactly the patch's blobs: there is nothing to compare (five reads saved). A branch
+        // found (an earlier run's, or anyone's) is compared.
+        let difference = match made_now {
+            true => None,
+            false => self.published_difference(wf, patch, &branch, &head).await?,
+        };
+        if let Some(difference) = difference {
             self.not_published(wf, &branch, &head, &difference).await?;
             return Ok(());
         }
-        let default_branch = self.github.repository(inst, repo).await?.default_branch;
+        let default_branch = self.default_branch(wf).await?;
         let spec = PullSpec {
             title: patch.title.clone(),
             head: branch.clone(),
@@ -1295,7 +1457,7 @@ impl Engine {
                 }))
             }
             None => {
-                let default_branch = self.github.repository(inst, repo).await?.default_branch;
+                let default_branch = self.default_branch(wf).await?;
                 let base_sha = self
                     .github
                     .ref_sha(inst, repo, &format!("heads/{default_branch}"))

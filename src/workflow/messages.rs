@@ -193,3 +193,11 @@ pub fn revision_of_key(key: &str) -> Option<&str> {
         .next()
         .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_hexdigit()))
 }
+
+/// The note on a proposal that waited `days` days without a decision.
+pub fn expired(wf_id: i64, days: u32) -> String {
+    let days = if days == 1 { "1 day".to_string() } else { format!("{days} days") };
+    format!(
+        "Workflow {wf_id}'s proposal expired: it waited {days} without a decision (`approvals.expire_days`), so nothing was applied and orch no longer watches it for approvals. `/orch retry` makes a new proposal; `/orch cancel` closes the workflow."
+    )
+}

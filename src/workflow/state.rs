@@ -167,10 +167,13 @@ pub enum Step {
     Cancelled,
     /// `/orch retry` after changes were requested: NEEDS_HUMAN → CONTEXT_LOADED.
     Retry,
+    /// A proposal waited `approvals.expire_days` without a decision: polling stops and a human
+    /// decides what next (`/orch retry` makes a new proposal).
+    Expired,
 }
 
 impl Step {
-    pub const ALL: [Step; 18] = [
+    pub const ALL: [Step; 19] = [
         Step::ContextLoaded,
         Step::Proposed,
         Step::Gate2Passed,
@@ -189,6 +192,7 @@ impl Step {
         Step::GenerationFailed,
         Step::Cancelled,
         Step::Retry,
+        Step::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -211,6 +215,7 @@ impl Step {
             Step::GenerationFailed => "generation_failed",
             Step::Cancelled => "cancelled",
             Step::Retry => "retry",
+            Step::Expired => "expired",
         }
     }
 }
@@ -255,6 +260,7 @@ pub fn next(kind: Kind, from: State, step: Step) -> Result<State, IllegalTransit
         (S::Ingested | S::ContextLoaded | S::PatchesProposed, T::GenerationFailed) => Some(S::Failed),
         (S::WaitingUserApproval, T::ApprovalComplete) => Some(S::Approved),
         (S::WaitingUserApproval, T::ChangesRequested) => Some(S::NeedsHuman),
+        (S::WaitingUserApproval, T::Expired) => Some(S::NeedsHuman),
         (S::WaitingUserApproval, T::Rejected) => Some(S::Failed),
         (S::WaitingUserApproval | S::Approved, T::ApprovalsVoided) => Some(S::WaitingUserApproval),
         (S::Approved, T::Gate3Passed) => Some(S::ApplyingChanges),
@@ -293,6 +299,7 @@ mod tests {
             (ANY, S::PatchesProposed, T::AutoApproved, S::Approved),
             (ANY, S::WaitingUserApproval, T::ApprovalComplete, S::Approved),
             (ANY, S::WaitingUserApproval, T::ChangesRequested, S::NeedsHuman),
+            (ANY, S::WaitingUserApproval, T::Expired, S::NeedsHuman),
             (ANY, S::WaitingUserApproval, T::Rejected, S::Failed),
             (ANY, S::WaitingUserApproval, T::ApprovalsVoided, S::WaitingUserApproval),
             (ANY, S::Approved, T::ApprovalsVoided, S::WaitingUserApproval),
@@ -348,7 +355,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 3 * 11 * 18);
+        assert_eq!(checked, 3 * 11 * 19);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::github::actions;
 use crate::policy::{phase_needed, Effective, Work};
 use crate::store::trigger_runs::{self, TriggerRun};
 use crate::store::workflows::{self, Created, NewWorkflow, Workflow};
-use crate::store::{jobs, now_ms, WriteTx};
-use crate::webhook::event::{Actor, Event, PullRequestTrigger, Repo};
+use crate::store::{budget, jobs, now_ms, WriteTx};
+use crate::webhook::event::{Actor, Event, Issue, PullRequest, PullRequestTrigger, Repo};
 use anyhow::Context as _;
 
 /// Whether `event` may start or move a workflow (and so needs GitHub to process).
@@ -54,6 +54,9 @@ struct Trigger<'a> {
     verb: &'static str,
     comment: Option<i64>,
     tasks_before: u32,
+    /// What the delivery said about the issue or pull request: kept with a workflow it starts,
+    /// whose context is then built without asking GitHub again.
+    subject: Option<budget::Subject>,
 }
 
 /// What a trigger decided, before it is recorded.
@@ -107,7 +110,8 @@ impl Engine {
                 };
                 let policy = self.policy(installation, &repo.full_name).await?;
                 if *label == policy.policy.triggers.triage_label {
-                    let t = delivery(&repo.full_name, issue.number, "label");
+                    let mut t = delivery(&repo.full_name, issue.number, "label");
+                    t.subject = Some(issue_subject(repo, issue, None));
                     let decision = self.start(&t, &policy, Kind::Triage, sender, None, None, "label").await?;
                     self.record(&t, decision).await?;
                 }
@@ -115,7 +119,8 @@ impl Engine {
             Event::IssueOpened { repo, issue, .. } => {
                 let policy = self.policy(installation, &repo.full_name).await?;
                 if policy.policy.triggers.triage_on_open && policy.phase >= phase_needed(Work::AutoTrigger) && !issue.author.is_bot {
-                    let t = delivery(&repo.full_name, issue.number, "issue_opened");
+                    let mut t = delivery(&repo.full_name, issue.number, "issue_opened");
+                    t.subject = Some(issue_subject(repo, issue, None));
                     let new = self
                         .new_workflow(&t, Kind::Triage, &issue.author, None, None, "issue opened")
                         .await?;
@@ -130,7 +135,8 @@ impl Engine {
                 sender,
             } => {
                 let policy = self.policy(installation, &repo.full_name).await?;
-                let t = delivery(&repo.full_name, pull_request.number, "pull_request");
+                let mut t = delivery(&repo.full_name, pull_request.number, "pull_request");
+                t.subject = Some(pull_subject(repo, pull_request));
                 let head = Some(pull_request.head_sha.clone());
                 match trigger {
                     PullRequestTrigger::Labeled if label.as_deref() == Some(policy.policy.triggers.qa_label.as_str()) => {
@@ -169,8 +175,16 @@ impl Engine {
                     repo: &repo.full_name,
                     number: issue.number,
                 };
-                self.run_commands(&at, comment.id, &comment.author, &comment.body, issue.is_pull_request)
-                    .await?;
+                let subject = issue_subject(repo, issue, Some((comment.id, comment.body.clone())));
+                self.run_commands(
+                    &at,
+                    comment.id,
+                    &comment.author,
+                    &comment.body,
+                    issue.is_pull_request,
+                    Some(subject),
+                )
+                .await?;
             }
             Event::IssueCommentChanged {
                 repo,
@@ -269,6 +283,9 @@ impl Engine {
                 let kind = new.kind;
                 match Service::create(&mut tx, new, now).await? {
                     Created::New(wf) => {
+                        if let Some(subject) = &t.subject {
+                            budget::remember_subject(&mut tx, t.at.repo, t.at.number, subject.clone(), now).await?;
+                        }
                         let text = match (t.verb, wf.previous_id) {
                             ("retry", Some(previous)) => {
                                 format!("Started attempt {} as workflow {} (after workflow {previous}).", wf.attempt, wf.id)
@@ -423,7 +440,15 @@ impl Engine {
     /// The comment gets one reply gathering their answers (an exactly-once action keyed by the
     /// comment), so that no comment makes orch write more than two comments: that reply and
     /// what the one workflow it moved says.
-    async fn run_commands(&self, at: &Place<'_>, comment_id: i64, author: &Actor, body: &str, on_pull: bool) -> anyhow::Result<()> {
+    async fn run_commands(
+        &self,
+        at: &Place<'_>,
+        comment_id: i64,
+        author: &Actor,
+        body: &str,
+        on_pull: bool,
+        subject: Option<budget::Subject>,
+    ) -> anyhow::Result<()> {
         let parsed = commands::parse_comment(body);
         let (to_run, ignored) = parsed.split_at(parsed.len().min(commands::MAX_PER_COMMENT));
         let policy = self.policy(at.installation, at.repo).await?;
@@ -445,6 +470,7 @@ impl Engine {
                         )
                     })
                     .count() as u32,
+                subject: subject.clone(),
             };
             if trigger_runs::get(self.store.pool(), &t.key).await?.is_none() {
                 let decision = match self.decide_line(&t, p, comment_id, author, &policy, on_pull).await? {
@@ -752,6 +778,7 @@ impl Engine {
             verb: decision.as_str(),
             comment: None,
             tasks_before: 0,
+            subject: None,
         };
         if trigger_runs::get(self.store.pool(), &t.key).await?.is_some() {
             return self.replay(&t).await;
@@ -879,6 +906,7 @@ fn delivery_trigger<'a>(installation: i64, guid: &str, repo: &'a str, number: i6
         verb,
         comment: None,
         tasks_before: 0,
+        subject: None,
     }
 }
 
@@ -913,4 +941,30 @@ fn press_origin(key: &str) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     -((u64::from_be_bytes(first) >> 1) as i64) - 1
+}
+
+/// What an issue's webhook says about it; `comment` is the comment the webhook is about.
+fn issue_subject(repo: &Repo, issue: &Issue, comment: Option<(i64, String)>) -> budget::Subject {
+    budget::Subject {
+        title: issue.title.clone(),
+        body: issue.body.clone(),
+        labels: issue.labels.clone(),
+        author: issue.author.login.clone(),
+        comments: issue.comments,
+        known_comments: comment.into_iter().collect(),
+        default_branch: repo.default_branch.clone(),
+    }
+}
+
+/// What a pull request's webhook says about it.
+fn pull_subject(repo: &Repo, pr: &PullRequest) -> budget::Subject {
+    budget::Subject {
+        title: pr.title.clone(),
+        body: pr.body.clone(),
+        labels: pr.labels.clone(),
+        author: pr.author.login.clone(),
+        comments: pr.comments,
+        known_comments: Vec::new(),
+        default_branch: repo.default_branch.clone(),
+    }
 }

@@ -54,6 +54,8 @@ pub struct IssueSpec {
     pub author: String,
     pub labels: Vec<String>,
     pub is_pull_request: bool,
+    /// GitHub's comment count in the payload.
+    pub comments: i64,
 }
 
 impl IssueSpec {
@@ -66,7 +68,14 @@ impl IssueSpec {
             author: "dev-lee".into(),
             labels: Vec::new(),
             is_pull_request: false,
+            comments: 0,
         }
+    }
+
+    /// The payload says the issue has `count` comments.
+    pub fn comments(mut self, count: i64) -> Self {
+        self.comments = count;
+        self
     }
 
     pub fn body(mut self, body: &str) -> Self {
@@ -149,6 +158,7 @@ impl PullSpec {
             author: self.author.clone(),
             labels: self.labels.clone(),
             is_pull_request: true,
+            comments: 0,
         }
     }
 }
@@ -307,7 +317,7 @@ pub fn issue(repo: &RepoSpec, issue: &IssueSpec, added_label: Option<&str>) -> V
         "assignee": null,
         "assignees": [],
         "milestone": null,
-        "comments": 0,
+        "comments": issue.comments,
         "created_at": AT,
         "updated_at": AT,
         "closed_at": null,
