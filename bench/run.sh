@@ -2,7 +2,8 @@
 # The benchmark entry point: builds release binaries once, then runs in one session, on this
 # machine, one after the other (nothing else should run meanwhile):
 #   1. ingest    — Probot peer, the HTTP+HMAC ceiling, orch on SQLite and on PostgreSQL (bench/ingest.sh)
-#   2. pipeline  — 1,000 triage workflows end to end, SQLite and PostgreSQL (bench/pipeline/run.sh)
+#   2. pipeline  — 1,000 triage workflows end to end: GitHub's limits off (SQLite and PostgreSQL),
+#                  and on, on a scaled clock (bench/pipeline/run.sh)
 #   3. policy    — Gate 2 on a 10,000-file, 200,000-line patch (bench/policy/run.sh)
 #   4. footprint — start to ready, idle RSS (bench/footprint/run.sh)
 #   5. budget    — rate-limited GitHub requests per workflow kind and per waiting proposal-hour (bench/budget/run.sh)
@@ -40,7 +41,7 @@ OUT=$run/budget "$here/budget/run.sh" | tee "$run/budget.txt"
   python3 "$here/summarize.py" "$run/ingest"
   echo
   echo "-- pipeline"
-  grep -hE '^(==|[0-9]+ triage|per workflow|orch RSS|orch ready|database)' "$run/pipeline.txt" || true
+  grep -hE '^(==|[0-9]+ triage|per workflow|orch RSS|orch ready|database|limits on)' "$run/pipeline.txt" || true
   echo
   echo "-- policy"
   grep -hE 'gate2|median' "$run/policy.txt" | head -8 || true

@@ -10,7 +10,7 @@ use orch::github::actions::{
 };
 use orch::github::auth::{AppCredentials, TokenCache, TokenScope};
 use orch::github::client::{Annotation, CheckAction, CheckRunSpec, ClientError, GithubClient, Reactions, TreeChange};
-use orch::github::fake::{FakeGithub, Fault, FaultKind};
+use orch::github::fake::{FakeGithub, FakeLimits, Fault, FaultKind};
 use orch::github::retry::RetryPolicy;
 use reqwest::Method;
 use std::sync::Arc;
@@ -1149,4 +1149,175 @@ async fn the_fake_refuses_bad_jwts_and_expired_tokens() {
     assert_eq!(read("ghs_unknown".into()).await, 401, "an unknown token");
     tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(read(token).await, 401, "an expired token");
+}
+
+/// A raw request to the fake as installation `installation` (GitHub's answer as it is).
+async fn raw(e: &Env, installation: i64, method: Method, path: &str, body: Option<serde_json::Value>) -> reqwest::Response {
+    let token = e.tokens.token(installation).await.unwrap();
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", e.fake.url()))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&token));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+fn header_u64(r: &reqwest::Response, name: &str) -> Option<u64> {
+    r.headers().get(name)?.to_str().ok()?.parse().ok()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits until the real unix second `reset` has passed.
+async fn sleep_past(reset: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64((reset as f64 - now).max(0.0) + 0.05)).await;
+}
+
+/// GitHub's primary limit belongs to an installation: one installation using up its hour leaves
+/// another's untouched. The token exchange is not counted; the refused request is not either.
+#[tokio::test]
+async fn the_primary_rate_limit_is_per_installation() {
+    let e = env(quick()).await;
+    e.fake.state.set_rate_limit(2);
+    let path = format!("/repos/{REPO}/issues/40/comments");
+    for left in [1, 0] {
+        let r = raw(&e, 5, Method::GET, &path, None).await;
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(header_u64(&r, "x-ratelimit-remaining"), Some(left));
+    }
+    let refused = raw(&e, 5, Method::GET, &path, None).await;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(header_u64(&refused, "x-ratelimit-remaining"), Some(0));
+    let reset = header_u64(&refused, "x-ratelimit-reset").unwrap();
+    assert!(reset > unix_now() + 3000, "an hour away: {reset}");
+    let text: serde_json::Value = refused.json().await.unwrap();
+    assert!(text["message"].as_str().unwrap().contains("API rate limit exceeded"), "{text}");
+    // Another installation has its own hour.
+    let other = raw(&e, 6, Method::GET, &path, None).await;
+    assert_eq!(other.status().as_u16(), 200);
+    assert_eq!(
+        (header_u64(&other, "x-ratelimit-limit"), header_u64(&other, "x-ratelimit-remaining")),
+        (Some(2), Some(1))
+    );
+    let five = e.fake.state.limit_counters(5);
+    assert_eq!((five.counted, five.primary_refusals, five.secondary_refusals), (2, 1, 0));
+    assert_eq!(e.fake.state.limit_counters(6).counted, 1);
+}
+
+/// On a scaled clock the hour is `1/S` of a real hour, and the reset is told in real unix
+/// seconds: once it has passed, the installation has a fresh hour.
+#[tokio::test]
+async fn a_scaled_hour_resets_on_time_in_real_seconds() {
+    let e = env(quick()).await;
+    e.fake.state.set_limits(FakeLimits {
+        requests_per_hour: Some(2),
+        ..FakeLimits::OFF.scaled(720.0)
+    });
+    let path = format!("/repos/{REPO}/issues/40/comments");
+    let first = raw(&e, 5, Method::GET, &path, None).await;
+    let reset = header_u64(&first, "x-ratelimit-reset").unwrap();
+    assert!(reset <= unix_now() + 6, "the hour lasts five real seconds: reset {reset}");
+    raw(&e, 5, Method::GET, &path, None).await;
+    let refused = raw(&e, 5, Method::GET, &path, None).await;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(header_u64(&refused, "x-ratelimit-remaining"), Some(0));
+    sleep_past(header_u64(&refused, "x-ratelimit-reset").unwrap()).await;
+    let fresh = raw(&e, 5, Method::GET, &path, None).await;
+    assert_eq!(fresh.status().as_u16(), 200);
+    assert_eq!(header_u64(&fresh, "x-ratelimit-remaining"), Some(1));
+    let limits = e.fake.state.limits();
+    assert_eq!(limits.hour(), Duration::from_secs(5));
+    assert_eq!(limits.fake_time(Duration::from_secs(10)), Duration::from_secs(7200));
+}
+
+/// GitHub's secondary limits on content creation, per minute and per hour: beyond either, a
+/// 403 "You have exceeded a secondary rate limit" with `retry-after` in real seconds; nothing is
+/// applied, reads still go through, and the primary headroom is not what ran out.
+#[tokio::test]
+async fn content_creation_beyond_the_secondary_limits_is_refused_with_retry_after() {
+    let e = env(quick()).await;
+    // Scale 12: the minute is five real seconds, the hour five real minutes.
+    e.fake.state.set_limits(FakeLimits {
+        content_per_minute: Some(3),
+        content_per_hour: Some(5),
+        ..FakeLimits::GITHUB.scaled(12.0)
+    });
+    let n = e.fake.state.open_issue(REPO, "Crash", "crash", "dev-kim");
+    let path = format!("/repos/{REPO}/issues/{n}/comments");
+    let post = |i: usize| raw(&e, 5, Method::POST, &path, Some(serde_json::json!({ "body": format!("c{i}") })));
+    for i in 0..3 {
+        assert_eq!(post(i).await.status().as_u16(), 201);
+    }
+    let refused = post(3).await;
+    assert_eq!(refused.status().as_u16(), 403);
+    let retry_after = header_u64(&refused, "retry-after").expect("retry-after");
+    assert!(
+        (1..=5).contains(&retry_after),
+        "the scaled minute is five real seconds: {retry_after}"
+    );
+    assert_ne!(
+        header_u64(&refused, "x-ratelimit-remaining"),
+        Some(0),
+        "the primary limit is not spent"
+    );
+    let text: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        text["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("You have exceeded a secondary rate limit"),
+        "{text}"
+    );
+    assert_eq!(e.fake.state.comments(REPO, n).len(), 3, "the refused comment was not made");
+    assert_eq!(raw(&e, 5, Method::GET, &path, None).await.status().as_u16(), 200, "reads go on");
+    // After the minute: two more fit in the hour, the next waits for the hour's oldest to leave it.
+    tokio::time::sleep(Duration::from_secs(retry_after) + Duration::from_millis(50)).await;
+    assert_eq!(post(4).await.status().as_u16(), 201);
+    assert_eq!(post(5).await.status().as_u16(), 201);
+    let hourly = post(6).await;
+    assert_eq!(hourly.status().as_u16(), 403);
+    let wait = header_u64(&hourly, "retry-after").unwrap();
+    assert!(
+        (240..=300).contains(&wait),
+        "the hour's oldest post leaves the scaled hour within five real minutes: {wait}"
+    );
+    let c = e.fake.state.limit_counters(5);
+    assert_eq!((c.content_creating, c.secondary_refusals, c.primary_refusals), (5, 2, 0));
+    assert_eq!(c.counted, 6, "five posts and one read; refusals are not counted");
+}
+
+/// A 304 is free on every endpoint: neither the hour's count nor the installation's counter moves.
+#[tokio::test]
+async fn a_not_modified_answer_is_not_counted() {
+    let e = env(quick()).await;
+    e.fake.state.react(556, "mara", "User", "+1");
+    let path = format!("/repos/{REPO}/issues/comments/556/reactions");
+    let first = raw(&e, 5, Method::GET, &path, None).await;
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    let before = e.fake.state.limit_counters(5);
+    assert_eq!(before.counted, 1, "the token exchange is not counted");
+    for _ in 0..3 {
+        let token = e.tokens.token(5).await.unwrap();
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", e.fake.url()))
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 304);
+        assert_eq!(header_u64(&r, "x-ratelimit-used"), Some(1));
+    }
+    assert_eq!(e.fake.state.limit_counters(5), before);
+    assert_eq!(e.fake.state.rate_used(), 1);
 }

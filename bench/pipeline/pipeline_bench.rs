@@ -7,15 +7,28 @@
 //! issue must carry exactly one proposal comment, else the run fails (a fast run that lost work
 //! is not a result). Also prints orch's time from spawn to ready and its RSS idle and at peak.
 //!
+//! Two modes:
+//! - limits off (default): the fake applies no rate limit; the run measures orch's own overhead.
+//! - limits on (`BENCH_GITHUB_LIMITS=real`): the fake applies GitHub's limits per installation
+//!   (5,000 requests an hour; 80 content-creating requests a minute and 500 an hour) on a clock
+//!   `BENCH_TIME_SCALE` times faster than real time (default 60: the limits' hour is a real
+//!   minute, their minute a real second), and orch is given the same settings scaled alike
+//!   (see [`limits_on_setup`]). The run reports the least time GitHub's limits allow for the
+//!   requests orch needed, how close orch came, that no workflow FAILED, and the fake's 403s.
+//!
 //! usage: pipeline_bench ORCH_BINARY [WORKFLOWS] [SEND_CONCURRENCY]
 //! env:   BENCH_DATABASE_URL (default: a SQLite file in a temporary directory),
+//!        BENCH_GITHUB_LIMITS (`off`, `real`, or other numbers as `REQUESTS_PER_H/CONTENT_PER_MIN/
+//!        CONTENT_PER_H`, e.g. `300/80/100` to see orch meet the limits in a short run),
+//!        BENCH_TIME_SCALE (limits on; default 60),
+//!        BENCH_TIMEOUT_S (how long to wait for the proposals; default 600, limits on 1800),
 //!        any ORCH_* variable is passed through to orch (e.g. ORCH_WORKERS).
 
 #[path = "../../tests/common/payloads.rs"]
 mod payloads;
 
 use anyhow::Context;
-use orch::github::fake::{FakeGithub, APP_LOGIN};
+use orch::github::fake::{FakeGithub, FakeLimits, LimitCounters, APP_LOGIN};
 use orch::webhook::signature::sign;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -98,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
     ] {
         env.entry(k.to_string()).or_insert(v);
     }
+    let limits_on = limits_on_setup(&fake, &mut env)?;
     // GitHub asks integrations to leave about a second between content-creating requests; the
     // fake does not, and this benchmark measures orch, so the pacing is off unless set.
     env.entry("ORCH_GITHUB_WRITE_PACE_MS".into()).or_insert_with(|| "0".into());
@@ -179,12 +193,26 @@ async fn main() -> anyhow::Result<()> {
     let mut done: HashMap<i64, Instant> = HashMap::with_capacity(count);
     let mut seen = log_start;
     let mut peak_rss = 0;
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let timeout = match std::env::var("BENCH_TIMEOUT_S") {
+        Ok(secs) => Duration::from_secs(secs.parse().context("BENCH_TIMEOUT_S: whole seconds")?),
+        Err(_) if limits_on.is_some() => Duration::from_secs(1800),
+        Err(_) => Duration::from_secs(600),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut next_check = Instant::now();
     while done.len() < count {
+        if let Some(on) = &limits_on {
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + Duration::from_secs(1);
+                on.check_progress(&http, &base, &fake, done.len(), count, started, &dir.path().join("orch.log"))
+                    .await?;
+            }
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {} of {count} proposals after 600 s; orch's log: {}",
+            "only {} of {count} proposals after {} s; orch's log: {}",
             done.len(),
+            timeout.as_secs(),
             dir.path().join("orch.log").display()
         );
         if let Some(status) = child.try_wait()? {
@@ -208,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let total = started.elapsed();
+    let spent = fake.state.limit_counters(INSTALLATION);
     let sending_took = sender.await??.duration_since(started);
 
     // Every issue got exactly one comment from orch, and it is the triage proposal.
@@ -248,7 +277,243 @@ async fn main() -> anyhow::Result<()> {
         hwm as f64 / 1024.0
     );
     println!("GitHub requests orch made: {}", fake.state.log().len());
+    if let Some(on) = &limits_on {
+        on.report(&http, &base, &fake, count, total, spent).await?;
+    }
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
+}
+
+/// The "limits on" run: GitHub's limits in the fake, on a scaled clock, and orch told the same.
+struct LimitsOn {
+    limits: FakeLimits,
+    admin_token: String,
+}
+
+/// Sets the fake's limits for the mode `BENCH_GITHUB_LIMITS` asks for: `off` (the default) lifts
+/// them all; `real` applies GitHub's on a clock `BENCH_TIME_SCALE` times real time and gives orch
+/// (unless the caller set them) the matching scaled settings — the write limits, the pace GitHub
+/// asks between writes, how long a rate limit is waited out in process, the reaction polls — and
+/// an admin token for `/metrics`, where the bench watches for FAILED workflows.
+fn limits_on_setup(fake: &FakeGithub, env: &mut HashMap<String, String>) -> anyhow::Result<Option<LimitsOn>> {
+    match std::env::var("BENCH_GITHUB_LIMITS").as_deref() {
+        Err(_) | Ok("off") => {
+            fake.state.set_limits(FakeLimits::OFF);
+            return Ok(None);
+        }
+        Ok(_) => {}
+    }
+    let mut limits = FakeLimits::GITHUB;
+    let asked = std::env::var("BENCH_GITHUB_LIMITS").unwrap_or_default();
+    if asked != "real" {
+        let numbers: Vec<u64> = asked.split('/').map(str::parse).collect::<Result<_, _>>().unwrap_or_default();
+        let [requests, per_minute, per_hour] = numbers[..] else {
+            anyhow::bail!("BENCH_GITHUB_LIMITS: expected off, real or REQUESTS_PER_H/CONTENT_PER_MIN/CONTENT_PER_H, got {asked:?}")
+        };
+        limits.requests_per_hour = Some(requests);
+        limits.content_per_minute = Some(per_minute);
+        limits.content_per_hour = Some(per_hour);
+    }
+    let scale: f64 = match std::env::var("BENCH_TIME_SCALE") {
+        Ok(s) => s.parse().context("BENCH_TIME_SCALE: a number")?,
+        Err(_) => 60.0,
+    };
+    anyhow::ensure!(scale >= 1.0, "BENCH_TIME_SCALE: at least 1");
+    let limits = limits.scaled(scale);
+    fake.state.set_limits(limits);
+    let (requests, per_minute, per_hour) = (
+        limits.requests_per_hour.unwrap_or_default(),
+        limits.content_per_minute.unwrap_or_default(),
+        limits.content_per_hour.unwrap_or_default(),
+    );
+    let scaled_ms = |real_ms: f64| (real_ms / scale).round().max(1.0) as u64;
+    // count/window with the window in whole seconds where it is one, else in milliseconds.
+    let window = |d: Duration| {
+        if d.subsec_nanos() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{}ms", d.as_millis().max(1))
+        }
+    };
+    let admin_token = "pipeline-bench-admin-token".to_string();
+    for (k, v) in [
+        (
+            "ORCH_GITHUB_WRITE_LIMITS",
+            format!("{per_minute}/{},{per_hour}/{}", window(limits.minute()), window(limits.hour())),
+        ),
+        ("ORCH_GITHUB_WRITE_PACE_MS", scaled_ms(1000.0).to_string()),
+        ("ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS", scaled_ms(60_000.0).to_string()),
+        ("ORCH_REACTION_POLL_MS", scaled_ms(30_000.0).max(100).to_string()),
+        ("ORCH_ADMIN_TOKEN", admin_token.clone()),
+    ] {
+        env.entry(k.to_string()).or_insert(v);
+    }
+    println!(
+        "limits on: {} limits per installation ({requests} requests/h, {per_minute} content-creating/min, {per_hour}/h) on a clock {scale}x real time: the limits' hour lasts {:.1} real s, their minute {:.2} real s",
+        if limits == FakeLimits::GITHUB.scaled(scale) { "GitHub's" } else { "NOT GitHub's" },
+        limits.hour().as_secs_f64(),
+        limits.minute().as_secs_f64()
+    );
+    let passed: Vec<String> = [
+        "ORCH_GITHUB_WRITE_LIMITS",
+        "ORCH_GITHUB_WRITE_PACE_MS",
+        "ORCH_GITHUB_MAX_RATE_LIMIT_WAIT_MS",
+        "ORCH_REACTION_POLL_MS",
+    ]
+    .iter()
+    .map(|k| format!("{k}={}", env[*k]))
+    .collect();
+    println!("limits on: orch's settings, scaled alike: {}", passed.join(" "));
+    Ok(Some(LimitsOn { limits, admin_token }))
+}
+
+/// The least real time in which `n` requests fit under `limit` per `window`: the request
+/// `limit` places after another is at least a window later.
+fn least_span(n: u64, limit: Option<u64>, window: Duration) -> Duration {
+    match limit {
+        Some(limit) if n > 0 && limit > 0 => window.mul_f64(((n - 1) / limit) as f64),
+        _ => Duration::ZERO,
+    }
+}
+
+fn hms(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+}
+
+impl LimitsOn {
+    /// Workflows by state, from orch's `/metrics` (`orch_workflows{kind,state}`).
+    async fn workflow_states(&self, http: &reqwest::Client, base: &str) -> anyhow::Result<HashMap<String, u64>> {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let mut states = HashMap::new();
+        for line in text.lines().filter(|l| l.starts_with("orch_workflows{")) {
+            let (Some(state), Some(value)) = (
+                line.split("state=\"").nth(1).and_then(|r| r.split('"').next()),
+                line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+            ) else {
+                continue;
+            };
+            *states.entry(state.to_string()).or_default() += value as u64;
+        }
+        Ok(states)
+    }
+
+    /// Fails the run, clearly, as soon as every workflow has either posted its proposal or
+    /// ended FAILED or NEEDS_HUMAN: the missing proposals will never come.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_progress(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        fake: &FakeGithub,
+        proposals: usize,
+        count: usize,
+        started: Instant,
+        log: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let Ok(states) = self.workflow_states(http, base).await else {
+            return Ok(()); // orch is busy; the next look will tell
+        };
+        let stuck = states.get("FAILED").copied().unwrap_or(0) + states.get("NEEDS_HUMAN").copied().unwrap_or(0);
+        if stuck > 0 && proposals + stuck as usize >= count {
+            let c = fake.state.limit_counters(INSTALLATION);
+            // The temporary directory goes with the process: keep orch's log where it can be read.
+            let kept = std::env::temp_dir().join(format!("pipeline-bench-orch-{}.log", std::process::id()));
+            let log = if std::fs::copy(log, &kept).is_ok() {
+                kept
+            } else {
+                log.to_path_buf()
+            };
+            anyhow::bail!(
+                "limits on: FAILED run after {:.1} s: {proposals} of {count} proposals posted; workflows FAILED {}, NEEDS_HUMAN {}; the fake sent {} rate-limit 403s (primary {}, secondary {}); orch's log: {}",
+                started.elapsed().as_secs_f64(),
+                states.get("FAILED").copied().unwrap_or(0),
+                states.get("NEEDS_HUMAN").copied().unwrap_or(0),
+                c.refusals(),
+                c.primary_refusals,
+                c.secondary_refusals,
+                log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Prints the limits-on figures and fails the run if a workflow FAILED.
+    async fn report(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        fake: &FakeGithub,
+        count: usize,
+        total: Duration,
+        spent: LimitCounters,
+    ) -> anyhow::Result<()> {
+        let l = &self.limits;
+        let n = count as u64;
+        let bounds = [
+            ("the primary limit", least_span(spent.counted, l.requests_per_hour, l.hour())),
+            (
+                "content-creating/min",
+                least_span(spent.content_creating, l.content_per_minute, l.minute()),
+            ),
+            (
+                "content-creating/h",
+                least_span(spent.content_creating, l.content_per_hour, l.hour()),
+            ),
+        ];
+        let (bound_by, least) = bounds.iter().max_by_key(|(_, d)| *d).copied().unwrap_or(("none", Duration::ZERO));
+        println!(
+            "limits on: {count} triage workflows in {:.1} real s = {} of GitHub's time (x{})",
+            total.as_secs_f64(),
+            hms(l.fake_time(total)),
+            l.time_scale
+        );
+        println!(
+            "limits on: requests until the last proposal: {} counted ({:.2} per workflow), {} content-creating ({:.2} per workflow)",
+            spent.counted,
+            spent.counted as f64 / n as f64,
+            spent.content_creating,
+            spent.content_creating as f64 / n as f64
+        );
+        println!(
+            "limits on: least time GitHub's limits allow for them: {:.1} real s = {} of GitHub's time, set by {bound_by} (primary {:.1} s, content/min {:.1} s, content/h {:.1} s)",
+            least.as_secs_f64(),
+            hms(l.fake_time(least)),
+            bounds[0].1.as_secs_f64(),
+            bounds[1].1.as_secs_f64(),
+            bounds[2].1.as_secs_f64()
+        );
+        if least > Duration::ZERO {
+            println!(
+                "limits on: orch took {:.2}x the least time",
+                total.as_secs_f64() / least.as_secs_f64()
+            );
+        } else {
+            println!("limits on: the requests fit in one window of every limit; no least time to compare with");
+        }
+        let after = fake.state.limit_counters(INSTALLATION);
+        println!(
+            "limits on: rate-limit 403s the fake sent: {} (primary {}, secondary {})",
+            after.refusals(),
+            after.primary_refusals,
+            after.secondary_refusals
+        );
+        let states = self.workflow_states(http, base).await?;
+        let failed = states.get("FAILED").copied().unwrap_or(0);
+        let needs_human = states.get("NEEDS_HUMAN").copied().unwrap_or(0);
+        println!("limits on: every proposal posted exactly once; workflows FAILED {failed}, NEEDS_HUMAN {needs_human}");
+        anyhow::ensure!(
+            failed == 0 && needs_human == 0,
+            "limits on: {failed} workflows FAILED and {needs_human} NEEDS_HUMAN"
+        );
+        Ok(())
+    }
 }

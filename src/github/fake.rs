@@ -8,6 +8,29 @@
 //! rate limit counted, and — once the tests attached GitHub's REST description
 //! ([`FakeState::check_bodies_against`]) — a body GitHub's schema refuses is refused with a 422
 //! and remembered ([`FakeState::body_violations`]). Handlers only model.
+//!
+//! # Rate limits, and the scaled clock
+//!
+//! The fake applies GitHub's limits per installation, as [`FakeLimits`] sets them
+//! ([`FakeState::set_limits`]):
+//! - the primary limit: so many requests an hour (GitHub: 5,000), in a window that starts with
+//!   the installation's first request and resets an hour later. Every answer carries
+//!   `x-ratelimit-limit`, `-remaining`, `-used`, `-reset` and `-resource`; once the hour's
+//!   requests are used up, GitHub answers 403 "API rate limit exceeded" with
+//!   `x-ratelimit-remaining: 0`. Not counted: a 304 (a conditional request that found nothing
+//!   new), a refused request, and the App's own endpoints (`/app/…`, token exchange,
+//!   `/repos/{owner}/{repo}/installation`), which take the App's JWT;
+//! - the secondary limits on content-creating requests (`POST` and `PUT`: comments, reactions,
+//!   labels, check runs, git objects, pull requests): so many a minute (GitHub: 80) and an hour
+//!   (500), over sliding windows. Beyond either GitHub answers 403 "You have exceeded a secondary
+//!   rate limit" with `retry-after`, the whole seconds until the request would be allowed.
+//!
+//! **Time scale.** With scale `S` every window lasts `1/S` of its real length: at `S = 60` the
+//! limit's hour is one real minute and its minute one real second. What the fake tells orch is
+//! in real time — `x-ratelimit-reset` is the real unix second the scaled hour ends (rounded up),
+//! `retry-after` the real seconds to wait (rounded up, at least 1) — so orch, which reads the real
+//! clock, sees consistent numbers. A span of `t` real seconds is `t·S` seconds of the emulated
+//! GitHub's time ([`FakeLimits::fake_time`]).
 
 // Handlers short-circuit with the ready HTTP answer GitHub would give; boxing those answers
 // would buy nothing in a test double.
@@ -22,7 +45,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -148,14 +171,12 @@ struct Model {
     reactions: BTreeMap<i64, Vec<(i64, String, String, String)>>,
     /// (owner/repo, path) → text on the default branch, for repositories without git history.
     files: HashMap<(String, String), String>,
-    /// Authenticated requests that count against the rate limit (a 304 does not).
-    rate_used: u64,
     /// While set and in the future, the primary rate limit is used up until then (unix seconds).
     rate_reset_at: Option<u64>,
-    /// Requests an installation may make per hour (None: GitHub's 5,000).
-    rate_limit: Option<u64>,
-    /// When the current hour of the primary rate limit began (unix seconds; 0: not yet).
-    rate_window_started: u64,
+    /// The limits applied, and the scale of their clock.
+    limits: FakeLimits,
+    /// installation → its standing against the limits.
+    budgets: BTreeMap<i64, Budget>,
     git: Git,
     faults: Vec<Fault>,
     /// Every request: (method, path).
@@ -204,10 +225,185 @@ impl FakeHookDelivery {
     }
 }
 
+/// GitHub's rate limits as the fake applies them to each installation (see the module's
+/// documentation). `None` switches a limit off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FakeLimits {
+    /// The primary limit: requests an hour.
+    pub requests_per_hour: Option<u64>,
+    /// The secondary limit on content-creating requests a minute.
+    pub content_per_minute: Option<u64>,
+    /// The secondary limit on content-creating requests an hour.
+    pub content_per_hour: Option<u64>,
+    /// How much faster than real time the limits' clock runs (1: real time).
+    pub time_scale: f64,
+}
+
+impl FakeLimits {
+    /// GitHub's limits for an installation: 5,000 requests an hour, 80 content-creating
+    /// requests a minute and 500 an hour, in real time.
+    pub const GITHUB: FakeLimits = FakeLimits {
+        requests_per_hour: Some(5000),
+        content_per_minute: Some(80),
+        content_per_hour: Some(500),
+        time_scale: 1.0,
+    };
+
+    /// No limit at all (requests are still counted).
+    pub const OFF: FakeLimits = FakeLimits {
+        requests_per_hour: None,
+        content_per_minute: None,
+        content_per_hour: None,
+        time_scale: 1.0,
+    };
+
+    /// The same limits on a clock `scale` times faster than real time.
+    pub fn scaled(self, scale: f64) -> Self {
+        assert!(scale.is_finite() && scale > 0.0, "a time scale is positive");
+        Self { time_scale: scale, ..self }
+    }
+
+    /// The real length of the limits' hour.
+    pub fn hour(&self) -> Duration {
+        Duration::from_secs_f64(3600.0 / self.time_scale)
+    }
+
+    /// The real length of the limits' minute.
+    pub fn minute(&self) -> Duration {
+        Duration::from_secs_f64(60.0 / self.time_scale)
+    }
+
+    /// The emulated GitHub's time that `real` spans.
+    pub fn fake_time(&self, real: Duration) -> Duration {
+        real.mul_f64(self.time_scale)
+    }
+}
+
+impl Default for FakeLimits {
+    /// What the fake applies unless told otherwise: GitHub's primary limit, no secondary limit
+    /// (tests that are not about them post faster than GitHub allows), real time.
+    fn default() -> Self {
+        FakeLimits {
+            content_per_minute: None,
+            content_per_hour: None,
+            ..FakeLimits::GITHUB
+        }
+    }
+}
+
+/// What an installation did against the limits since the fake started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LimitCounters {
+    /// Requests counted against the primary limit.
+    pub counted: u64,
+    /// Of those, content-creating requests.
+    pub content_creating: u64,
+    /// 403s sent because the primary limit was used up.
+    pub primary_refusals: u64,
+    /// 403s sent for a secondary limit.
+    pub secondary_refusals: u64,
+}
+
+impl LimitCounters {
+    /// Every 403 sent for a rate limit.
+    pub fn refusals(&self) -> u64 {
+        self.primary_refusals + self.secondary_refusals
+    }
+}
+
+/// One installation's standing against the limits.
+#[derive(Default)]
+struct Budget {
+    /// When the primary limit's current hour began (real unix seconds; None: no request yet).
+    hour_started: Option<f64>,
+    /// Requests counted in that hour.
+    used: u64,
+    /// When the content-creating requests of the last (scaled) hour were made (real unix seconds).
+    content_times: VecDeque<f64>,
+    counters: LimitCounters,
+}
+
+/// Why a request is refused for a rate limit.
+enum Refusal {
+    /// The primary limit is used up until the reset.
+    Primary { limit: u64, used: u64, reset: u64 },
+    /// A secondary limit: allowed again after this many real seconds.
+    Secondary { retry_after: u64 },
+}
+
 impl Model {
-    /// The primary rate limit as (limit, used, reset in unix seconds).
-    fn rate_status(&self) -> (u64, u64, u64) {
-        (self.rate_limit.unwrap_or(5000), self.rate_used, self.rate_window_started + 3600)
+    /// The installation's primary rate limit as (limit, used, reset in real unix seconds).
+    fn rate_status(&self, installation: i64) -> (u64, u64, u64) {
+        let limit = self.limits.requests_per_hour.unwrap_or(u64::MAX);
+        let Some(b) = self.budgets.get(&installation) else {
+            return (limit, 0, unix_now() + self.limits.hour().as_secs_f64().ceil() as u64);
+        };
+        let started = b.hour_started.unwrap_or_else(real_unix_now);
+        let reset = (started + self.limits.hour().as_secs_f64()).ceil() as u64;
+        (limit, b.used, reset)
+    }
+
+    /// Counts a request of `installation` against the limits, or says why GitHub refuses it.
+    fn spend(&mut self, installation: i64, content_creating: bool) -> Result<(), Refusal> {
+        let limits = self.limits;
+        let now = real_unix_now();
+        let (hour, minute) = (limits.hour().as_secs_f64(), limits.minute().as_secs_f64());
+        let b = self.budgets.entry(installation).or_default();
+        if !b.hour_started.is_some_and(|started| now < started + hour) {
+            b.hour_started = Some(now);
+            b.used = 0;
+        }
+        if let Some(limit) = limits.requests_per_hour {
+            if b.used >= limit {
+                b.counters.primary_refusals += 1;
+                let reset = (b.hour_started.unwrap_or(now) + hour).ceil() as u64;
+                return Err(Refusal::Primary {
+                    limit,
+                    used: b.used,
+                    reset,
+                });
+            }
+        }
+        let secondary = limits.content_per_minute.is_some() || limits.content_per_hour.is_some();
+        if content_creating && secondary {
+            while b.content_times.front().is_some_and(|t| *t <= now - hour) {
+                b.content_times.pop_front();
+            }
+            // The request is allowed once the oldest of the `limit` latest requests leaves the
+            // window: the wait is the latest such moment over both windows.
+            let mut wait: f64 = 0.0;
+            for (limit, window) in [(limits.content_per_minute, minute), (limits.content_per_hour, hour)] {
+                let Some(limit) = limit else { continue };
+                let in_window = b.content_times.iter().rev().take_while(|t| **t > now - window).count() as u64;
+                if limit == 0 {
+                    wait = wait.max(window);
+                } else if in_window >= limit {
+                    let oldest = b.content_times[b.content_times.len() - limit as usize];
+                    wait = wait.max(oldest + window - now);
+                }
+            }
+            if wait > 0.0 {
+                b.counters.secondary_refusals += 1;
+                return Err(Refusal::Secondary {
+                    retry_after: (wait.ceil() as u64).max(1),
+                });
+            }
+            b.content_times.push_back(now);
+        }
+        b.used += 1;
+        b.counters.counted += 1;
+        if content_creating {
+            b.counters.content_creating += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes back a request's count: GitHub does not count a 304.
+    fn refund(&mut self, installation: i64) {
+        if let Some(b) = self.budgets.get_mut(&installation) {
+            b.used = b.used.saturating_sub(1);
+            b.counters.counted = b.counters.counted.saturating_sub(1);
+        }
     }
 
     /// The next issue or pull request number of `repo`.
@@ -306,6 +502,14 @@ pub struct FakeGithub {
     pub state: Arc<FakeState>,
 }
 
+/// Now in unix seconds, with the fraction the scaled windows need.
+fn real_unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -327,6 +531,20 @@ fn format_timestamp(unix: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// GitHub's account of the primary limit, sent with every authenticated answer.
+fn rate_headers(h: &mut HeaderMap, limit: u64, used: u64, reset: u64) {
+    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(limit.saturating_sub(used)));
+    h.insert("x-ratelimit-used", HeaderValue::from(used));
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+}
+
+/// Requests GitHub counts against its secondary limits on content creation.
+fn creates_content(method: &Method) -> bool {
+    *method == Method::POST || *method == Method::PUT
 }
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
@@ -390,23 +608,28 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
     }
     // Endpoints that take the App's JWT check it themselves; the rest need an installation token.
     let authenticated = !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation"));
-    if authenticated {
-        if let Err(r) = s.authorize(&parts.headers, &method, &path) {
-            return r;
+    let installation = if authenticated {
+        match s.authorize(&parts.headers, &method, &path) {
+            Ok(installation) => Some(installation),
+            Err(r) => return r,
         }
-    }
+    } else {
+        None
+    };
     if let Err(r) = s.check_body(&method, &path, &bytes) {
         return r;
     }
     let mut response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    if authenticated {
-        let (limit, used, reset) = s.model().rate_status();
-        let h = response.headers_mut();
-        h.insert("x-ratelimit-limit", HeaderValue::from(limit));
-        h.insert("x-ratelimit-remaining", HeaderValue::from(limit.saturating_sub(used)));
-        h.insert("x-ratelimit-used", HeaderValue::from(used));
-        h.insert("x-ratelimit-reset", HeaderValue::from(reset));
-        h.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    if let Some(installation) = installation {
+        let mut m = s.model();
+        if response.status() == StatusCode::NOT_MODIFIED {
+            m.refund(installation);
+        }
+        if m.limits.requests_per_hour.is_some() {
+            let (limit, used, reset) = m.rate_status(installation);
+            drop(m);
+            rate_headers(response.headers_mut(), limit, used, reset);
+        }
     }
     match fault {
         Some(FaultKind::ApplyThenStall(d)) => {
@@ -516,6 +739,7 @@ impl FakeState {
         }
         if let Some(reset) = m.rate_reset_at {
             if unix_now() < reset {
+                m.budgets.entry(installation).or_default().counters.primary_refusals += 1;
                 drop(m);
                 let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
                 r.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
@@ -524,23 +748,31 @@ impl FakeState {
             }
             m.rate_reset_at = None;
         }
-        // GitHub's primary limit: so many requests per hour, counted down in every answer.
-        let now = unix_now();
-        if m.rate_window_started == 0 || now >= m.rate_window_started + 3600 {
-            m.rate_window_started = now;
-            m.rate_used = 0;
+        match m.spend(installation, creates_content(method)) {
+            Ok(()) => Ok(installation),
+            Err(Refusal::Primary { limit, used, reset }) => {
+                drop(m);
+                let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
+                rate_headers(r.headers_mut(), limit, used, reset);
+                Err(r)
+            }
+            Err(Refusal::Secondary { retry_after }) => {
+                let status = m.limits.requests_per_hour.map(|_| m.rate_status(installation));
+                drop(m);
+                let mut r = answer(
+                    StatusCode::FORBIDDEN,
+                    json!({
+                        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID FAKE:0001.",
+                        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+                    }),
+                );
+                if let Some((limit, used, reset)) = status {
+                    rate_headers(r.headers_mut(), limit, used, reset);
+                }
+                r.headers_mut().insert("retry-after", HeaderValue::from(retry_after));
+                Err(r)
+            }
         }
-        let (limit, used, reset) = m.rate_status();
-        if used >= limit {
-            drop(m);
-            let mut r = message(StatusCode::FORBIDDEN, "API rate limit exceeded for installation.");
-            r.headers_mut().insert("x-ratelimit-limit", HeaderValue::from(limit));
-            r.headers_mut().insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-            r.headers_mut().insert("x-ratelimit-reset", HeaderValue::from(reset));
-            return Err(r);
-        }
-        m.rate_used += 1;
-        Ok(installation)
     }
 
     /// Checks the App's JWT as GitHub does: RS256 by the App's key, `iss` the App id, `iat` not
@@ -816,12 +1048,26 @@ impl FakeState {
 
     /// Lets each hour hold only `per_hour` requests (GitHub's primary rate limit; 5,000 unless set).
     pub fn set_rate_limit(&self, per_hour: u64) {
-        self.model().rate_limit = Some(per_hour);
+        self.model().limits.requests_per_hour = Some(per_hour);
     }
 
-    /// Requests counted against the rate limit so far (this hour).
+    /// Applies `limits` from now on (the counts so far stay).
+    pub fn set_limits(&self, limits: FakeLimits) {
+        self.model().limits = limits;
+    }
+
+    pub fn limits(&self) -> FakeLimits {
+        self.model().limits
+    }
+
+    /// Requests counted against the primary limit in each installation's current hour, summed.
     pub fn rate_used(&self) -> u64 {
-        self.model().rate_used
+        self.model().budgets.values().map(|b| b.used).sum()
+    }
+
+    /// What `installation` did against the limits since the fake started.
+    pub fn limit_counters(&self, installation: i64) -> LimitCounters {
+        self.model().budgets.get(&installation).map(|b| b.counters).unwrap_or_default()
     }
 
     pub fn check_run(&self, id: i64) -> Option<FakeCheckRun> {
@@ -1716,8 +1962,8 @@ async fn list_reactions(
 fn conditional(s: &FakeState, path: &str, headers: &HeaderMap, body: serde_json::Value) -> Response {
     let etag = format!("W/\"{:08x}\"", crc32fast::hash(body.to_string().as_bytes()));
     if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        // Not counted against the rate limit: the gate takes a 304's count back.
         let mut m = s.model();
-        m.rate_used = m.rate_used.saturating_sub(1);
         m.not_modified.push(("GET".into(), path.to_string()));
         drop(m);
         let mut r = StatusCode::NOT_MODIFIED.into_response();
