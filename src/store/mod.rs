@@ -5,7 +5,6 @@
 
 pub mod actions;
 pub mod archive;
-pub mod budget;
 pub mod deliveries;
 pub mod github_budget;
 pub mod health;
@@ -14,6 +13,7 @@ pub mod installations;
 pub mod jobs;
 pub mod model_calls;
 pub mod policies;
+pub mod read_cache;
 pub mod server_keys;
 pub mod trigger_runs;
 pub mod workflows;

@@ -14,7 +14,7 @@ use crate::llm::{self, Context, FileAction, Proposal, Task};
 use crate::policy::gates::{self, ActionKind, Change, FileChange, ProposalView, Rule, Verdict};
 use crate::policy::{ActionClass, Effective, POLICY_PATH};
 use crate::store::workflows::{self, TransitionError, Workflow};
-use crate::store::{budget, jobs, model_calls, now_ms, policies, Store};
+use crate::store::{jobs, model_calls, now_ms, policies, read_cache, Store};
 use anyhow::Context as _;
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ impl Engine {
     /// the file does not change GitHub answers 304, which costs no rate limit.
     pub async fn policy(&self, installation: i64, repo: &str) -> Result<Effective, ClientError> {
         let store_error = |e: sqlx::Error| ClientError::Decode(format!("store: {e}"));
-        let cached = budget::policy_read(self.store.pool(), repo).await.map_err(store_error)?;
+        let cached = read_cache::policy_read(self.store.pool(), repo).await.map_err(store_error)?;
         let etag = cached.as_ref().and_then(|c| c.etag.as_deref());
         let (text, fresh) = match self.github.file_if_changed(installation, repo, POLICY_PATH, etag).await? {
             FileRead::NotModified => (cached.and_then(|c| c.source), false),
@@ -97,7 +97,7 @@ impl Engine {
                     _ => (None, None),
                 };
                 let _write = self.store.write_guard().await;
-                budget::record_policy_read(self.store.pool(), repo, etag.as_deref(), text.as_deref(), now_ms())
+                read_cache::record_policy_read(self.store.pool(), repo, etag.as_deref(), text.as_deref(), now_ms())
                     .await
                     .map_err(store_error)?;
                 (text, true)
@@ -110,7 +110,7 @@ impl Engine {
     /// proposal's polling goes by. A policy changed since is caught where it matters, at Gate 3
     /// (which reads the file and compares the version the approvals are bound to).
     pub async fn cached_policy(&self, installation: i64, repo: &str) -> Result<Effective, ClientError> {
-        match budget::policy_read(self.store.pool(), repo)
+        match read_cache::policy_read(self.store.pool(), repo)
             .await
             .map_err(|e| ClientError::Decode(format!("store: {e}")))?
         {
@@ -147,7 +147,7 @@ impl Engine {
 
     /// `wf`'s repository's default branch: as the triggering webhook said, else GitHub's word.
     async fn default_branch(&self, wf: &Workflow) -> anyhow::Result<String> {
-        let said = budget::subject_since(self.store.pool(), &wf.repository, wf.number, wf.created_at)
+        let said = read_cache::subject_since(self.store.pool(), &wf.repository, wf.number, wf.created_at)
             .await?
             .and_then(|s| s.default_branch);
         Ok(match said {
@@ -253,7 +253,7 @@ impl Engine {
         let subject = match round {
             // Written with the workflow by its trigger; an older one (a workflow the admin API
             // started) is not what the issue says now.
-            0 => budget::subject_since(self.store.pool(), repo, wf.number, wf.created_at).await?,
+            0 => read_cache::subject_since(self.store.pool(), repo, wf.number, wf.created_at).await?,
             _ => None,
         };
         let (title, body, labels) = match &subject {
@@ -518,7 +518,9 @@ impl Engine {
                 // later judgement (Gate 3, after a policy change, maybe days later) asks GitHub,
                 // since a label removed meanwhile sends a webhook orch does not keep.
                 let remembered = match wf.state {
-                    State::PatchesProposed => budget::subject_since(self.store.pool(), &wf.repository, wf.number, wf.created_at).await?,
+                    State::PatchesProposed => {
+                        read_cache::subject_since(self.store.pool(), &wf.repository, wf.number, wf.created_at).await?
+                    }
                     _ => None,
                 };
                 let current = match remembered {
@@ -1025,13 +1027,13 @@ impl Engine {
         for (key, comment_id) in earlier.into_iter().filter(|(_, c)| *c != current) {
             // The ETag is stored, not kept in memory: polling stays free across restarts and
             // whichever replica polls.
-            let etag = budget::reaction_etag(self.store.pool(), comment_id).await?;
+            let etag = read_cache::reaction_etag(self.store.pool(), comment_id).await?;
             let reactions = match self.github.comment_reactions(inst, repo, comment_id, etag.as_deref()).await {
                 Ok(Reactions::NotModified) => continue,
                 Ok(Reactions::Changed { etag, reactions }) => {
                     if let Some(etag) = etag {
                         let _write = self.store.write_guard().await;
-                        budget::set_reaction_etag(self.store.pool(), comment_id, &etag, now_ms()).await?;
+                        read_cache::set_reaction_etag(self.store.pool(), comment_id, &etag, now_ms()).await?;
                     }
                     reactions
                 }

@@ -15,7 +15,7 @@ use crate::github::actions;
 use crate::policy::{phase_needed, Effective, Work};
 use crate::store::trigger_runs::{self, TriggerRun};
 use crate::store::workflows::{self, Created, NewWorkflow, Workflow};
-use crate::store::{budget, jobs, now_ms, WriteTx};
+use crate::store::{jobs, now_ms, read_cache, WriteTx};
 use crate::webhook::event::{Actor, Event, Issue, PullRequest, PullRequestTrigger, Repo};
 use anyhow::Context as _;
 
@@ -56,7 +56,7 @@ struct Trigger<'a> {
     tasks_before: u32,
     /// What the delivery said about the issue or pull request: kept with a workflow it starts,
     /// whose context is then built without asking GitHub again.
-    subject: Option<budget::Subject>,
+    subject: Option<read_cache::Subject>,
 }
 
 /// What a trigger decided, before it is recorded.
@@ -284,7 +284,7 @@ impl Engine {
                 match Service::create(&mut tx, new, now).await? {
                     Created::New(wf) => {
                         if let Some(subject) = &t.subject {
-                            budget::remember_subject(&mut tx, t.at.repo, t.at.number, subject.clone(), now).await?;
+                            read_cache::remember_subject(&mut tx, t.at.repo, t.at.number, subject.clone(), now).await?;
                         }
                         let text = match (t.verb, wf.previous_id) {
                             ("retry", Some(previous)) => {
@@ -447,7 +447,7 @@ impl Engine {
         author: &Actor,
         body: &str,
         on_pull: bool,
-        subject: Option<budget::Subject>,
+        subject: Option<read_cache::Subject>,
     ) -> anyhow::Result<()> {
         let parsed = commands::parse_comment(body);
         let (to_run, ignored) = parsed.split_at(parsed.len().min(commands::MAX_PER_COMMENT));
@@ -944,8 +944,8 @@ fn press_origin(key: &str) -> i64 {
 }
 
 /// What an issue's webhook says about it; `comment` is the comment the webhook is about.
-fn issue_subject(repo: &Repo, issue: &Issue, comment: Option<(i64, String)>) -> budget::Subject {
-    budget::Subject {
+fn issue_subject(repo: &Repo, issue: &Issue, comment: Option<(i64, String)>) -> read_cache::Subject {
+    read_cache::Subject {
         title: issue.title.clone(),
         body: issue.body.clone(),
         labels: issue.labels.clone(),
@@ -957,8 +957,8 @@ fn issue_subject(repo: &Repo, issue: &Issue, comment: Option<(i64, String)>) -> 
 }
 
 /// What a pull request's webhook says about it.
-fn pull_subject(repo: &Repo, pr: &PullRequest) -> budget::Subject {
-    budget::Subject {
+fn pull_subject(repo: &Repo, pr: &PullRequest) -> read_cache::Subject {
+    read_cache::Subject {
         title: pr.title.clone(),
         body: pr.body.clone(),
         labels: pr.labels.clone(),

@@ -1,7 +1,7 @@
 //! What orch keeps so that it does not ask GitHub again (issue 14, SPEC §11): the last read of
 //! each repository's policy file with its ETag, the ETags of polled comments that are not a
 //! workflow's current proposal, and what webhooks said about issues and pull requests (see
-//! `migrations/*/0013_github_budget.sql`).
+//! `migrations/*/0013_github_reads.sql`).
 
 use super::Db;
 use serde::{Deserialize, Serialize};
