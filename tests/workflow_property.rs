@@ -321,7 +321,10 @@ fn walk(kind: Kind, steps: &[Step]) -> Result<Vec<(State, Step, State)>, String>
                     }
             }
             S::NeedsHuman => {
-                (state, step) == (S::WaitingUserApproval, T::ChangesRequested) || (state, step) == (S::ApplyingChanges, T::Conflict)
+                (state, step) == (S::WaitingUserApproval, T::ChangesRequested)
+                    || (state, step) == (S::ApplyingChanges, T::Conflict)
+                    // A proposal nobody decided within `approvals.expire_days` (issue 14).
+                    || (state, step) == (S::WaitingUserApproval, T::Expired)
             }
             S::BlockedPolicy => (state, step) == (S::PatchesProposed, T::Gate2Blocked) || (state, step) == (S::Approved, T::Gate3Blocked),
             S::Failed => match step {
