@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(
             c(429, &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "999999")]),
             Verdict::RateLimitedFor {
-                wait: secs(998_000),
+                wait: secs(999_000),
                 secondary: false
             }
         );
