@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod archive;
 pub mod deliveries;
+mod group;
 pub mod health;
 pub mod ingest;
 pub mod installations;
@@ -68,38 +69,41 @@ pub struct Store {
     /// of colliding inside SQLite, whose busy handler sleeps and retries (and turns contention
     /// into latency spikes). None on Postgres, whose row locks do the job.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// The write transactions that wait for each other share one commit (see [`group`]), under
+    /// this lock: the write lock on SQLite, one of the group's own on Postgres.
+    group: (Arc<group::GroupCommit>, Arc<tokio::sync::Mutex<()>>),
     /// The SQLite file and sync mode, for the ingest writer's own connection.
     sqlite: Option<(std::path::PathBuf, SyncMode)>,
     /// The Postgres URL, for the ingest writer's own connection. Never logged: it may hold a password.
     postgres_url: Option<String>,
 }
 
-/// A write transaction; on SQLite it holds the process's write lock until it ends.
+/// A write transaction: a member of a group commit (see [`group`]). On SQLite its group holds the
+/// process's write lock; `commit` returns once its work is durable.
 pub struct WriteTx {
-    tx: Tx,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    member: group::Member,
 }
 
 impl WriteTx {
     pub async fn commit(self) -> sqlx::Result<()> {
-        self.tx.commit().await
+        self.member.commit().await
     }
 
     pub async fn rollback(self) -> sqlx::Result<()> {
-        self.tx.rollback().await
+        self.member.rollback().await
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        self.member.conn()
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        self.member.conn_mut()
     }
 }
 
@@ -178,12 +182,15 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let group_lock = write_lock.clone().unwrap_or_default();
+        let group = (Arc::new(group::GroupCommit::default()), group_lock);
         let sqlite = (backend == Backend::Sqlite).then(|| (sqlite_file(&url), sync));
         let postgres_url = (backend == Backend::Postgres).then(|| url.clone());
         Ok(Store {
             pool,
             backend,
             write_lock,
+            group,
             sqlite,
             postgres_url,
         })
@@ -213,14 +220,12 @@ impl Store {
     /// (waiting up to `busy_timeout` for another process or connection that holds it). A deferred
     /// transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT ("database is
     /// locked", no waiting) when another connection committed in between — the in-process mutex
-    /// does not cover a second process such as `orch circuit reset`.
+    /// does not cover a second process such as `orch circuit reset`. The writers waiting for the
+    /// lock share that transaction and its one commit, each in a savepoint of its own.
     pub async fn begin(&self) -> anyhow::Result<WriteTx> {
-        let guard = self.write_guard().await;
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(WriteTx { tx, _guard: guard })
+        let (group, lock) = &self.group;
+        let member = group::begin(group, lock, &self.pool, self.backend).await?;
+        Ok(WriteTx { member })
     }
 
     /// Holds the SQLite write lock for a single writing statement run on the pool.
