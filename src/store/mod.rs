@@ -69,41 +69,60 @@ pub struct Store {
     /// of colliding inside SQLite, whose busy handler sleeps and retries (and turns contention
     /// into latency spikes). None on Postgres, whose row locks do the job.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
-    /// The write transactions that wait for each other share one commit (see [`group`]), under
-    /// this lock: the write lock on SQLite, one of the group's own on Postgres.
-    group: (Arc<group::GroupCommit>, Arc<tokio::sync::Mutex<()>>),
+    /// SQLite: the write transactions waiting for the write lock share one commit (see [`group`]).
+    /// Not on Postgres: there a group's long transaction would hold the audit chain's lock and its
+    /// row locks across members, and replicas waiting on each other's groups deadlock.
+    group: Option<Arc<group::GroupCommit>>,
     /// The SQLite file and sync mode, for the ingest writer's own connection.
     sqlite: Option<(std::path::PathBuf, SyncMode)>,
     /// The Postgres URL, for the ingest writer's own connection. Never logged: it may hold a password.
     postgres_url: Option<String>,
 }
 
-/// A write transaction: a member of a group commit (see [`group`]). On SQLite its group holds the
-/// process's write lock; `commit` returns once its work is durable.
+/// A write transaction. On SQLite it is a member of a group commit (see [`group`]) that holds the
+/// process's write lock; on Postgres a transaction of its own. `commit` returns once its work is
+/// durable either way.
 pub struct WriteTx {
-    member: group::Member,
+    inner: Inner,
+}
+
+enum Inner {
+    Own(Tx),
+    Member(group::Member),
 }
 
 impl WriteTx {
     pub async fn commit(self) -> sqlx::Result<()> {
-        self.member.commit().await
+        match self.inner {
+            Inner::Own(tx) => tx.commit().await,
+            Inner::Member(m) => m.commit().await,
+        }
     }
 
     pub async fn rollback(self) -> sqlx::Result<()> {
-        self.member.rollback().await
+        match self.inner {
+            Inner::Own(tx) => tx.rollback().await,
+            Inner::Member(m) => m.rollback().await,
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
-        self.member.conn()
+        match &self.inner {
+            Inner::Own(tx) => &**tx,
+            Inner::Member(m) => m.conn(),
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        self.member.conn_mut()
+        match &mut self.inner {
+            Inner::Own(tx) => &mut **tx,
+            Inner::Member(m) => m.conn_mut(),
+        }
     }
 }
 
@@ -182,8 +201,7 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        let group_lock = write_lock.clone().unwrap_or_default();
-        let group = (Arc::new(group::GroupCommit::default()), group_lock);
+        let group = (backend == Backend::Sqlite).then(|| Arc::new(group::GroupCommit::default()));
         let sqlite = (backend == Backend::Sqlite).then(|| (sqlite_file(&url), sync));
         let postgres_url = (backend == Backend::Postgres).then(|| url.clone());
         Ok(Store {
@@ -223,9 +241,11 @@ impl Store {
     /// does not cover a second process such as `orch circuit reset`. The writers waiting for the
     /// lock share that transaction and its one commit, each in a savepoint of its own.
     pub async fn begin(&self) -> anyhow::Result<WriteTx> {
-        let (group, lock) = &self.group;
-        let member = group::begin(group, lock, &self.pool, self.backend).await?;
-        Ok(WriteTx { member })
+        let inner = match (&self.group, &self.write_lock) {
+            (Some(group), Some(lock)) => Inner::Member(group::begin(group, lock, &self.pool, self.backend).await?),
+            _ => Inner::Own(self.pool.begin().await?),
+        };
+        Ok(WriteTx { inner })
     }
 
     /// Holds the SQLite write lock for a single writing statement run on the pool.
