@@ -2,6 +2,9 @@
 //! a real `orch serve` process to orch's proposal comment on the issue, against the stateful fake
 //! GitHub (in this process, over real HTTP) and orch's `fake` model provider.
 //!
+//! GitHub's limits are off: the fake's primary rate limit is lifted and orch's write pacing is 0
+//! unless set, so the figures are orch's own overhead.
+//!
 //! Per workflow it measures the time from sending the webhook to the fake GitHub receiving the
 //! proposal comment's POST; in total, from the first send to the last proposal. At the end every
 //! issue must carry exactly one proposal comment, else the run fails (a fast run that lost work
@@ -39,6 +42,8 @@ const REPO: &str = "acme/widgets";
 const INSTALLATION: i64 = 77;
 const SECRET: &str = "pipeline-bench-secret";
 const POLICY: &str = "phase: 4\n";
+/// The fake's primary limit with GitHub's limits off: far more than any run spends.
+const UNLIMITED_PER_HOUR: u64 = 1_000_000_000;
 
 fn rss_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -78,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
     let pem = dir.path().join("app.pem");
     std::fs::write(&pem, private.as_bytes())?;
     let fake = FakeGithub::start(1, public.as_bytes(), Duration::from_secs(3600)).await?;
+    // GitHub's limits off: this run measures orch's own overhead, so the fake's primary limit
+    // (5,000 an hour, counted down) is lifted far beyond what the run spends.
+    fake.state.set_rate_limit(UNLIMITED_PER_HOUR);
     fake.state.add_repo(REPO, INSTALLATION, "main");
     fake.state
         .init_repo(REPO, "main", &[(".github/orch.yml", POLICY), ("README.md", "# widgets\n")]);

@@ -215,10 +215,12 @@ impl Llm {
     ) -> Result<Generated, LlmError> {
         let (prompt, not_seen) = Llm::prompt(task, context, budget_tokens);
         let sha = prompt.sha256();
+        // Each record in a write transaction: it shares its commit with the writers beside it.
+        let begin = || async { store.begin().await.map_err(|e| sqlx::Error::Protocol(format!("{e:#}"))) };
         let call_id = {
-            let _write = store.write_guard().await;
-            model_calls::start(
-                store.pool(),
+            let mut tx = begin().await?;
+            let id = model_calls::start(
+                &mut *tx,
                 &NewModelCall {
                     workflow_id,
                     task: task.as_str(),
@@ -232,7 +234,9 @@ impl Llm {
                 },
                 now_ms(),
             )
-            .await?
+            .await?;
+            tx.commit().await?;
+            id
         };
         let started = Instant::now();
         let CallResult { attempts, result } = match &self.http {
@@ -265,9 +269,9 @@ impl Llm {
         };
         let answer_text = answer.map(|a| a.to_string());
         {
-            let _write = store.write_guard().await;
+            let mut tx = begin().await?;
             model_calls::finish(
-                store.pool(),
+                &mut *tx,
                 call_id,
                 &Finished {
                     outcome,
@@ -283,6 +287,7 @@ impl Llm {
                 now_ms(),
             )
             .await?;
+            tx.commit().await?;
         }
         if !price_known {
             tracing::warn!(model = %self.model, "the model is not in the price table: its calls are recorded at cost 0");

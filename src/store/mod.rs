@@ -7,6 +7,7 @@ pub mod actions;
 pub mod archive;
 pub mod deliveries;
 pub mod github_budget;
+mod group;
 pub mod health;
 pub mod ingest;
 pub mod installations;
@@ -70,38 +71,60 @@ pub struct Store {
     /// of colliding inside SQLite, whose busy handler sleeps and retries (and turns contention
     /// into latency spikes). None on Postgres, whose row locks do the job.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite: the write transactions waiting for the write lock share one commit (see [`group`]).
+    /// Not on Postgres: there a group's long transaction would hold the audit chain's lock and its
+    /// row locks across members, and replicas waiting on each other's groups deadlock.
+    group: Option<Arc<group::GroupCommit>>,
     /// The SQLite file and sync mode, for the ingest writer's own connection.
     sqlite: Option<(std::path::PathBuf, SyncMode)>,
     /// The Postgres URL, for the ingest writer's own connection. Never logged: it may hold a password.
     postgres_url: Option<String>,
 }
 
-/// A write transaction; on SQLite it holds the process's write lock until it ends.
+/// A write transaction. On SQLite it is a member of a group commit (see [`group`]) that holds the
+/// process's write lock; on Postgres a transaction of its own. `commit` returns once its work is
+/// durable either way.
 pub struct WriteTx {
-    tx: Tx,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    inner: Inner,
+}
+
+enum Inner {
+    Own(Tx),
+    Member(group::Member),
 }
 
 impl WriteTx {
     pub async fn commit(self) -> sqlx::Result<()> {
-        self.tx.commit().await
+        match self.inner {
+            Inner::Own(tx) => tx.commit().await,
+            Inner::Member(m) => m.commit().await,
+        }
     }
 
     pub async fn rollback(self) -> sqlx::Result<()> {
-        self.tx.rollback().await
+        match self.inner {
+            Inner::Own(tx) => tx.rollback().await,
+            Inner::Member(m) => m.rollback().await,
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        match &self.inner {
+            Inner::Own(tx) => &**tx,
+            Inner::Member(m) => m.conn(),
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        match &mut self.inner {
+            Inner::Own(tx) => &mut **tx,
+            Inner::Member(m) => m.conn_mut(),
+        }
     }
 }
 
@@ -180,12 +203,14 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let group = (backend == Backend::Sqlite).then(|| Arc::new(group::GroupCommit::default()));
         let sqlite = (backend == Backend::Sqlite).then(|| (sqlite_file(&url), sync));
         let postgres_url = (backend == Backend::Postgres).then(|| url.clone());
         Ok(Store {
             pool,
             backend,
             write_lock,
+            group,
             sqlite,
             postgres_url,
         })
@@ -215,14 +240,14 @@ impl Store {
     /// (waiting up to `busy_timeout` for another process or connection that holds it). A deferred
     /// transaction that reads first and writes later fails with SQLITE_BUSY_SNAPSHOT ("database is
     /// locked", no waiting) when another connection committed in between — the in-process mutex
-    /// does not cover a second process such as `orch circuit reset`.
+    /// does not cover a second process such as `orch circuit reset`. The writers waiting for the
+    /// lock share that transaction and its one commit, each in a savepoint of its own.
     pub async fn begin(&self) -> anyhow::Result<WriteTx> {
-        let guard = self.write_guard().await;
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let inner = match (&self.group, &self.write_lock) {
+            (Some(group), Some(lock)) => Inner::Member(group::begin(group, lock, &self.pool, self.backend).await?),
+            _ => Inner::Own(self.pool.begin().await?),
         };
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx { inner })
     }
 
     /// Holds the SQLite write lock for a single writing statement run on the pool.

@@ -44,6 +44,8 @@ impl WorkerConfig {
 
 /// How long workers hold back while ingest is under pressure.
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
+/// Claims of one job before a worker claims a whole batch again (see `worker_loop`).
+const SINGLE_CLAIMS: u32 = 16;
 
 /// Starts `concurrency` workers; they stop after their current job once `stop` turns true.
 /// `engine` is None when no GitHub App is configured: deliveries are then recorded and nothing
@@ -80,6 +82,11 @@ struct Worker {
 async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut stop: watch::Receiver<bool>) {
     let (store, config) = (&worker.store, &worker.config);
     let lease_ms = config.lease.as_millis() as i64;
+    // After a claim whose jobs had to run one by one (they wait on GitHub), the next claims take
+    // one job: claiming a whole batch to run one and give the rest back costs two writes of every
+    // row of it. Every so often a full batch is tried again, for deliveries that batch.
+    let mut claim_size = config.batch;
+    let mut single_claims = 0;
     loop {
         if *stop.borrow() {
             return;
@@ -100,14 +107,23 @@ async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut 
             }
             continue;
         }
-        let batch = if busy { config.batch.min(32) } else { config.batch };
+        let batch = if busy { claim_size.min(32) } else { claim_size };
+        let claimed_at = now_ms();
         let claimed = {
             let _write = store.write_guard().await;
-            jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, batch, now_ms()).await
+            jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, batch, claimed_at).await
         };
         match claimed {
             Ok(list) if !list.is_empty() => {
-                run_batch(&worker, list).await;
+                let one_by_one = run_batch(&worker, list, claimed_at).await;
+                if one_by_one {
+                    (claim_size, single_claims) = (1, 0);
+                } else if claim_size < config.batch {
+                    single_claims += 1;
+                    if single_claims >= SINGLE_CLAIMS {
+                        claim_size = config.batch;
+                    }
+                }
                 if busy {
                     tokio::select! {
                         _ = tokio::time::sleep(BUSY_PAUSE) => {}
@@ -129,14 +145,15 @@ async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut 
 
 /// Runs a claimed batch. Delivery jobs only touch the database, so a batch of them is applied
 /// in one transaction (one commit instead of one per job); if that fails, each job runs on its
-/// own so that one bad job cannot hold back the others.
-async fn run_batch(worker: &Worker, batch: Vec<jobs::Job>) {
+/// own so that one bad job cannot hold back the others. True when jobs of the batch were given
+/// back unstarted. `claimed_at`: when the batch's leases were taken.
+async fn run_batch(worker: &Worker, batch: Vec<jobs::Job>, claimed_at: i64) -> bool {
     let (store, config) = (&worker.store, &*worker.config);
     if batch.len() > 1 && batch.iter().all(|j| j.kind == jobs::KIND_DELIVERY) {
         match process_delivery_batch(store, config, worker.engine.is_some(), &batch).await {
             Ok(done) => {
                 tracing::debug!(jobs = batch.len(), done, "delivery batch committed");
-                return;
+                return false;
             }
             Err(e) => tracing::warn!(error = format!("{e:#}"), "batch failed; running its jobs one by one"),
         }
@@ -145,9 +162,10 @@ async fn run_batch(worker: &Worker, batch: Vec<jobs::Job>) {
     // once for any worker. Holding them while the first runs would let their leases run out
     // (only the running job's lease is kept alive) and another worker start them too.
     let mut jobs = batch.into_iter();
-    let Some(first) = jobs.next() else { return };
+    let Some(first) = jobs.next() else { return false };
     let rest: Vec<i64> = jobs.map(|j| j.id).collect();
-    if !rest.is_empty() {
+    let gave_back = !rest.is_empty();
+    if gave_back {
         let released = async {
             let _write = store.write_guard().await;
             jobs::release_unstarted(store.pool(), &rest, &config.owner).await
@@ -156,7 +174,8 @@ async fn run_batch(worker: &Worker, batch: Vec<jobs::Job>) {
             tracing::warn!(error = %e, "could not give unstarted jobs back; their leases will run out");
         }
     }
-    run_job(worker, first).await;
+    run_job(worker, first, claimed_at).await;
+    gave_back
 }
 
 /// Applies a batch of delivery jobs in one transaction; refuses (and the jobs run one by one)
@@ -202,14 +221,16 @@ fn backoff_ms(attempts: i64) -> i64 {
     1000i64.saturating_mul(1 << attempts.clamp(1, 9).saturating_sub(1)).min(300_000)
 }
 
-async fn run_job(worker: &Worker, job: jobs::Job) {
+async fn run_job(worker: &Worker, job: jobs::Job, claimed_at: i64) {
     let (store, config) = (&worker.store, &*worker.config);
     let span = tracing::info_span!("job", id = job.id, kind = %job.kind, delivery = job.delivery_guid.as_deref().unwrap_or(""), workflow = job.workflow_id.unwrap_or(0), attempt = job.attempts);
     async {
         let lease_ms = config.lease.as_millis() as i64;
         // The lease is renewed before the job starts: if it ran out and another worker took the
-        // job, this one must not start it.
-        let renewed = {
+        // job, this one must not start it. A lease taken a moment ago cannot have run out.
+        let renewed = if now_ms() - claimed_at < lease_ms / 3 {
+            Ok(true)
+        } else {
             let _write = store.write_guard().await;
             jobs::heartbeat(store.pool(), job.id, &config.owner, now_ms() + lease_ms).await
         };
