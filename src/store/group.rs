@@ -153,7 +153,7 @@ impl Member {
     }
 
     pub(super) fn conn_mut(&mut self) -> &mut sqlx::AnyConnection {
-        &mut **self.open.as_mut().expect("a member holds its group until it ends").tx()
+        self.open.as_mut().expect("a member holds its group until it ends").tx()
     }
 
     /// Ends the member's part and returns once the group's commit is durable.

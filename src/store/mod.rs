@@ -113,7 +113,7 @@ impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
         match &self.inner {
-            Inner::Own(tx) => &**tx,
+            Inner::Own(tx) => tx,
             Inner::Member(m) => m.conn(),
         }
     }
@@ -122,7 +122,7 @@ impl std::ops::Deref for WriteTx {
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
         match &mut self.inner {
-            Inner::Own(tx) => &mut **tx,
+            Inner::Own(tx) => tx,
             Inner::Member(m) => m.conn_mut(),
         }
     }
