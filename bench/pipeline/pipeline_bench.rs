@@ -123,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
     // GitHub asks integrations to leave about a second between content-creating requests; the
     // fake does not, and this benchmark measures orch, so the pacing is off unless set.
     env.entry("ORCH_GITHUB_WRITE_PACE_MS".into()).or_insert_with(|| "0".into());
+    // Likewise orch's windows under GitHub's secondary limits: off, unless the limits-on mode
+    // (above) set them to the fake's scaled limits.
+    env.entry("ORCH_GITHUB_WRITE_LIMITS".into()).or_insert_with(|| "off".into());
     env.insert("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
     let log = std::fs::File::create(dir.path().join("orch.log"))?;
     let spawned = Instant::now();

@@ -335,11 +335,15 @@ impl Config {
             .unwrap_or(1000);
         let github_write_limits = {
             use crate::store::github_budget::{parse_write_limits, WriteLimits, DEFAULT_WRITE_HEADROOM, DEFAULT_WRITE_LIMITS};
-            let limits = parse_write_limits(src.get("ORCH_GITHUB_WRITE_LIMITS").unwrap_or(DEFAULT_WRITE_LIMITS)).map_err(|problem| {
-                ConfigError::Invalid {
-                    var: "ORCH_GITHUB_WRITE_LIMITS",
-                    problem: format!("{problem} (expected e.g. 80/60s,500/3600s)"),
-                }
+            // `off` (not an empty value, which means "unset" like everywhere else) turns the windows off.
+            let text = match src.get("ORCH_GITHUB_WRITE_LIMITS").map(str::trim) {
+                Some("off") => "",
+                Some(text) => text,
+                None => DEFAULT_WRITE_LIMITS,
+            };
+            let limits = parse_write_limits(text).map_err(|problem| ConfigError::Invalid {
+                var: "ORCH_GITHUB_WRITE_LIMITS",
+                problem: format!("{problem} (expected e.g. 80/60s,500/3600s)"),
             })?;
             let headroom = src
                 .parse::<f64>("ORCH_GITHUB_WRITE_HEADROOM", "a fraction from 0 to 0.9")?
@@ -690,5 +694,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("ORCH_POLICY_CAPS") && err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn write_limits_default_to_githubs_and_off_turns_them_off() {
+        let default = Config::from_map(&env(&[])).unwrap().github_write_limits;
+        assert_eq!(default.limits.len(), 2, "80 a minute and 500 an hour");
+        let off = Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", "off")])).unwrap().github_write_limits;
+        assert!(off.limits.is_empty());
+        // An empty value is unset, as for every variable: GitHub's limits hold.
+        let empty = Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", " ")])).unwrap().github_write_limits;
+        assert_eq!(empty.limits.len(), 2);
+        assert!(Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", "80")])).is_err());
     }
 }

@@ -183,6 +183,8 @@ struct Model {
     log: Vec<(String, String)>,
     /// The requests answered 304 Not Modified, as (method, path): uncounted, as on GitHub.
     not_modified: Vec<(String, String)>,
+    /// Requests refused before anything was applied (see `FakeState::refused`).
+    refused: Vec<(String, String)>,
     /// Every JSON body received: (method, path, body), for checks against GitHub's description.
     bodies: Vec<(String, String, serde_json::Value)>,
     /// GitHub's REST description, when attached: request bodies are checked against it.
@@ -600,6 +602,7 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
             if let Some(secs) = retry_after {
                 r.headers_mut().insert("retry-after", HeaderValue::from(*secs));
             }
+            s.note_refused(&method, &path);
             return r;
         }
         Some(FaultKind::Delay(d)) => tokio::time::sleep(*d).await,
@@ -611,7 +614,10 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
     let installation = if authenticated {
         match s.authorize(&parts.headers, &method, &path) {
             Ok(installation) => Some(installation),
-            Err(r) => return r,
+            Err(r) => {
+                s.note_refused(&method, &path);
+                return r;
+            }
         }
     } else {
         None
@@ -644,6 +650,12 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
 impl FakeState {
     fn model(&self) -> MutexGuard<'_, Model> {
         self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request answered with a refusal before anything was applied (an injected status, bad
+    /// credentials, a rate limit): it stays in the log, and is listed here too.
+    fn note_refused(&self, method: &Method, path: &str) {
+        self.model().refused.push((method.to_string(), path.to_string()));
     }
 
     fn record(&self, method: &Method, path: &str, body: &[u8]) {
@@ -888,6 +900,12 @@ impl FakeState {
     /// (method, path): GitHub does not count them against the rate limit.
     pub fn not_modified(&self) -> Vec<(String, String)> {
         self.model().not_modified.clone()
+    }
+
+    /// Requests refused before anything was applied (injected statuses, bad credentials, rate
+    /// limits), as (method, path); each is in [`Self::log`] too.
+    pub fn refused(&self) -> Vec<(String, String)> {
+        self.model().refused.clone()
     }
 
     /// Requests received from the `start`-th on (for callers that follow the log as it grows).

@@ -104,6 +104,9 @@ impl Orch {
             ("ORCH_GITHUB_PRIVATE_KEY_PATH", pem),
             ("ORCH_GITHUB_API_URL", fake.url()),
             ("ORCH_GITHUB_WRITE_PACE_MS", "0".into()),
+            // Tests that are not about GitHub's secondary limits write faster than they allow
+            // (the fake's are off too); tests/rate_limits.rs turns them on.
+            ("ORCH_GITHUB_WRITE_LIMITS", "off".into()),
             ("ORCH_REACTION_POLL_MS", "200".into()),
             ("ORCH_LLM_PROVIDER", "fake".into()),
             ("ORCH_WORKERS", "2".into()),
