@@ -700,10 +700,14 @@ mod tests {
     fn write_limits_default_to_githubs_and_off_turns_them_off() {
         let default = Config::from_map(&env(&[])).unwrap().github_write_limits;
         assert_eq!(default.limits.len(), 2, "80 a minute and 500 an hour");
-        let off = Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", "off")])).unwrap().github_write_limits;
+        let off = Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", "off")]))
+            .unwrap()
+            .github_write_limits;
         assert!(off.limits.is_empty());
         // An empty value is unset, as for every variable: GitHub's limits hold.
-        let empty = Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", " ")])).unwrap().github_write_limits;
+        let empty = Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", " ")]))
+            .unwrap()
+            .github_write_limits;
         assert_eq!(empty.limits.len(), 2);
         assert!(Config::from_map(&env(&[("ORCH_GITHUB_WRITE_LIMITS", "80")])).is_err());
     }
