@@ -17,7 +17,7 @@ mod private_pg;
 
 use axum::http::Method;
 use common::Backend;
-use e2e::{IssueSpec, Orch, REPO};
+use e2e::{metric, IssueSpec, Orch, REPO};
 use fake_llm::{FakeLlm, Reply};
 use orch::github::fake::{Fault, FaultKind};
 use serde_json::{json, Value};
@@ -51,24 +51,8 @@ async fn start(backend: Backend, extra: &[(&str, String)]) -> Option<Orch> {
     Some(o)
 }
 
-/// `/metrics` as `name{labels}` → value (labels as written).
 async fn metrics(o: &Orch) -> HashMap<String, f64> {
-    let r = o.http.get(format!("{}/metrics", o.base)).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    r.text()
-        .await
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_string(), value.parse::<f64>().unwrap_or(f64::NAN))
-        })
-        .collect()
-}
-
-fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
-    m.get(series).copied().unwrap_or(0.0)
+    o.metrics(TOKEN).await
 }
 
 async fn health(o: &Orch) -> Value {

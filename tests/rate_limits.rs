@@ -10,7 +10,7 @@ mod e2e;
 
 use axum::http::Method;
 use common::Backend;
-use e2e::{payloads, IssueSpec, Orch, INSTALLATION, REPO};
+use e2e::{metric, payloads, IssueSpec, Orch, INSTALLATION, REPO};
 use orch::github::fake::{Fault, FaultKind};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -35,24 +35,8 @@ async fn start(backend: Backend, extra: &[(&str, &str)]) -> Option<Orch> {
     Some(o)
 }
 
-/// `/metrics` as `name{labels}` → value.
 async fn metrics(o: &Orch) -> HashMap<String, f64> {
-    let r = o.http.get(format!("{}/metrics", o.base)).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    r.text()
-        .await
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_string(), value.parse::<f64>().unwrap_or(f64::NAN))
-        })
-        .collect()
-}
-
-fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
-    m.get(series).copied().unwrap_or(0.0)
+    o.metrics(TOKEN).await
 }
 
 fn now_secs() -> f64 {

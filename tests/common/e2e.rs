@@ -74,6 +74,28 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl Orch {
+    /// `/metrics`, read with the operator `token`, as `name{labels}` → value (labels as written).
+    pub async fn metrics(&self, token: &str) -> HashMap<String, f64> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text()
+            .await
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                (series.to_string(), value.parse::<f64>().unwrap_or(f64::NAN))
+            })
+            .collect()
+    }
+
     /// orch with `policy_yaml` as `.github/orch.yml` on `main`; None when the backend is not
     /// available (Postgres outside CI).
     pub async fn start(backend: Backend, policy_yaml: &str) -> Option<Orch> {
@@ -480,4 +502,9 @@ impl Drop for Orch {
     fn drop(&mut self) {
         common::assert_bodies_were_valid(&self.fake.state);
     }
+}
+
+/// One series of [`Orch::metrics`]; 0 when absent (a counter not yet incremented).
+pub fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
+    m.get(series).copied().unwrap_or(0.0)
 }
