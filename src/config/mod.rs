@@ -93,8 +93,8 @@ pub struct Config {
     pub workers: usize,
     /// Spacing of content-creating GitHub requests per installation.
     pub github_write_pace: Duration,
-    /// GitHub's secondary limits for content-creating requests per installation, and the share
-    /// of them orch leaves unused (`ORCH_GITHUB_WRITE_LIMITS`, `ORCH_GITHUB_WRITE_HEADROOM`).
+    /// GitHub's secondary limits for content-creating requests per installation, and the margin
+    /// by which orch stretches their windows (`ORCH_GITHUB_WRITE_LIMITS`, `ORCH_GITHUB_WRITE_HEADROOM`).
     pub github_write_limits: crate::store::github_budget::WriteLimits,
     /// How often open proposals' reactions are polled at first (GitHub sends no reaction
     /// webhook); the interval grows as a proposal ages (see `workflow::engine::poll_interval`).

@@ -17,7 +17,11 @@ pub struct WriteLimit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteLimits {
     pub limits: Vec<WriteLimit>,
-    /// The fraction of each limit orch leaves unused (0.1: 72 of GitHub's 80 a minute).
+    /// The margin orch keeps, as a fraction by which it stretches each window (0.1: GitHub's 80 a
+    /// minute become 80 per 66 s, its 500 an hour 500 per 66 min). A margin in time rather than
+    /// in count: a burst still gets each window's full count, so 1,000 writes under 500 an hour
+    /// take a little over one hour, where leaving a tenth of the count unused made it two (the
+    /// 451st write would have waited a whole window).
     pub headroom: f64,
 }
 
@@ -43,14 +47,18 @@ impl WriteLimits {
         }
     }
 
-    /// How many writes a limit lets orch send per window once the headroom is left aside (at
-    /// least one, so that a limit never stops writes for good).
+    /// How many writes a limit lets orch send per (stretched) window.
     pub fn usable(&self, limit: &WriteLimit) -> u32 {
-        ((limit.count as f64 * (1.0 - self.headroom)).floor() as u32).max(1)
+        limit.count
+    }
+
+    /// A limit's window as orch counts it: GitHub's, stretched by the headroom.
+    pub fn window_ms(&self, limit: &WriteLimit) -> i64 {
+        (limit.window_ms as f64 * (1.0 + self.headroom)).ceil() as i64
     }
 
     fn longest_window(&self) -> i64 {
-        self.limits.iter().map(|l| l.window_ms).max().unwrap_or(0)
+        self.limits.iter().map(|l| self.window_ms(l)).max().unwrap_or(0)
     }
 
     /// The spacing that spreads the shortest window's usable writes evenly over it: how far
@@ -60,7 +68,7 @@ impl WriteLimits {
         self.limits
             .iter()
             .min_by_key(|l| l.window_ms)
-            .map(|l| l.window_ms / i64::from(self.usable(l)))
+            .map(|l| self.window_ms(l) / i64::from(self.usable(l)))
             .unwrap_or(0)
     }
 
@@ -74,7 +82,8 @@ impl WriteLimits {
                 let usable = self.usable(limit) as usize;
                 // The usable-th newest write still in the window keeps the window full until it leaves.
                 let blocking = *sent_newest_first.get(usable - 1)?;
-                (blocking > now - limit.window_ms).then_some(blocking + limit.window_ms)
+                let window = self.window_ms(limit);
+                (blocking > now - window).then_some(blocking + window)
             })
             .max()
     }
@@ -293,18 +302,20 @@ mod tests {
     }
 
     #[test]
-    fn headroom_leaves_a_share_of_each_limit_unused() {
+    fn headroom_stretches_each_window_and_keeps_its_count() {
         let limits = WriteLimits::default();
-        assert_eq!(limits.usable(&limits.limits[0]), 72);
-        assert_eq!(limits.usable(&limits.limits[1]), 450);
-        let none = WriteLimits {
-            limits: parse_write_limits("1/1s").unwrap(),
-            headroom: 0.9,
-        };
-        assert_eq!(none.usable(&none.limits[0]), 1, "never zero");
-        // 72 writes over a minute: one every 833 ms.
-        assert_eq!(limits.spacing_ms(), 833);
+        assert_eq!(limits.usable(&limits.limits[0]), 80);
+        assert_eq!(limits.usable(&limits.limits[1]), 500);
+        assert_eq!(limits.window_ms(&limits.limits[0]), 66_000);
+        assert_eq!(limits.window_ms(&limits.limits[1]), 3_960_000);
+        // 80 writes over 66 s: one every 825 ms.
+        assert_eq!(limits.spacing_ms(), 825);
         assert_eq!(WriteLimits::none().spacing_ms(), 0);
+        // A full minute window frees 66 s after its oldest write, not 60 s.
+        let sent: Vec<i64> = (0..80).map(|i| 100_000 - i * 100).collect();
+        assert_eq!(limits.next_slot(&sent, 100_001), Some(sent[79] + 66_000));
+        // The same 79 writes leave room for one more at once.
+        assert_eq!(limits.next_slot(&sent[..79], 100_001), None);
     }
 
     #[test]
