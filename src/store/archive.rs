@@ -5,12 +5,21 @@
 //!
 //! A crash between the archive write and the database commit leaves unreferenced bytes at the end
 //! of a segment; those deliveries were never acknowledged, so nothing refers to them.
+//!
+//! With `fsync` durability the bodies are synced in the background, at most [`SYNC_EVERY`] after
+//! they were written, not before the answer: processing needs only the delivery's row, which is
+//! committed (and fsynced) before the answer, so a second sync on the answer's path would double
+//! its latency to keep a copy that nothing acts on. A power loss can cost the raw bytes of the
+//! last moment's deliveries; their rows stand, and reading such a body fails its checksum rather
+//! than returning something else. A crash of orch alone loses nothing (the bytes are the OS's).
 
 use anyhow::{bail, Context};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 /// The integrity check recorded with every body: CRC-32 in hex. It detects torn or corrupted
 /// archive bytes; authenticity was established by the webhook signature at ingest.
@@ -19,6 +28,9 @@ pub fn checksum(body: &[u8]) -> String {
 }
 
 const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// How long written bodies may wait for their background sync.
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 struct Active {
     segment: u64,
@@ -29,7 +41,38 @@ struct Active {
 pub struct PayloadArchive {
     dir: PathBuf,
     fsync: bool,
-    active: Mutex<Active>,
+    active: Arc<Mutex<Active>>,
+    /// Bytes were written since the last sync (read by the background syncer).
+    unsynced: Arc<AtomicBool>,
+}
+
+/// Syncs the active segment every [`SYNC_EVERY`] while it has unsynced bytes; ends with the archive.
+fn background_sync(active: Weak<Mutex<Active>>, unsynced: Arc<AtomicBool>) {
+    loop {
+        std::thread::sleep(SYNC_EVERY);
+        let Some(active) = active.upgrade() else { return };
+        if !unsynced.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        // A handle of its own, so that appends go on while the sync runs.
+        let file = active.lock().unwrap_or_else(|p| p.into_inner()).file.try_clone();
+        drop(active);
+        if let Err(e) = file.and_then(|f| f.sync_data()) {
+            unsynced.store(true, Ordering::Release);
+            tracing::error!(error = %e, "could not sync the payload archive; trying again");
+        }
+    }
+}
+
+impl Drop for PayloadArchive {
+    fn drop(&mut self) {
+        if self.fsync && self.unsynced.swap(false, Ordering::AcqRel) {
+            let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = active.file.sync_data() {
+                tracing::error!(error = %e, "could not sync the payload archive at shutdown");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PayloadArchive {
@@ -69,23 +112,34 @@ impl PayloadArchive {
         let segment = last.max(1);
         let (file, len) =
             open_segment(dir, segment).with_context(|| format!("ORCH_PAYLOAD_DIR: cannot open a segment in {}", dir.display()))?;
+        let active = Arc::new(Mutex::new(Active { segment, file, len }));
+        let unsynced = Arc::new(AtomicBool::new(false));
         if fsync {
             sync_dir(dir)?;
+            let (active, unsynced) = (Arc::downgrade(&active), unsynced.clone());
+            std::thread::Builder::new()
+                .name("orch-archive-sync".into())
+                .spawn(move || background_sync(active, unsynced))
+                .context("starting the payload archive's sync thread")?;
         }
         Ok(Self {
             dir: dir.to_path_buf(),
             fsync,
-            active: Mutex::new(Active { segment, file, len }),
+            active,
+            unsynced,
         })
     }
 
-    /// Appends every body with one write, syncs once, and returns each body's reference.
+    /// Appends every body with one write and returns each body's reference. The bytes are synced
+    /// in the background (see the module's comment).
     pub fn append_batch(&self, bodies: &[&[u8]]) -> std::io::Result<Vec<String>> {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if active.len >= SEGMENT_LIMIT {
             let next = active.segment + 1;
             let (file, len) = open_segment(&self.dir, next)?;
             if self.fsync {
+                // The background syncer only knows the active segment: the full one is synced here.
+                active.file.sync_data()?;
                 sync_dir(&self.dir)?;
             }
             *active = Active { segment: next, file, len };
@@ -104,9 +158,7 @@ impl PayloadArchive {
             active.len = active.file.metadata().map(|m| m.len()).unwrap_or(offset);
             return Err(e);
         }
-        if self.fsync {
-            active.file.sync_data()?;
-        }
+        self.unsynced.store(true, Ordering::Release);
         active.len = offset;
         Ok(refs)
     }

@@ -11,7 +11,8 @@
 //! The open transaction travels with the process's write lock from member to member; writers
 //! outside the group (single statements, the ingest writer) wait for the lock as before, and get
 //! it once the group has committed. A group takes at most [`MAX_MEMBERS`] members or
-//! [`MAX_AGE`] of time, which bounds what its first member waits.
+//! [`MAX_AGE`] of time, which bounds what its first member waits; and none more once the ingest
+//! writer waits for the lock, since a webhook's answer waits behind it (processing can wait).
 
 use super::{Backend, Tx};
 use std::collections::VecDeque;
@@ -30,6 +31,17 @@ type Outcome = Option<Result<(), String>>;
 #[derive(Default)]
 pub(super) struct GroupCommit {
     state: std::sync::Mutex<Waiting>,
+    /// Writers that must not wait for a group to fill (the ingest writer) and wait for the lock.
+    priority_waiters: std::sync::atomic::AtomicUsize,
+}
+
+/// A priority writer waiting for the write lock; the open group commits at its next member's end.
+pub(super) struct Priority<'a>(&'a GroupCommit);
+
+impl Drop for Priority<'_> {
+    fn drop(&mut self) {
+        self.0.priority_waiters.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -40,6 +52,16 @@ struct Waiting {
 }
 
 impl GroupCommit {
+    /// Marks a priority writer as waiting for the lock until the returned value is dropped.
+    pub(super) fn priority(&self) -> Priority<'_> {
+        self.priority_waiters.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Priority(self)
+    }
+
+    fn priority_waits(&self) -> bool {
+        self.priority_waiters.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+
     fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -232,7 +254,7 @@ async fn pass_on(mut open: Open) {
     loop {
         let next = {
             let mut w = open.group.waiting();
-            let full = open.members >= MAX_MEMBERS || open.started.elapsed() >= MAX_AGE;
+            let full = open.members >= MAX_MEMBERS || open.started.elapsed() >= MAX_AGE || open.group.priority_waits();
             match w.joiners.pop_front() {
                 Some(joiner) if !full => Some(joiner),
                 _ => {

@@ -1,8 +1,8 @@
 //! Group commit for webhook ingest. Handlers hand their delivery to one writer task and wait;
 //! the writer takes everything that queued up meanwhile, appends the bodies to the archive (one
-//! write, one sync), inserts the rows and their jobs in one transaction, commits, and only then
-//! releases every waiting handler. Each answer therefore follows a durable commit, while the cost
-//! of a commit is shared by every delivery in the group.
+//! write; synced in the background, see `archive`), inserts the rows and their jobs in one
+//! transaction, commits, and only then releases every waiting handler. Each answer therefore
+//! follows a durable commit, while the cost of a commit is shared by every delivery in the group.
 //!
 //! The ingest path is the hottest one, so each backend's writer uses its own connection rather
 //! than the generic pool: on SQLite a thread with cached statements (no thread hop and type
@@ -47,7 +47,9 @@ impl IngestSignals {
     fn committed(&self, group_len: usize, queued_work: bool) {
         self.count(super::now_ms(), group_len as i64);
         if queued_work {
-            self.jobs_ready.notify_waiters();
+            // One worker; a worker that finds work wakes the next (see `worker`), so a commit
+            // does not send every idle worker to claim from a queue that one of them empties.
+            self.jobs_ready.notify_one();
         }
     }
 
@@ -107,7 +109,13 @@ impl Ingest {
     ) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(8192);
         let handle = match (store.sqlite_file().cloned(), store.write_lock()) {
-            (Some((path, sync)), Some(lock)) => tokio::task::spawn_blocking(move || sqlite_writer(&path, sync, archive, rx, signals, lock)),
+            (Some((path, sync)), Some(lock)) => {
+                let lock = IngestLock {
+                    lock,
+                    groups: store.group_commit(),
+                };
+                tokio::task::spawn_blocking(move || sqlite_writer(&path, sync, archive, rx, signals, lock))
+            }
             _ => {
                 let pool = store.postgres_pool(1).await?.context("the store is neither SQLite nor Postgres")?;
                 tokio::spawn(postgres_writer(pool, archive, rx, signals))
@@ -255,17 +263,31 @@ struct Archived {
     refs: Option<Vec<String>>,
 }
 
-/// The SQLite writer is a two-stage pipeline: one thread appends a group's bodies to the archive
-/// and syncs them, the next commits the rows of every group that has reached it in one
-/// transaction. While one group's rows are committed the next group's bodies are being synced,
-/// and a row is never committed before its body is durable.
+/// The SQLite writer is a two-stage pipeline: one thread appends a group's bodies to the archive,
+/// the next commits the rows of every group that has reached it in one transaction. While one
+/// group's rows are committed the next group's bodies are being written, and a row is never
+/// committed before its body is written.
+/// The process's SQLite write lock as the ingest writer takes it: ahead of the workflows' group
+/// commits, which stop taking members while it waits (see `group`).
+struct IngestLock {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    groups: Option<Arc<super::group::GroupCommit>>,
+}
+
+impl IngestLock {
+    fn take(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let _first = self.groups.as_deref().map(super::group::GroupCommit::priority);
+        self.lock.blocking_lock()
+    }
+}
+
 fn sqlite_writer(
     path: &std::path::Path,
     sync: super::SyncMode,
     archive: Option<Arc<PayloadArchive>>,
     mut rx: mpsc::Receiver<Pending>,
     signals: Arc<IngestSignals>,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: IngestLock,
 ) {
     let (to_db, from_archive) = std::sync::mpsc::sync_channel::<Archived>(4);
     let db_signals = signals.clone();
@@ -344,9 +366,9 @@ fn commit_rows_sqlite(
     conn: &rusqlite::Connection,
     group: &[Pending],
     refs: Option<&[String]>,
-    lock: &tokio::sync::Mutex<()>,
+    lock: &IngestLock,
 ) -> anyhow::Result<HashSet<String>> {
-    let _write = lock.blocking_lock();
+    let _write = lock.take();
     let tx = conn.unchecked_transaction()?;
     let mut fresh = HashSet::with_capacity(group.len());
     {

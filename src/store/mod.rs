@@ -263,6 +263,11 @@ impl Store {
         self.write_lock.clone()
     }
 
+    /// The SQLite group commit, which the ingest writer asks to yield the lock (None on Postgres).
+    fn group_commit(&self) -> Option<Arc<group::GroupCommit>> {
+        self.group.clone()
+    }
+
     /// The SQLite file and its sync mode (None on Postgres).
     pub fn sqlite_file(&self) -> Option<&(std::path::PathBuf, SyncMode)> {
         self.sqlite.as_ref()
