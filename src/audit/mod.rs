@@ -32,10 +32,11 @@
 //!   previous holder's commit. Without the lock two appenders would read the same last row and
 //!   both try the same seq; the primary key lets one win and fails the other (the chain never
 //!   forks, but appends fail under load) — the lock turns that collision into a queue.
-//! * SQLite: one writer at a time already (the process's [`WriteTx`](crate::store::WriteTx)); in
-//!   addition the append starts with a write that matches no row, which takes SQLite's own write
-//!   lock before the read, so a writer outside `WriteTx` (or another process) waits for it (up to
-//!   `busy_timeout`) instead of reading a stale last row and failing with "database is locked".
+//! * SQLite: one writer at a time already: a [`WriteTx`](crate::store::WriteTx) is `BEGIN
+//!   IMMEDIATE`, which holds SQLite's write lock from its start, so another process (or a writer
+//!   outside `WriteTx`) waits for it (up to `busy_timeout`) and then reads the new last row. Call
+//!   it inside a `WriteTx`: on a connection outside any transaction the read and the INSERT are
+//!   two statements, and a concurrent appender makes the INSERT fail on the seq (never fork).
 //!
 //! Because the lock lasts until commit, append late in a transaction (after its other writes):
 //! appends of other transactions wait for this one to end.
@@ -232,6 +233,15 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
     if entries.is_empty() {
         return Ok(Vec::new());
     }
+    // On SQLite every write transaction is `BEGIN IMMEDIATE` (`Store::begin`), which holds the
+    // database's write lock already, and one INSERT is atomic by itself (a failed one leaves the
+    // caller's transaction usable): the savepoint and the locking statement would only add three
+    // round trips to sqlx's connection thread per record, and a workflow records about eight.
+    // They stay for Postgres (the advisory lock) and for batches that take several INSERTs.
+    let guarded = backend == Backend::Postgres || entries.len() > ROWS_PER_INSERT;
+    if !guarded {
+        return insert_links(conn, entries, now).await;
+    }
     let mut tx = conn.begin().await?;
     match backend {
         Backend::Postgres => {
@@ -243,12 +253,19 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
         }
         Backend::Sqlite => {
             // A write that matches no row (so no trigger fires) takes SQLite's write lock now,
-            // before the last row is read.
+            // before the last row is read, should the caller's transaction be a deferred one.
             sqlx::query("UPDATE audit_log SET seq = seq WHERE 0 = 1").execute(&mut *tx).await?;
         }
     }
+    let seqs = insert_links(&mut tx, entries, now).await?;
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// Reads the chain's last link and inserts `entries` after it (the caller holds the lock).
+async fn insert_links(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> sqlx::Result<Vec<i64>> {
     let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await?;
     let (mut seq, mut prev_hash) = match last {
         Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
@@ -298,9 +315,8 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
                 .bind(prev)
                 .bind(hash);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut *conn).await?;
     }
-    tx.commit().await?;
     Ok(seqs)
 }
 

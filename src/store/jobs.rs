@@ -98,6 +98,27 @@ pub async fn claim(pool: &sqlx::AnyPool, backend: Backend, owner: &str, lease_ms
     Ok(jobs)
 }
 
+/// Claims up to `limit` queued jobs that are due, leaving jobs whose lease ran out to a later
+/// [`claim`]: one statement where `claim` takes two, for workers that look for expired leases
+/// only every so often (they are rare: a process died).
+pub async fn claim_queued(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    owner: &str,
+    lease_ms: i64,
+    limit: i64,
+    now: i64,
+) -> sqlx::Result<Vec<Job>> {
+    let mut conn = pool.acquire().await?;
+    let request = LeaseRequest {
+        backend,
+        owner,
+        lease_ms,
+        now,
+    };
+    claim_where(&mut conn, &request, limit, "status = 'queued' AND run_at <= $3", "run_at, id").await
+}
+
 /// Who asks for a lease, for how long, and when.
 struct LeaseRequest<'a> {
     backend: Backend,

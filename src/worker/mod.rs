@@ -84,9 +84,13 @@ async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut 
     let lease_ms = config.lease.as_millis() as i64;
     // After a claim whose jobs had to run one by one (they wait on GitHub), the next claims take
     // one job: claiming a whole batch to run one and give the rest back costs two writes of every
-    // row of it. Every so often a full batch is tried again, for deliveries that batch.
+    // row of it. Every so often two are tried again, and a batch that ran as one doubles the
+    // next, for deliveries that batch; a wrong guess gives back at most what was tried.
     let mut claim_size = config.batch;
     let mut single_claims = 0;
+    // Jobs whose lease ran out (their process died) are looked for every quarter lease, not at
+    // every claim: a claim is then one statement instead of two.
+    let mut expired_scanned_at = i64::MIN;
     loop {
         if *stop.borrow() {
             return;
@@ -109,19 +113,30 @@ async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut 
         }
         let batch = if busy { claim_size.min(32) } else { claim_size };
         let claimed_at = now_ms();
+        let scan_expired = claimed_at - expired_scanned_at >= lease_ms / 4;
         let claimed = {
             let _write = store.write_guard().await;
-            jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, batch, claimed_at).await
+            if scan_expired {
+                expired_scanned_at = claimed_at;
+                jobs::claim(store.pool(), store.backend(), &config.owner, lease_ms, batch, claimed_at).await
+            } else {
+                jobs::claim_queued(store.pool(), store.backend(), &config.owner, lease_ms, batch, claimed_at).await
+            }
         };
         match claimed {
             Ok(list) if !list.is_empty() => {
+                // There may be more: the next idle worker looks (ingest wakes only one).
+                signals.jobs_ready.notify_one();
                 let one_by_one = run_batch(&worker, list, claimed_at).await;
                 if one_by_one {
                     (claim_size, single_claims) = (1, 0);
-                } else if claim_size < config.batch {
+                } else if claim_size > 1 {
+                    // The batch ran as one: try twice as many.
+                    claim_size = (claim_size * 2).min(config.batch);
+                } else {
                     single_claims += 1;
                     if single_claims >= SINGLE_CLAIMS {
-                        claim_size = config.batch;
+                        (claim_size, single_claims) = (2.min(config.batch), 0);
                     }
                 }
                 if busy {
