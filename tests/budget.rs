@@ -17,13 +17,22 @@ const POLICY: &str = "phase: 4\n";
 /// The most rate-limited requests each kind may cost end to end (SPEC §11, issue 14).
 const TRIAGE_MAX: u64 = 4;
 const QA_PLAN_MAX: u64 = 5;
-/// The issue's target for a patch is 12; orch's patch costs 17 (see bench/BENCHMARKS.md): 11
-/// writes SPEC §3, §5 and §6 ask for (the 👀 of `/orch propose` and of `/orch approve`, the
-/// proposal comment, the check run, blob, tree, commit, branch, pull request, the comment that
-/// links it and closing the check run's buttons) and 6 reads (the named file, the base commit at
-/// proposal and again at apply, the base tree, the file's old text for the diff, whether the
-/// branch exists). The bound holds what is measured, so that spending more fails.
-const PATCH_MAX: u64 = 17;
+/// A patch costs 12 (the issue's target), measured by this test's patch, which changes the one
+/// file its instruction names: 9 writes (the 👀 of `/orch propose` and of `/orch approve`, the
+/// proposal comment, the `orch/patch` check run, the tree with the new text inline, the commit,
+/// the branch, the pull request, and the check run's update that removes its buttons and links
+/// the pull request; the issue hears of the pull request from GitHub itself, whose body says
+/// "Closes #N") and 3 reads (the base commit at proposal and the named file at that commit,
+/// which the diff reuses; the default branch's tip with its tree at apply). The branch is created
+/// without looking for it first; only a refusal ("Reference already exists") or a commit an
+/// earlier run recorded makes orch read it and check it.
+///
+/// A patch of n files costs 11 + (files the instruction names, at most 5, each read once) +
+/// (files it changes that the instruction does not name, each read once at the base for the
+/// diff): the tree is one request whatever n is. A base that moved between proposal and apply
+/// adds 2 reads per changed file (the conflict check). The bound holds what is measured, so that
+/// spending more fails.
+const PATCH_MAX: u64 = 12;
 
 async fn orch(backend: Backend, extra: &[(&str, &str)]) -> Option<Orch> {
     let o = Orch::with_env(backend, POLICY, extra).await?;
@@ -98,8 +107,8 @@ async fn costs(o: &Orch) -> Vec<(&'static str, u64, Vec<String>)> {
             out.push(("qa_plan", o.fake.state.rate_used() - used, counted_since(o, log)));
         }
 
-        // Patch: `/orch propose` → proposal (comment and check run) → `/orch approve` → branch,
-        // commit, pull request and its announcement.
+        // Patch: `/orch propose` → proposal (comment and check run) → `/orch approve` → tree,
+        // commit, branch, pull request, and the check run closed with the pull request's link.
         let (used, log) = (o.fake.state.rate_used(), o.fake.state.log().len());
         let issue = o.open_issue(&format!("Off by one {round}"), "answer() should be 42", "dev-kim");
         let before = o.workflow_states().await.len();
@@ -147,6 +156,60 @@ async fn each_workflow_kind_stays_within_its_request_budget(backend: Backend) {
     for (kind, used, requests) in &costs {
         assert!(*used <= bound(kind), "{kind} cost {used} > {}: {requests:#?}", bound(kind));
     }
+}
+
+/// What a patch of several files costs (the bound above is for a patch of one): the model
+/// changes three files, of which the instruction names one. The tree is still one request; the
+/// named file is read once (for the model, and the diff reuses it) and each of the other two once
+/// for the diff (the new file's read finds nothing, which GitHub counts too): 11 + 1 + 2.
+async fn a_patch_of_three_files_costs_one_read_per_file_it_changes(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let patch = serde_json::json!({ "task": "patch", "answer": {
+        "title": "Answer 42", "summary": "Returns 42, says so and tests it.",
+        "files": [
+            { "path": "src/lib.rs", "action": "update", "content": "pub fn answer() -> u32 { 42 }\n" },
+            { "path": "README.md", "action": "update", "content": "# widgets\n\nThe answer is 42.\n" },
+            { "path": "tests/answer.rs", "action": "create", "content": "#[test]\nfn answer() { assert_eq!(widgets::answer(), 42); }\n" },
+        ] } });
+    // One answer for the round that warms the caches, one for the round measured.
+    let script = dir.path().join("script.json");
+    std::fs::write(&script, serde_json::to_vec(&serde_json::json!([patch, patch])).unwrap()).unwrap();
+    let Some(o) = orch(
+        backend,
+        &[
+            ("ORCH_REACTION_POLL_MS", "3600000"),
+            ("ORCH_FAKE_LLM_SCRIPT", script.to_str().unwrap()),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let mut cost = (0, Vec::new());
+    for round in 0..2 {
+        let (used, log) = (o.fake.state.rate_used(), o.fake.state.log().len());
+        let issue = o.open_issue(&format!("Off by one {round}"), "answer() should be 42", "dev-kim");
+        let before = o.workflow_states().await.len();
+        o.comment(&issue, "mara", "/orch propose fix `src/lib.rs` to return 42").await;
+        let id = newest_workflow(&o, before).await;
+        o.wait_state(id, "WAITING_USER_APPROVAL").await;
+        o.comment(&issue, "lee", "/orch approve").await;
+        o.wait_state(id, "DONE").await;
+        o.wait_idle(10).await;
+        let files = o.fake.state.files_at(REPO, &format!("orch/{id}")).unwrap();
+        assert_eq!(
+            files["tests/answer.rs"],
+            "#[test]\nfn answer() { assert_eq!(widgets::answer(), 42); }\n"
+        );
+        cost = (o.fake.state.rate_used() - used, counted_since(&o, log));
+    }
+    let (used, requests) = cost;
+    eprintln!("patch of 3 files: {used} rate-limited requests\n  {}", requests.join("\n  "));
+    assert_eq!(used, requests.len() as u64, "{requests:#?}");
+    assert_eq!(used, 11 + 1 + 2, "{requests:#?}");
+    let reads: Vec<&String> = requests.iter().filter(|r| r.starts_with("GET ")).collect();
+    assert_eq!(reads.len(), 5, "{reads:#?}");
+    assert_eq!(requests.iter().filter(|r| r.ends_with("/git/trees")).count(), 1, "{requests:#?}");
 }
 
 /// The reactions polls of `comment` the fake answered (200 or 304), and the 304s among them.
@@ -252,6 +315,7 @@ async fn an_unanswered_proposal_expires_once_and_stops_polling(backend: Backend)
 
 both_backends!(
     each_workflow_kind_stays_within_its_request_budget,
+    a_patch_of_three_files_costs_one_read_per_file_it_changes,
     a_waiting_proposal_spends_nothing_in_an_hour_of_polling,
     an_unanswered_proposal_expires_once_and_stops_polling,
 );

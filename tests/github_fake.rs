@@ -832,26 +832,40 @@ async fn a_patch_becomes_a_branch_a_commit_and_a_pull_request() {
     let head = c.ref_sha(5, REPO, "heads/main").await.unwrap().unwrap();
     assert_eq!(head, base);
     assert_eq!(c.ref_sha(5, REPO, "heads/nope").await.unwrap(), None);
-    let tree = c.commit_tree(5, REPO, &head).await.unwrap();
-    let blob = c.create_blob(5, REPO, "fn new() {}\n").await.unwrap();
-    // The same content is the same blob: repeating is harmless.
-    assert_eq!(c.create_blob(5, REPO, "fn new() {}\n").await.unwrap(), blob);
+    // One read gives the tip and its tree, as the Git Data API gives them in two.
+    let tip = c.branch(5, REPO, "main").await.unwrap().expect("main");
+    assert_eq!(tip.commit, head);
+    assert_eq!(tip.tree, c.git_commit(5, REPO, &head).await.unwrap().tree);
+    assert_eq!(c.branch(5, REPO, "nope").await.unwrap(), None);
+    // The new texts go inline; a null sha deletes.
     let changes = [
         TreeChange {
             path: "src/lib.rs".into(),
-            blob: Some(blob),
+            content: Some("fn new() {}\n".into()),
         },
         TreeChange {
             path: "old.txt".into(),
-            blob: None,
+            content: None,
         },
     ];
-    let new_tree = c.create_tree(5, REPO, &tree, &changes).await.unwrap();
+    let new_tree = c.create_tree(5, REPO, &tip.tree, &changes).await.unwrap();
+    // The same tree is the same object: repeating is harmless.
+    assert_eq!(c.create_tree(5, REPO, &tip.tree, &changes).await.unwrap(), new_tree);
     let commit = c
         .create_commit(5, REPO, "orch: apply wf-9 (approved by mara)", &new_tree, &head)
         .await
         .unwrap();
+    // GitHub stamps a commit with the time it is made: the same request later is another
+    // commit, which no branch points at.
+    let again = c
+        .create_commit(5, REPO, "orch: apply wf-9 (approved by mara)", &new_tree, &head)
+        .await
+        .unwrap();
+    assert_ne!(again, commit);
     c.create_branch(5, REPO, "orch/wf-9", &commit).await.unwrap();
+    // A branch name with slashes is read as one name.
+    let branch = c.branch(5, REPO, "orch/wf-9").await.unwrap().expect("orch/wf-9");
+    assert_eq!((branch.commit.as_str(), branch.tree.as_str()), (commit.as_str(), new_tree.as_str()));
     let number = c
         .create_pull(5, REPO, "Fix the parser", "orch/wf-9", "main", "Closes #12")
         .await
@@ -891,7 +905,16 @@ async fn a_patch_becomes_a_branch_a_commit_and_a_pull_request() {
         vec![("old.txt".into(), "removed".into()), ("src/lib.rs".into(), "modified".into())]
     );
     // The branch name is the write's identity: GitHub refuses a second branch or PR for it.
-    assert!(c.create_branch(5, REPO, "orch/wf-9", &commit).await.is_err());
+    match c.create_branch(5, REPO, "orch/wf-9", &again).await {
+        Err(ClientError::Github(orch::github::retry::GithubError::Permanent { status: 422, message, .. })) => {
+            assert!(message.contains("Reference already exists"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.ref_sha(5, REPO, "heads/orch/wf-9").await.unwrap().as_deref(),
+        Some(commit.as_str())
+    );
     assert!(c.create_pull(5, REPO, "again", "orch/wf-9", "main", "").await.is_err());
     assert_eq!(e.fake.state.pulls(REPO).len(), 1);
     // main did not move; a later push to main moves it without touching the branch.
@@ -901,6 +924,27 @@ async fn a_patch_becomes_a_branch_a_commit_and_a_pull_request() {
     assert_eq!(e.fake.state.files_at(REPO, "main").unwrap()["README.md"], "hello again\n");
     assert_eq!(e.fake.state.files_at(REPO, "orch/wf-9").unwrap()["README.md"], "hello\n");
     bodies_valid(&e);
+}
+
+/// A tree entry names its blob (`sha`, null to delete) or carries its text (`content`), never
+/// both: GitHub refuses that, and so does the fake, applying nothing.
+#[tokio::test]
+async fn a_tree_entry_takes_a_sha_or_content_not_both() {
+    let e = env(quick()).await;
+    e.fake.state.init_repo(REPO, "main", &[("src/lib.rs", "fn old() {}\n")]);
+    let tip = e.client.branch(5, REPO, "main").await.unwrap().expect("main");
+    let token = e.tokens.token(5).await.unwrap();
+    let entry = serde_json::json!({ "path": "src/lib.rs", "mode": "100644", "type": "blob", "sha": null, "content": "fn new() {}\n" });
+    let refused = reqwest::Client::new()
+        .post(format!("{}/repos/{REPO}/git/trees", e.fake.url()))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+        .json(&serde_json::json!({ "base_tree": tip.tree, "tree": [entry] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("not both"), "{text}");
 }
 
 #[tokio::test]
@@ -913,7 +957,11 @@ async fn a_dry_run_client_sends_no_write_at_all() {
     ));
     assert!(dry.create_issue_comment(5, REPO, 9, "x").await.is_err());
     assert!(dry.react_to_comment(5, REPO, 1, "eyes").await.is_err());
-    assert!(dry.create_blob(5, REPO, "x").await.is_err());
+    let change = TreeChange {
+        path: "x".into(),
+        content: Some("x".into()),
+    };
+    assert!(dry.create_tree(5, REPO, "tree", &[change]).await.is_err());
     // Reads still work; nothing but reads (and the token) reached the fake.
     dry.list_labels(5, REPO, 9).await.unwrap();
     let log = e.fake.state.log();

@@ -73,8 +73,8 @@ async fn approve_by_comment_opens_a_pull_request_with_exactly_the_patch(backend:
     .await
     .unwrap()[0]
         .seq;
-    // The Git Data writes are in the audit log: the blob, the tree and the commit the branch
-    // points at.
+    // The Git Data writes are in the audit log: the tree (with the patch's texts inline), the
+    // files it changes and the commit the branch points at.
     let writes = orch::audit::page(
         o.store.pool(),
         0,
@@ -92,7 +92,8 @@ async fn approve_by_comment_opens_a_pull_request_with_exactly_the_patch(backend:
     assert_eq!(git[0].details["commit"], tip.as_str());
     assert_eq!(git[0].details["branch"], branch.as_str());
     assert_eq!(git[0].details["base"], o.main_sha.as_str());
-    assert_eq!(git[0].details["blobs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(git[0].details["files"], json!(["src/lib.rs"]));
+    assert_eq!(git[0].details["found_after_lost_answer"], false);
     for part in [
         format!("Closes #{}.", issue.number),
         format!("workflow {id}"),
@@ -103,13 +104,12 @@ async fn approve_by_comment_opens_a_pull_request_with_exactly_the_patch(backend:
     ] {
         assert!(body.contains(&part), "{part:?} missing from:\n{body}");
     }
-    assert!(o
-        .bot_comments(issue.number)
-        .last()
-        .unwrap()
-        .starts_with(&format!("Opened pull request #{}", pulls[0].number)));
-    // The proposal's check run: decided, so no buttons any more, and it says so; its per-file
-    // annotation is still there.
+    // No comment announces the pull request: the issue's only comment by orch is the proposal
+    // (GitHub itself shows the pull request on the issue, whose number its body names).
+    assert_eq!(o.bot_comments(issue.number).len(), 1, "{:#?}", o.bot_comments(issue.number));
+    let pull_url = format!("{}/{REPO}/pull/{}", o.fake.url(), pulls[0].number);
+    // The proposal's check run: decided, so no buttons any more, and it says so and links the
+    // pull request (its summary and its "Details"); its per-file annotation is still there.
     let runs = o.fake.state.check_runs(REPO);
     assert_eq!(runs.len(), 1, "{runs:?}");
     let run = o
@@ -119,11 +119,14 @@ async fn approve_by_comment_opens_a_pull_request_with_exactly_the_patch(backend:
         .await;
     assert_eq!(run.conclusion.as_deref(), Some("success"));
     assert!(
-        run.summary
-            .starts_with("**Approved and applied: the pull request is linked on the issue.**"),
+        run.summary.starts_with(&format!(
+            "**Approved and applied: pull request [#{}]({pull_url}).**",
+            pulls[0].number
+        )),
         "{}",
         run.summary
     );
+    assert_eq!(run.details_url.as_deref(), Some(pull_url.as_str()));
     assert!(
         run.summary.contains("`src/lib.rs`") && run.summary.contains("<!-- orch:action:"),
         "{}",

@@ -1,17 +1,21 @@
 //! Crash safety of the patch → pull request path (SPEC §8, §11, §16): `orch serve` runs as a real
 //! process against an in-process fake GitHub. A patch workflow is proposed and approved, and one
 //! of the requests that turn the approved patch into a pull request is held by the fake — the
-//! blob, the tree, the commit, the branch (ref), the pull request or the "Opened pull request"
-//! comment — either before GitHub applied it (`Delay`: the write never happened) or after
-//! (`ApplyThenStall`: the write happened, its answer was lost). The process is killed with
-//! SIGKILL right then and started again. The workflow must then finish exactly once: one branch
-//! `orch/<workflow-id>` holding one commit on top of main with exactly the patch, one pull
-//! request for it, one "Opened pull request" comment, no hidden `<!-- orch:action:N -->` marker
+//! tree (which carries the patch's texts inline), the commit, the branch (ref), the pull request
+//! or the update that closes the proposal's check run and links the pull request — either before
+//! GitHub applied it (`Delay`: the write never happened) or after (`ApplyThenStall`: the write
+//! happened, its answer was lost). The process is killed with SIGKILL right then and started
+//! again. The workflow must then finish exactly once: one branch `orch/<workflow-id>` holding one
+//! commit on top of main with exactly the patch, one pull request for it, the check run closed
+//! and linking it, no comment about it on the issue, no hidden `<!-- orch:action:N -->` marker
 //! twice on the issue, and a legal history ending `APPROVED → APPLYING_CHANGES → PR_CREATED → DONE`.
+//! The fake stamps every commit it is asked to make, as GitHub does with the time, so a commit
+//! made again after a kill is another commit: the branch a killed run created must be found,
+//! not taken for someone else's.
 //!
 //! Every kill point runs on both backends: each test takes about 3 s, or about 11 s where the
-//! killed process held the action being made (the pull request, the comment), whose lease runs
-//! out after 10 s.
+//! killed process held the action being made (the pull request, the check run's update), whose
+//! lease runs out after 10 s.
 
 mod common;
 #[path = "common/e2e.rs"]
@@ -41,33 +45,40 @@ fn patched_lib_rs() -> String {
 /// The request of the pull request path that GitHub holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
-    Blob,
     Tree,
     Commit,
     Ref,
     Pull,
-    PrComment,
+    /// The update of the proposal's check run that ends it and links the pull request.
+    CheckRunClosed,
 }
 
 impl Request {
-    /// The request's path; `{n}` is replaced by the issue number.
-    fn path(self) -> &'static str {
+    fn method(self) -> Method {
         match self {
-            Request::Blob => "/git/blobs",
-            Request::Tree => "/git/trees",
-            Request::Commit => "/git/commits",
-            Request::Ref => "/git/refs",
-            Request::Pull => "/pulls",
-            Request::PrComment => "/issues/{n}/comments",
+            Request::CheckRunClosed => Method::PATCH,
+            _ => Method::POST,
+        }
+    }
+
+    /// The end of the request's path (`run`: the proposal's check run).
+    fn path(self, run: i64) -> String {
+        match self {
+            Request::Tree => "/git/trees".into(),
+            Request::Commit => "/git/commits".into(),
+            Request::Ref => "/git/refs".into(),
+            Request::Pull => "/pulls".into(),
+            Request::CheckRunClosed => format!("/check-runs/{run}"),
         }
     }
 
     /// Whether, after a lost answer, orch finds the write instead of making it again: the branch
-    /// is looked up before anything is committed, the pull request by its branch, the comment by
-    /// its marker. Blobs, trees and commits are content-addressed and unreferenced until the
-    /// branch points at one: they are simply made again.
+    /// is looked up when an earlier run recorded a commit (recorded before the branch is asked
+    /// for), the pull request by its branch. Trees are content-addressed and commits unreferenced
+    /// until the branch points at one: they are simply made again. The check run's update is
+    /// harmless to repeat, so it is repeated.
     fn found_again(self) -> bool {
-        matches!(self, Request::Ref | Request::Pull | Request::PrComment)
+        matches!(self, Request::Ref | Request::Pull)
     }
 }
 
@@ -129,20 +140,22 @@ async fn survive(backend: Backend, point: KillPoint) {
     let branch = format!("orch/{id}");
 
     // Hold the next matching request, then approve.
-    let path = point.request.path().replace("{n}", &number.to_string());
+    let run = rig
+        .fake
+        .state
+        .check_runs(REPO)
+        .into_iter()
+        .find(|r| r.name == "orch/patch")
+        .unwrap_or_else(|| panic!("{what}: no orch/patch check run"));
+    let (method, path) = (point.request.method(), point.request.path(run.id));
     let kind = match point.hold {
         Hold::BeforeApplying => FaultKind::Delay(HOLD),
         Hold::AfterApplying => FaultKind::ApplyThenStall(HOLD),
     };
-    let before = rig.requests("POST", &path);
-    rig.fake.state.inject(Fault::new(Method::POST, &path, 1, kind));
+    let before = rig.requests(method.as_str(), &path);
+    rig.fake.state.inject(Fault::new(method.clone(), &path, 1, kind));
     match point.approve {
         Approve::Button => {
-            let runs = rig.fake.state.check_runs(REPO);
-            let run = runs
-                .iter()
-                .find(|r| r.name == "orch/patch")
-                .unwrap_or_else(|| panic!("{what}: no orch/patch check run: {runs:?}"));
             let press = payloads::check_run_requested_action(
                 &repo,
                 run.id,
@@ -165,28 +178,27 @@ async fn survive(backend: Backend, point: KillPoint) {
             .await;
         }
     }
-    rig.wait_for(&format!("POST {path} to be held"), Duration::from_secs(20), || async {
-        (rig.requests("POST", &path) > before).then_some(())
+    rig.wait_for(&format!("{method} {path} to be held"), Duration::from_secs(20), || async {
+        (rig.requests(method.as_str(), &path) > before).then_some(())
     })
     .await;
-    // The held request is the one meant (for comments: the announcement, not some other reply).
+    // The held request is the one meant.
     let held = rig
         .fake
         .state
         .bodies()
         .into_iter()
         .rev()
-        .find(|(m, p, _)| m == "POST" && p.ends_with(&path))
+        .find(|(m, p, _)| m == method.as_str() && p.ends_with(&path))
         .map(|(_, _, body)| body)
         .expect("the held request had a JSON body");
     let field = |k: &str| held[k].as_str().unwrap_or_default().to_string();
     let meant = match point.request {
-        Request::Blob => field("content") == patched_lib_rs(),
-        Request::Tree => held["tree"][0]["path"] == "src/lib.rs",
+        Request::Tree => held["tree"][0]["path"] == "src/lib.rs" && held["tree"][0]["content"] == patched_lib_rs().as_str(),
         Request::Commit => field("message").contains(&format!("workflow {id}")),
         Request::Ref => field("ref") == format!("refs/heads/{branch}"),
         Request::Pull => field("head") == branch,
-        Request::PrComment => field("body").starts_with("Opened pull request #"),
+        Request::CheckRunClosed => field("conclusion") == "success" && held["actions"] == serde_json::json!([]),
     };
     assert!(meant, "{what}: the held request is not the one meant: {held}");
     // The fault (one request) is used up by the held request; nothing else is held after this.
@@ -195,8 +207,8 @@ async fn survive(backend: Backend, point: KillPoint) {
     // Leases of the killed process run out (jobs after 2 s, the action being made after 10 s);
     // then the new process takes over.
     rig.wait_state("DONE", Duration::from_secs(45)).await;
-    let step_requests = rig.requests("POST", &path) - before;
-    // Let anything still queued run (a repeat must change nothing), then stop for good.
+    // Let anything still queued run (a repeat must change nothing; the check run is closed after
+    // DONE, so a kill while it was held finds the workflow DONE already), then stop for good.
     rig.wait_for("no job left to run", Duration::from_secs(20), || async {
         let n: i64 = sqlx::query("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
             .fetch_one(rig.store.pool())
@@ -207,6 +219,7 @@ async fn survive(backend: Backend, point: KillPoint) {
     })
     .await;
     rig.kill();
+    let step_requests = rig.requests(method.as_str(), &path) - before;
     let diagnostics = rig.diagnostics().await;
 
     // The branch: exactly one besides main, one commit on main's tip, exactly the patch.
@@ -258,18 +271,23 @@ async fn survive(backend: Backend, point: KillPoint) {
     );
     assert_eq!(markers(&pr.body).len(), 1, "{what}: the pull request's marker: {}", pr.body);
 
-    // The issue: one announcement of that pull request, no marker twice.
-    let comments = state.comments(REPO, number);
-    let announcements: Vec<&str> = comments
-        .iter()
-        .filter(|c| c.author == APP_LOGIN && c.body.starts_with("Opened pull request"))
-        .map(|c| c.body.as_str())
-        .collect();
-    assert_eq!(announcements.len(), 1, "{what}: announcements {announcements:#?}\n{diagnostics}");
+    // The proposal's check run: closed (no buttons), linking that pull request.
+    let closed = state.check_run(run.id).expect("the check run");
+    let pull_url = format!("{}/{REPO}/pull/{}", rig.fake.url(), pr.number);
     assert!(
-        announcements[0].starts_with(&format!("Opened pull request #{} for workflow {id}", pr.number)),
-        "{what}: {}",
-        announcements[0]
+        closed.actions.is_empty()
+            && closed.conclusion.as_deref() == Some("success")
+            && closed.details_url.as_deref() == Some(pull_url.as_str())
+            && closed.summary.contains(&format!("[#{}]({pull_url})", pr.number)),
+        "{what}: {closed:#?}\n{diagnostics}"
+    );
+    // The issue: orch's only comment is the proposal (GitHub shows the pull request there
+    // itself), and no marker twice.
+    let comments = state.comments(REPO, number);
+    let orchs: Vec<&str> = comments.iter().filter(|c| c.author == APP_LOGIN).map(|c| c.body.as_str()).collect();
+    assert!(
+        orchs.len() == 1 && orchs[0].contains("patch proposal"),
+        "{what}: orch's comments {orchs:#?}\n{diagnostics}"
     );
     let mut seen: HashMap<i64, usize> = HashMap::new();
     for c in &comments {
@@ -292,7 +310,7 @@ async fn survive(backend: Backend, point: KillPoint) {
     };
     assert_eq!(
         step_requests, expected_requests,
-        "{what}: POST {path} requests after the hold began\n{diagnostics}"
+        "{what}: {method} {path} requests after the hold began\n{diagnostics}"
     );
 
     // The store: a legal history, once through each state, ending in DONE.
@@ -351,7 +369,7 @@ async fn survive(backend: Backend, point: KillPoint) {
         .collect();
     assert!(actions.iter().all(|(_, s)| s == "done"), "{what}: {actions:?}");
     eprintln!(
-        "{what}: survived ({step_requests} POST {path} after the hold began, {:.1}s)",
+        "{what}: survived ({step_requests} {method} {path} after the hold began, {:.1}s)",
         started.elapsed().as_secs_f64()
     );
 }
@@ -365,13 +383,6 @@ const fn point(name: &'static str, request: Request, hold: Hold, approve: Approv
     }
 }
 
-const BLOB_HELD: KillPoint = point("while GitHub held the blob", Request::Blob, Hold::BeforeApplying, Approve::Button);
-const BLOB_ANSWER_LOST: KillPoint = point(
-    "after the blob was stored, before its answer",
-    Request::Blob,
-    Hold::AfterApplying,
-    Approve::Command,
-);
 const TREE_HELD: KillPoint = point("while GitHub held the tree", Request::Tree, Hold::BeforeApplying, Approve::Button);
 const TREE_ANSWER_LOST: KillPoint = point(
     "after the tree was stored, before its answer",
@@ -410,26 +421,18 @@ const PULL_ANSWER_LOST: KillPoint = point(
     Hold::AfterApplying,
     Approve::Command,
 );
-const ANNOUNCEMENT_HELD: KillPoint = point(
-    "while GitHub held the \"Opened pull request\" comment",
-    Request::PrComment,
+const CHECK_RUN_HELD: KillPoint = point(
+    "while GitHub held the check run's update",
+    Request::CheckRunClosed,
     Hold::BeforeApplying,
     Approve::Button,
 );
-const ANNOUNCEMENT_ANSWER_LOST: KillPoint = point(
-    "after the \"Opened pull request\" comment was made, before its answer",
-    Request::PrComment,
+const CHECK_RUN_ANSWER_LOST: KillPoint = point(
+    "after the check run was updated, before its answer",
+    Request::CheckRunClosed,
     Hold::AfterApplying,
-    Approve::Button,
+    Approve::Command,
 );
-
-async fn kill_while_the_blob_is_held(backend: Backend) {
-    survive(backend, BLOB_HELD).await
-}
-
-async fn kill_after_the_blob_is_stored_before_its_answer(backend: Backend) {
-    survive(backend, BLOB_ANSWER_LOST).await
-}
 
 async fn kill_while_the_tree_is_held(backend: Backend) {
     survive(backend, TREE_HELD).await
@@ -463,17 +466,15 @@ async fn kill_after_the_pull_request_is_opened_before_its_answer(backend: Backen
     survive(backend, PULL_ANSWER_LOST).await
 }
 
-async fn kill_while_the_announcement_is_held(backend: Backend) {
-    survive(backend, ANNOUNCEMENT_HELD).await
+async fn kill_while_the_check_run_update_is_held(backend: Backend) {
+    survive(backend, CHECK_RUN_HELD).await
 }
 
-async fn kill_after_the_announcement_is_posted_before_its_answer(backend: Backend) {
-    survive(backend, ANNOUNCEMENT_ANSWER_LOST).await
+async fn kill_after_the_check_run_is_updated_before_its_answer(backend: Backend) {
+    survive(backend, CHECK_RUN_ANSWER_LOST).await
 }
 
 both_backends!(
-    kill_while_the_blob_is_held,
-    kill_after_the_blob_is_stored_before_its_answer,
     kill_while_the_tree_is_held,
     kill_after_the_tree_is_stored_before_its_answer,
     kill_while_the_commit_is_held,
@@ -482,6 +483,6 @@ both_backends!(
     kill_after_the_branch_is_created_before_its_answer,
     kill_while_the_pull_request_is_held,
     kill_after_the_pull_request_is_opened_before_its_answer,
-    kill_while_the_announcement_is_held,
-    kill_after_the_announcement_is_posted_before_its_answer,
+    kill_while_the_check_run_update_is_held,
+    kill_after_the_check_run_is_updated_before_its_answer,
 );

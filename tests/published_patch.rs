@@ -56,10 +56,11 @@ async fn a_branch_created_first_by_someone_else_is_not_published(backend: Backen
     );
     assert_eq!(o.fake.state.branch_sha(REPO, &branch).as_deref(), Some(planted.as_str()));
     let said = o.bot_comments(issue.number).last().cloned().unwrap();
+    let headline = format!("`{branch}` already exists at `{}`, a commit orch did not make", &planted[..12]);
     assert!(
         said.contains("was not published")
+            && said.contains(&headline)
             && said.contains("`.github/workflows/evil.yml` added")
-            && said.contains(&planted[..12])
             && said.contains("no pull request was opened"),
         "{said}"
     );
@@ -70,6 +71,46 @@ async fn a_branch_created_first_by_someone_else_is_not_published(backend: Backen
         .reason
         .unwrap_or_default();
     assert!(reason.contains("is not the approved patch"), "{reason}");
+    // orch did not look for the branch first: it asked GitHub to create it, was refused, and
+    // only then read it.
+    let log = o.fake.state.log();
+    let refs: Vec<&(String, String)> = log
+        .iter()
+        .filter(|(m, p)| (m == "POST" && p.ends_with("/git/refs")) || p.ends_with(&format!("/git/ref/heads/{branch}")))
+        .collect();
+    assert_eq!(
+        refs.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        ["POST", "GET"],
+        "{refs:?}"
+    );
+
+    // Asked again with the planted branch still there, orch says the same: the commit it made
+    // and could not publish does not make the planted branch look like one of its own, moved.
+    o.comment(&issue, "mara", "/orch retry").await;
+    o.eventually("a new proposal", WAIT, || async {
+        (o.transitions(id)
+            .await
+            .iter()
+            .filter(|(_, to, _)| to == "WAITING_USER_APPROVAL")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    o.comment(&issue, "lee", "/orch approve").await;
+    o.eventually("the second refusal to publish", WAIT, || async {
+        (o.transitions(id).await.iter().filter(|(_, to, _)| to == "NEEDS_HUMAN").count() == 2).then_some(())
+    })
+    .await;
+    let reason = orch::store::workflows::get(o.store.pool(), id)
+        .await
+        .unwrap()
+        .unwrap()
+        .reason
+        .unwrap_or_default();
+    assert!(reason.contains(&headline) && !reason.contains("was moved"), "{reason}");
+    assert!(o.fake.state.pulls(REPO).is_empty());
+    assert_eq!(o.fake.state.branch_sha(REPO, &branch).as_deref(), Some(planted.as_str()));
 }
 
 /// A push to `orch/<id>` after orch made its commit but before the pull request: GitHub refuses

@@ -212,11 +212,24 @@ async fn a_patch_approved_with_the_button_becomes_a_pull_request(backend: Backen
         message.contains("approved by @lee") && message.contains(&format!("workflow {id}")),
         "{message}"
     );
-    assert!(o
-        .bot_comments(issue.number)
-        .last()
-        .unwrap()
-        .starts_with(&format!("Opened pull request #{}", pr.number)));
+    // The pull request is linked from the proposal's check run, not announced in a comment.
+    let closed = o
+        .eventually_sync("the check run links the pull request", WAIT, || {
+            o.fake.state.check_run(run.id).filter(|r| r.actions.is_empty())
+        })
+        .await;
+    let pull_url = format!("{}/{REPO}/pull/{}", o.fake.url(), pr.number);
+    assert_eq!(closed.details_url.as_deref(), Some(pull_url.as_str()));
+    assert!(
+        closed.summary.contains(&format!("[#{}]({pull_url})", pr.number)),
+        "{}",
+        closed.summary
+    );
+    assert!(
+        !o.bot_comments(issue.number).iter().any(|c| c.contains(&format!("#{}", pr.number))),
+        "{:#?}",
+        o.bot_comments(issue.number)
+    );
     let path: Vec<String> = o.transitions(id).await.into_iter().map(|(_, to, _)| to).collect();
     assert_eq!(path[path.len() - 4..], ["APPROVED", "APPLYING_CHANGES", "PR_CREATED", "DONE"]);
 }

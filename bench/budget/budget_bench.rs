@@ -5,8 +5,8 @@
 //! A real `orch serve` process gets signed webhooks; each kind runs from its trigger to done:
 //! - triage: `issues.labeled orch:triage` → proposal → `/orch approve` → labels and a comment;
 //! - QA plan: `pull_request.labeled orch:qa` → plan (auto-safe) → check run and comment;
-//! - patch: `/orch propose` → proposal and check run → `/orch approve` → branch, commit, pull
-//!   request, the comment that links it, the check run closed.
+//! - patch: `/orch propose` → proposal and check run → `/orch approve` → tree, commit, branch,
+//!   pull request, the check run closed with the pull request's link.
 //!
 //! Each kind runs twice and the second run is reported: the first warms what orch keeps across
 //! workflows (permissions, the policy's ETag), so the second is what a repository pays per
@@ -75,6 +75,26 @@ impl Bench {
         Ok(())
     }
 
+    /// Waits until the patch check run of issue `number` is closed with its pull request's link.
+    async fn until_pull_linked(&self, number: i64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let title = format!("Patch proposal for #{number} ");
+        while !self
+            .fake
+            .state
+            .check_runs(REPO)
+            .iter()
+            .any(|r| r.name == "orch/patch" && r.title.as_deref().is_some_and(|t| t.starts_with(&title)) && r.details_url.is_some())
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no check run linking a pull request for #{number} after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until the fake has received no request for half a second: orch is done.
     async fn quiet(&self) {
         let mut seen = self.fake.state.log().len();
@@ -127,7 +147,7 @@ impl Bench {
         self.comment(&issue, "mara", "/orch propose fix `src/lib.rs` to return 42").await?;
         self.until_comment(number, "patch proposal").await?;
         self.comment(&issue, "lee", "/orch approve").await?;
-        self.until_comment(number, "Opened pull request").await
+        self.until_pull_linked(number).await
     }
 }
 

@@ -33,14 +33,15 @@ pub struct CheckRunSpec {
     pub actions: Vec<CheckAction>,
 }
 
-/// A change to a completed check run: its conclusion, what it says, and its buttons (an empty
-/// list takes them all away).
+/// A change to a completed check run: its conclusion, what it says, its buttons (an empty
+/// list takes them all away) and, when set, where its "Details" link leads.
 #[derive(Debug, Clone)]
 pub struct CheckRunUpdate {
     pub conclusion: String,
     pub title: String,
     pub summary: String,
     pub actions: Vec<CheckAction>,
+    pub details_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -772,14 +773,18 @@ impl GithubClient {
     }
 
     /// Updates check run `id` (`PATCH /repos/{repo}/check-runs/{id}`): conclusion, title,
-    /// summary (cut at GitHub's limit) and buttons. Repeating it changes nothing more.
+    /// summary (cut at GitHub's limit), buttons and details link. Repeating it changes nothing
+    /// more.
     pub async fn update_check_run(&self, installation: i64, repo: &str, id: i64, update: &CheckRunUpdate) -> Result<(), ClientError> {
         use super::actions::{truncate, CHECK_RUN_TEXT_LIMIT};
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "conclusion": update.conclusion,
             "output": { "title": update.title, "summary": truncate(&update.summary, CHECK_RUN_TEXT_LIMIT, 0) },
             "actions": update.actions,
         });
+        if let Some(url) = &update.details_url {
+            body["details_url"] = serde_json::json!(url);
+        }
         let path = format!("/repos/{repo}/check-runs/{id}");
         self.request(installation, Method::PATCH, &path, Some(&body), true).await?;
         Ok(())
@@ -895,11 +900,19 @@ pub enum FileRead {
     Absent,
 }
 
-/// One entry of a new tree: a file's new blob, or `None` to delete the file.
+/// One entry of a new tree: a file's new text, or `None` to delete the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeChange {
     pub path: String,
-    pub blob: Option<String>,
+    pub content: Option<String>,
+}
+
+/// A branch's tip as `GET /repos/{owner}/{repo}/branches/{branch}` describes it: the commit and
+/// that commit's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchTip {
+    pub commit: String,
+    pub tree: String,
 }
 
 #[derive(Deserialize)]
@@ -915,6 +928,17 @@ struct RefObject {
 #[derive(Deserialize)]
 struct CommitTree {
     tree: Sha,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    commit: BranchCommit,
+}
+
+#[derive(Deserialize)]
+struct BranchCommit {
+    sha: String,
+    commit: CommitTree,
 }
 
 #[derive(Deserialize)]
@@ -994,15 +1018,22 @@ impl GithubClient {
         }
     }
 
-    /// The tree of a commit.
-    pub async fn commit_tree(&self, installation: i64, repo: &str, commit: &str) -> Result<String, ClientError> {
-        let path = format!("/repos/{repo}/git/commits/{commit}");
-        Ok(
-            Self::json::<CommitTree>(self.request(installation, Method::GET, &path, None, false).await?)
-                .await?
-                .tree
-                .sha,
-        )
+    /// The tip of `branch` with its tree, in one request (the Git Data API takes two: the ref,
+    /// then the commit); None when there is no such branch.
+    pub async fn branch(&self, installation: i64, repo: &str, branch: &str) -> Result<Option<BranchTip>, ClientError> {
+        // Branch names may hold slashes: each segment is encoded on its own.
+        let path = format!("/repos/{repo}/branches/{}", encode_path(branch)?);
+        match self.request(installation, Method::GET, &path, None, false).await {
+            Ok(r) => {
+                let b = Self::json::<Branch>(r).await?;
+                Ok(Some(BranchTip {
+                    commit: b.commit.sha,
+                    tree: b.commit.commit.tree.sha,
+                }))
+            }
+            Err(ClientError::Github(GithubError::Permanent { status: 404, .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// A commit's tree and parents (Git Data API).
@@ -1035,23 +1066,19 @@ impl GithubClient {
             .collect())
     }
 
-    /// Stores file content; the same content gives the same blob, so this is safe to repeat.
-    pub async fn create_blob(&self, installation: i64, repo: &str, content: &str) -> Result<String, ClientError> {
-        let path = format!("/repos/{repo}/git/blobs");
-        let body = serde_json::json!({ "content": content, "encoding": "utf-8" });
-        Ok(
-            Self::json::<Sha>(self.request(installation, Method::POST, &path, Some(&body), false).await?)
-                .await?
-                .sha,
-        )
-    }
-
-    /// A tree: `base_tree` with `changes` applied (content-addressed: safe to repeat).
+    /// A tree: `base_tree` with `changes` applied (content-addressed: safe to repeat). The new
+    /// texts go inline (`content`: GitHub writes each blob itself), so a patch of any number of
+    /// files is one request, not one blob request per file and then the tree; `sha: null`
+    /// deletes a path.
     pub async fn create_tree(&self, installation: i64, repo: &str, base_tree: &str, changes: &[TreeChange]) -> Result<String, ClientError> {
         let path = format!("/repos/{repo}/git/trees");
         let entries: Vec<serde_json::Value> = changes
             .iter()
-            .map(|c| serde_json::json!({ "path": c.path, "mode": "100644", "type": "blob", "sha": c.blob }))
+            .map(|c| match &c.content {
+                // GitHub refuses an entry with both `sha` and `content`.
+                Some(text) => serde_json::json!({ "path": c.path, "mode": "100644", "type": "blob", "content": text }),
+                None => serde_json::json!({ "path": c.path, "mode": "100644", "type": "blob", "sha": null }),
+            })
             .collect();
         let body = serde_json::json!({ "base_tree": base_tree, "tree": entries });
         Ok(

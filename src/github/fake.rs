@@ -428,6 +428,8 @@ struct Git {
     refs: BTreeMap<(String, String), String>,
     /// (owner/repo, number) → pull request
     pulls: BTreeMap<(String, i64), FakePull>,
+    /// Commits made through the API so far: each one's stamp (see [`Git::made_commit`]).
+    made: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -459,7 +461,21 @@ impl Git {
     }
 
     fn commit(&mut self, tree: &str, parents: Vec<String>, message: &str) -> String {
-        let sha = object_sha("commit", &format!("{tree}|{}|{message}", parents.join(",")));
+        self.commit_stamped(tree, parents, message, "")
+    }
+
+    /// A commit made with `POST /git/commits`. GitHub stamps it with its author and committer
+    /// dates, so the same request made again later is another commit with another sha; the
+    /// fake stamps each with a count, so that nothing can count on making the same commit twice
+    /// (a run repeated after a crash makes a new one).
+    fn made_commit(&mut self, tree: &str, parents: Vec<String>, message: &str) -> String {
+        self.made += 1;
+        let stamp = format!("|made {}", self.made);
+        self.commit_stamped(tree, parents, message, &stamp)
+    }
+
+    fn commit_stamped(&mut self, tree: &str, parents: Vec<String>, message: &str, stamp: &str) -> String {
+        let sha = object_sha("commit", &format!("{tree}|{}|{message}{stamp}", parents.join(",")));
         self.commits.insert(sha.clone(), (tree.to_string(), parents, message.to_string()));
         sha
     }
@@ -488,6 +504,8 @@ pub struct FakeCheckRun {
     pub annotation_batches: Vec<usize>,
     /// The App that created it (GitHub's `app.id`): only Apps create check runs.
     pub app_id: u64,
+    /// Where the run's "Details" link leads, when its App set one.
+    pub details_url: Option<String>,
 }
 
 pub struct FakeState {
@@ -1139,6 +1157,7 @@ impl FakeState {
             actions: vec![],
             annotation_batches: vec![],
             app_id,
+            details_url: None,
         };
         self.model().check_runs.insert(id, run);
         id
@@ -1645,7 +1664,7 @@ fn check_run_problem(body: &serde_json::Value) -> Option<String> {
 
 fn check_run_json(r: &FakeCheckRun) -> serde_json::Value {
     json!({ "id": r.id, "name": r.name, "head_sha": r.head_sha, "status": r.status, "conclusion": r.conclusion,
-            "app": { "id": r.app_id },
+            "app": { "id": r.app_id }, "details_url": r.details_url,
             "output": { "title": r.title, "summary": r.summary, "text": r.text, "annotations_count": r.annotations.len() } })
 }
 
@@ -1680,6 +1699,7 @@ async fn create_check_run(State(s): State<Arc<FakeState>>, Path((owner, repo)): 
         annotations,
         actions: body.get("actions").and_then(|a| a.as_array()).cloned().unwrap_or_default(),
         app_id: s.app_id,
+        details_url: text(&body, "details_url"),
     };
     let json = check_run_json(&run);
     s.model().check_runs.insert(run.id, run);
@@ -1721,6 +1741,9 @@ async fn update_check_run(State(s): State<Arc<FakeState>>, Path((owner, repo, id
     if let Some(actions) = body.get("actions").and_then(|a| a.as_array()) {
         run.actions = actions.clone();
     }
+    if let Some(url) = body.get("details_url").and_then(|v| v.as_str()) {
+        run.details_url = Some(url.to_string());
+    }
     answer(StatusCode::OK, check_run_json(run))
 }
 
@@ -1745,6 +1768,23 @@ async fn get_ref(State(s): State<Arc<FakeState>>, Path((owner, repo, git_ref)): 
         ),
         None => not_found(),
     }
+}
+
+/// `GET /branches/{branch}`: the tip commit as the commits API describes it, its tree included.
+async fn get_branch(State(s): State<Arc<FakeState>>, Path((owner, repo, branch)): Path<(String, String, String)>) -> Response {
+    let m = s.model();
+    let full = format!("{owner}/{repo}");
+    let Some(sha) = m.git.refs.get(&(full.clone(), format!("heads/{branch}"))) else {
+        return message(StatusCode::NOT_FOUND, "Branch not found");
+    };
+    let (tree, parents, msg) = &m.git.commits[sha];
+    answer(
+        StatusCode::OK,
+        json!({ "name": branch, "protected": false,
+                "commit": { "sha": sha,
+                            "commit": { "message": msg, "tree": { "sha": tree, "url": format!("https://api.github.com/repos/{full}/git/trees/{tree}") } },
+                            "parents": parents.iter().map(|p| json!({ "sha": p })).collect::<Vec<_>>() } }),
+    )
 }
 
 async fn get_commit(State(s): State<Arc<FakeState>>, Path((_owner, _repo, sha)): Path<(String, String, String)>) -> Response {
@@ -1790,14 +1830,21 @@ fn apply_git_write(m: &mut Model, full: &str, kind: &str, body: &serde_json::Val
                 let Some(path) = entry.get("path").and_then(|p| p.as_str()) else {
                     return refuse("tree entries need a path");
                 };
-                match entry.get("sha") {
-                    Some(serde_json::Value::Null) => {
+                // An entry names its blob by `sha` (null deletes the path) or gives its text
+                // inline as `content`, which GitHub writes as a blob itself; never both.
+                match (entry.get("sha"), entry.get("content")) {
+                    (Some(_), Some(_)) => return refuse(&format!("tree entry {path}: use either `sha` or `content`, not both")),
+                    (None, Some(serde_json::Value::String(text))) => {
+                        let blob = m.git.blob(text);
+                        entries.insert(path.to_string(), blob);
+                    }
+                    (Some(serde_json::Value::Null), None) => {
                         entries.remove(path);
                     }
-                    Some(serde_json::Value::String(sha)) if m.git.blobs.contains_key(sha) => {
+                    (Some(serde_json::Value::String(sha)), None) if m.git.blobs.contains_key(sha) => {
                         entries.insert(path.to_string(), sha.clone());
                     }
-                    _ => return refuse(&format!("tree entry {path}: not a valid blob sha")),
+                    _ => return refuse(&format!("tree entry {path}: not a valid blob sha or content")),
                 }
             }
             Ok(json!({ "sha": m.git.tree(entries) }))
@@ -1818,7 +1865,7 @@ fn apply_git_write(m: &mut Model, full: &str, kind: &str, body: &serde_json::Val
                 return refuse("parents must be commits");
             }
             let msg = body.get("message").and_then(|t| t.as_str()).unwrap_or_default().to_string();
-            Ok(json!({ "sha": m.git.commit(&tree, parents, &msg) }))
+            Ok(json!({ "sha": m.git.made_commit(&tree, parents, &msg) }))
         }
         "refs" => {
             let (Some(name), Some(sha)) = (body.get("ref").and_then(|r| r.as_str()), body.get("sha").and_then(|r| r.as_str())) else {
@@ -2100,6 +2147,7 @@ impl FakeGithub {
                 get(list_reactions).post(create_reaction),
             )
             .route("/repos/{owner}/{repo}/collaborators/{login}/permission", get(permission))
+            .route("/repos/{owner}/{repo}/branches/{*branch}", get(get_branch))
             .route("/repos/{owner}/{repo}/git/ref/{*git_ref}", get(get_ref))
             .route("/repos/{owner}/{repo}/git/commits/{sha}", get(get_commit))
             .route("/repos/{owner}/{repo}/git/trees/{sha}", get(get_tree))

@@ -104,6 +104,16 @@ pub async fn status<'c, E: Executor<'c, Database = Db>>(conn: E, id: i64) -> sql
     Ok((r.try_get(0)?, r.try_get(1)?))
 }
 
+/// The GitHub id of the done action `key` (for example the number of a workflow's pull
+/// request), if it is done.
+pub async fn done_github_id<'c, E: Executor<'c, Database = Db>>(conn: E, key: &str) -> sqlx::Result<Option<i64>> {
+    let r = sqlx::query("SELECT github_id FROM actions WHERE idempotency_key = $1 AND status = 'done'")
+        .bind(key.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(r.map(|r| r.try_get::<Option<i64>, _>(0)).transpose()?.flatten())
+}
+
 /// The done action of `kind` in `repository` that GitHub answered with `github_id` (for example
 /// the action that created a check run), if any.
 pub async fn made<'c, E: Executor<'c, Database = Db>>(conn: E, kind: &str, repository: &str, github_id: i64) -> sqlx::Result<Option<i64>> {
@@ -143,6 +153,19 @@ pub async fn record_commit<'c, E: Executor<'c, Database = Db> + Copy>(
     .bind(now)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Puts the commit recorded for `key` back to `previous` (None: no commit): the commit recorded
+/// last was never published (GitHub refused the branch, which someone else holds), so no branch
+/// tip can be it.
+pub async fn restore_commit<'c, E: Executor<'c, Database = Db>>(conn: E, key: &str, previous: Option<&str>, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE actions SET commit_sha = $2, updated_at = $3 WHERE idempotency_key = $1 AND kind = 'commit'")
+        .bind(key.to_string())
+        .bind(previous.map(str::to_string))
+        .bind(now)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

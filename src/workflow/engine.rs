@@ -210,6 +210,9 @@ impl Engine {
 
     /// Runs the workflow until it has to wait. Returns when its next job is due.
     pub async fn run(&self, id: i64) -> anyhow::Result<Next> {
+        // What generating a patch read at its base, for Gate 2's diff in the next pass: kept only
+        // within this run, so a Gate 2 after a restart (or on another replica) reads it again.
+        let mut read_at_base: Option<BaseTexts> = None;
         // Each pass moves the workflow at least one state forward or returns; the bound only
         // guards against a bug turning into a busy loop.
         for _ in 0..32 {
@@ -218,8 +221,8 @@ impl Engine {
                 tracing::info_span!("workflow", id = wf.id, kind = %wf.kind, state = %wf.state, repo = %wf.repository, number = wf.number);
             let _enter = span.enter();
             match wf.state {
-                State::Ingested | State::ContextLoaded => self.generate(&wf).await?,
-                State::PatchesProposed => self.gate2(&wf).await?,
+                State::Ingested | State::ContextLoaded => read_at_base = self.generate(&wf).await?,
+                State::PatchesProposed => self.gate2(&wf, read_at_base.take()).await?,
                 State::WaitingUserApproval => {
                     if let Some(next) = self.wait(&wf).await? {
                         return Ok(next);
@@ -248,7 +251,16 @@ impl Engine {
     /// comments the webhooks did not carry. That text is at most as old as the trigger, which
     /// is moments ago. A later proposal (`/orch retry` after a request for changes, maybe days
     /// later) reads the issue again, since an edit to it sends no webhook orch acts on.
-    async fn context(&self, wf: &Workflow, feedback: Option<String>, round: usize) -> anyhow::Result<Context> {
+    ///
+    /// The files an instruction names are read at `base` (the commit a patch is proposed on;
+    /// the default branch's tip when None) and also returned as read, a missing file as None.
+    async fn context(
+        &self,
+        wf: &Workflow,
+        feedback: Option<String>,
+        round: usize,
+        base: Option<&str>,
+    ) -> anyhow::Result<(Context, BaseTexts)> {
         let (inst, repo) = (wf.installation_id, wf.repository.as_str());
         let subject = match round {
             // Written with the workflow by its trigger; an older one (a workflow the admin API
@@ -288,6 +300,10 @@ impl Engine {
         };
         let mut files = Vec::new();
         let mut refused = Vec::new();
+        let mut read = BaseTexts {
+            commit: base.map(str::to_string),
+            files: std::collections::HashMap::new(),
+        };
         if let Some(instruction) = &wf.instruction {
             for path in instruction.split('`').skip(1).step_by(2).filter(|p| !p.contains(' ')).take(5) {
                 // A path that could leave the repository is named, never fetched (SPEC §12).
@@ -295,12 +311,14 @@ impl Engine {
                     refused.push(format!("{path:?} (refused: {})", e.problem));
                     continue;
                 }
-                if let Some(text) = self.github.file(inst, repo, path, None).await? {
-                    files.push((path.to_string(), text));
+                let text = self.github.file(inst, repo, path, base).await?;
+                if let Some(text) = &text {
+                    files.push((path.to_string(), text.clone()));
                 }
+                read.files.insert(path.to_string(), text);
             }
         }
-        Ok(Context {
+        let context = Context {
             repository: wf.repository.clone(),
             number: wf.number,
             title,
@@ -311,11 +329,13 @@ impl Engine {
             feedback,
             files,
             refused,
-        })
+        };
+        Ok((context, read))
     }
 
     /// INGESTED / CONTEXT_LOADED → PATCHES_PROPOSED: the context pack and the model's answer.
-    async fn generate(&self, wf: &Workflow) -> anyhow::Result<()> {
+    /// For a patch, returns the files read at the commit it is proposed on (for Gate 2's diff).
+    async fn generate(&self, wf: &Workflow) -> anyhow::Result<Option<BaseTexts>> {
         let policy = self.policy(wf.installation_id, &wf.repository).await?;
         if let Some(error) = &policy.error {
             let kept = if policy.version == "builtin" {
@@ -341,7 +361,21 @@ impl Engine {
             // An expiry is not a request for changes.
             .filter(|r| !r.starts_with(EXPIRED_REASON));
         let round = self.proposal_round(wf).await?;
-        let context = self.context(wf, feedback, round).await?;
+        // A patch is proposed on one commit of the default branch, read once, before anything
+        // else: the model is shown the files at that commit, the diff is made against the same
+        // text, and the approval is bound to that commit (Gate 3 compares the files it changes
+        // with the base then). Reading the branch's files first and its commit after could
+        // pair them wrongly when a push lands in between.
+        let base = match wf.kind {
+            Kind::Patch => {
+                let default_branch = self.default_branch(wf).await?;
+                self.github
+                    .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{default_branch}"))
+                    .await?
+            }
+            _ => None,
+        };
+        let (context, read) = self.context(wf, feedback, round, base.as_deref()).await?;
         let mut wf = wf.clone();
         if wf.state == State::Ingested {
             let reason = format!(
@@ -353,21 +387,16 @@ impl Engine {
             wf.state = self.step(&wf, Step::ContextLoaded, "orch", &reason, false).await?;
         }
         let Some(raw) = self.ask_model(&wf, &policy, &context).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let hash = approval::proposal_hash(&raw);
         // What the proposal is bound to: a PR's head, or for a patch the default branch's commit
-        // it was made against (Gate 3 compares the files it changes with the base then).
+        // it was made against.
         let head_sha = match wf.kind {
             // The head the trigger named (a push since moved it and voids approvals by webhook).
             Kind::QaPlan if round == 0 && wf.head_sha.is_some() => wf.head_sha.clone(),
             Kind::QaPlan => Some(self.github.pull(wf.installation_id, &wf.repository, wf.number).await?.head.sha),
-            Kind::Patch => {
-                let default_branch = self.default_branch(&wf).await?;
-                self.github
-                    .ref_sha(wf.installation_id, &wf.repository, &format!("heads/{default_branch}"))
-                    .await?
-            }
+            Kind::Patch => base,
             Kind::Triage => None,
         };
         let now = now_ms();
@@ -385,7 +414,7 @@ impl Engine {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok((wf.kind == Kind::Patch).then_some(read))
     }
 
     /// One model call under the guardrails (SPEC §10): refused before anything is spent when
@@ -601,7 +630,8 @@ impl Engine {
     }
 
     /// PATCHES_PROPOSED → WAITING_USER_APPROVAL, APPROVED (auto-safe) or BLOCKED_POLICY.
-    async fn gate2(&self, wf: &Workflow) -> anyhow::Result<()> {
+    /// `read_at_base`: files generation just read at the patch's base, when this run made it.
+    async fn gate2(&self, wf: &Workflow, read_at_base: Option<BaseTexts>) -> anyhow::Result<()> {
         let policy = self.policy(wf.installation_id, &wf.repository).await?;
         let hash = wf.proposal_hash.clone().unwrap_or_default();
         let verdict = self.judge(wf, &policy).await?;
@@ -647,7 +677,7 @@ impl Engine {
         }
         // A patch is shown as its diff against the base it was proposed on (SPEC §6).
         let diff = match &proposal {
-            Proposal::Patch(patch) => Some(self.patch_diff(wf, patch).await?),
+            Proposal::Patch(patch) => Some(self.patch_diff(wf, patch, read_at_base.as_ref()).await?),
             _ => None,
         };
         let shown = diff.as_deref().map(|d| {
@@ -774,14 +804,25 @@ impl Engine {
     }
 
     /// The diff of every file of `patch` against the commit it was proposed on, stored for the
-    /// dashboard (which shows all of it).
-    async fn patch_diff(&self, wf: &Workflow, patch: &llm::PatchOutput) -> anyhow::Result<Vec<super::shown::FileDiff>> {
+    /// dashboard (which shows all of it). A file generation already read at that commit is not
+    /// read again (a commit's files never change); any other file the patch touches is read.
+    async fn patch_diff(
+        &self,
+        wf: &Workflow,
+        patch: &llm::PatchOutput,
+        read_at_base: Option<&BaseTexts>,
+    ) -> anyhow::Result<Vec<super::shown::FileDiff>> {
+        let known = read_at_base.filter(|r| r.commit.is_some() && r.commit == wf.head_sha);
         let mut files = Vec::with_capacity(patch.files.len());
         for f in &patch.files {
-            let old = self
-                .github
-                .file(wf.installation_id, &wf.repository, &f.path, wf.head_sha.as_deref())
-                .await?;
+            let old = match known.and_then(|r| r.files.get(&f.path)) {
+                Some(text) => text.clone(),
+                None => {
+                    self.github
+                        .file(wf.installation_id, &wf.repository, &f.path, wf.head_sha.as_deref())
+                        .await?
+                }
+            };
             let new = (f.action != FileAction::Delete).then_some(f.content.as_str());
             files.push(super::shown::file_diff(&f.path, old.as_deref(), new));
         }
@@ -849,8 +890,21 @@ impl Engine {
         let (Kind::Patch, Some(run)) = (wf.kind, wf.check_run_id) else {
             return Ok(());
         };
+        // An applied patch links its pull request: the check run is where the proposal was
+        // shown, and orch posts no comment about the pull request (see `announce_pr`).
+        let pull = match wf.state {
+            State::Done | State::PrCreated => self
+                .pull_number(wf)
+                .await?
+                .map(|n| (n, format!("{}/{}/pull/{n}", self.github.html_url(), wf.repository))),
+            _ => None,
+        };
+        let applied = match &pull {
+            Some((n, url)) => format!("Approved and applied: pull request [#{n}]({url})."),
+            None => "Approved and applied (dry-run: no pull request was opened).".to_string(),
+        };
         let (conclusion, outcome) = match wf.state {
-            State::Done | State::PrCreated => ("success", "Approved and applied: the pull request is linked on the issue."),
+            State::Done | State::PrCreated => ("success", applied.as_str()),
             State::BlockedPolicy => ("failure", "Blocked by policy: nothing was applied."),
             State::NeedsHuman => (
                 "neutral",
@@ -874,6 +928,7 @@ impl Engine {
             title: format!("Patch proposal for #{} (workflow {}): {}", wf.number, wf.id, wf.state.as_str()),
             summary,
             actions: Vec::new(),
+            details_url: pull.map(|(_, url)| url),
         };
         actions::check_run_update_once(
             &self.store,
@@ -1277,29 +1332,45 @@ impl Engine {
     }
 
     /// The patch as a branch `orch/<workflow-id>`, a commit on the current base and a pull request.
+    ///
+    /// What it costs GitHub (issue 14): one read of the default branch (its tip and that tip's
+    /// tree in one answer), the tree with the patch's texts inline (one request whatever the
+    /// number of files), the commit, the branch and the pull request. Only when the base moved
+    /// since the proposal are the patch's files read (two reads each) to find conflicts. The
+    /// branch is created without looking for it first: GitHub refuses a branch that exists, and
+    /// only then is it read and checked. A branch can be orch's own only if an earlier run
+    /// recorded a commit (recorded before the branch points at it), so only then is it looked
+    /// for first — such a run may have created it, and the commit made now (GitHub stamps
+    /// commits with the time) would not be the one it points at.
     async fn open_pull_request(&self, wf: &Workflow, patch: &llm::PatchOutput) -> anyhow::Result<()> {
         let (inst, repo) = (wf.installation_id, wf.repository.as_str());
         let branch = format!("orch/{}", wf.id);
         let approvers = self.approvers(wf).await?;
-        // A branch made by an earlier run of this step is the patch already committed.
         let commit_key = format!("wf{}:commit", wf.id);
-        let mut made_now = false;
-        let head = match self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? {
-            Some(sha) => sha,
+        let recorded_before = crate::store::actions::recorded_commit(self.store.pool(), &commit_key).await?;
+        let found = match &recorded_before {
+            Some(_) => self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await?,
+            None => None,
+        };
+        // (the branch's tip, the commit orch recorded that the tip is judged against, whether
+        // this run created the branch)
+        let (head, recorded, made_now) = match found {
+            // Made by an earlier run of this step, or not: compared below either way.
+            Some(tip) => (tip, recorded_before, false),
             None => {
                 let default_branch = self.default_branch(wf).await?;
                 let base = self
                     .github
-                    .ref_sha(inst, repo, &format!("heads/{default_branch}"))
+                    .branch(inst, repo, &default_branch)
                     .await?
                     .context("the default branch has no commit")?;
                 // The base may have moved since the proposal: the patch still applies when every
                 // file it changes is as it was then (SPEC §8, Gate 3).
-                if let Some(proposed_on) = wf.head_sha.as_deref().filter(|p| *p != base) {
+                if let Some(proposed_on) = wf.head_sha.as_deref().filter(|p| *p != base.commit) {
                     let mut conflicts = Vec::new();
                     for f in &patch.files {
                         let then = self.github.file(inst, repo, &f.path, Some(proposed_on)).await?;
-                        let now = self.github.file(inst, repo, &f.path, Some(&base)).await?;
+                        let now = self.github.file(inst, repo, &f.path, Some(&base.commit)).await?;
                         if then != now {
                             conflicts.push(f.path.clone());
                         }
@@ -1310,47 +1381,44 @@ impl Engine {
                             "Workflow {} was not applied: since the proposal, {default_branch} changed {list}, which the patch also changes. `/orch retry` makes a new proposal on the current {default_branch}.",
                             wf.id
                         );
-                        self.comment(wf, &format!("wf{}:conflict:{}", wf.id, short(&base)), &text).await?;
+                        self.comment(wf, &format!("wf{}:conflict:{}", wf.id, short(&base.commit)), &text)
+                            .await?;
                         self.step(
                             wf,
                             Step::Conflict,
                             "orch",
-                            &format!("conflict with {}: {}", short(&base), conflicts.join(", ")),
+                            &format!("conflict with {}: {}", short(&base.commit), conflicts.join(", ")),
                             false,
                         )
                         .await?;
                         return Ok(());
                     }
                 }
-                let base_tree = self.github.commit_tree(inst, repo, &base).await?;
-                let mut changes = Vec::new();
-                for f in &patch.files {
-                    let blob = match f.action {
-                        FileAction::Delete => None,
-                        FileAction::Create | FileAction::Update => Some(self.github.create_blob(inst, repo, &f.content).await?),
-                    };
-                    changes.push(TreeChange {
+                let changes: Vec<TreeChange> = patch
+                    .files
+                    .iter()
+                    .map(|f| TreeChange {
                         path: f.path.clone(),
-                        blob,
-                    });
-                }
-                let tree = self.github.create_tree(inst, repo, &base_tree, &changes).await?;
+                        content: (f.action != FileAction::Delete).then(|| f.content.clone()),
+                    })
+                    .collect();
+                let tree = self.github.create_tree(inst, repo, &base.tree, &changes).await?;
                 let message = format!(
                     "{}\n\n{}\n\nProposed by orch (workflow {}) for #{}; approved by {approvers}.",
                     patch.title, patch.summary, wf.id, wf.number
                 );
-                let commit = self.github.create_commit(inst, repo, &message, &tree, &base).await?;
+                let commit = self.github.create_commit(inst, repo, &message, &tree, &base.commit).await?;
                 // Recorded before the branch points at it: a branch tip that is not this commit
                 // was not made by orch (SPEC §6, "the published branch is the approved patch").
                 {
                     let _write = self.store.write_guard().await;
                     crate::store::actions::record_commit(self.store.pool(), &commit_key, inst, repo, &branch, &commit, now_ms()).await?;
                 }
-                let blobs: Vec<&str> = changes.iter().filter_map(|c| c.blob.as_deref()).collect();
+                let files: Vec<&str> = patch.files.iter().map(|f| f.path.as_str()).collect();
                 let audit = |found: bool| {
                     let details = serde_json::json!({
-                        "kind": "git_data", "workflow": wf.id, "branch": branch, "base": base, "tree": tree,
-                        "commit": commit, "blobs": blobs, "found_after_lost_answer": found,
+                        "kind": "git_data", "workflow": wf.id, "branch": branch, "base": base.commit, "tree": tree,
+                        "commit": commit, "files": files, "found_after_lost_answer": found,
                     });
                     async move {
                         crate::audit::append_now(
@@ -1366,30 +1434,43 @@ impl Engine {
                         // the branch is their marker), so the audit log records them here, once the branch
                         // makes them part of the repository.
                         audit(false).await?;
-                        made_now = true;
-                        commit
+                        (commit.clone(), Some(commit.clone()), true)
                     }
-                    // Made by a run whose answer was lost: the branch is the patch.
+                    // GitHub refuses a branch that exists ("Reference already exists"): one this
+                    // step made with its answer lost, or anyone's. Which one is decided by its
+                    // tip, never by its name.
                     Err(e @ ClientError::Github(crate::github::retry::GithubError::Permanent { status: 422, .. })) => {
-                        match self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? {
-                            Some(sha) => {
-                                audit(true).await?;
-                                sha
-                            }
-                            // Refused, and not made before: GitHub's refusal is the reason.
-                            None => return Err(e.into()),
+                        let Some(tip) = self.github.ref_sha(inst, repo, &format!("heads/{branch}")).await? else {
+                            // Refused, and not there: GitHub's refusal is the reason.
+                            return Err(e.into());
+                        };
+                        let ours = [Some(&commit), recorded_before.as_ref()]
+                            .into_iter()
+                            .flatten()
+                            .find(|c| **c == tip)
+                            .cloned();
+                        if tip == commit {
+                            audit(true).await?;
+                        } else {
+                            // The commit made now is not the tip, so it was never published:
+                            // the record goes back to what it was, so that a later look at the
+                            // branch does not take it for one orch made and someone moved.
+                            let _write = self.store.write_guard().await;
+                            crate::store::actions::restore_commit(self.store.pool(), &commit_key, recorded_before.as_deref(), now_ms())
+                                .await?;
                         }
+                        (tip, ours, false)
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
         };
         // A branch this run just created points at the commit it just made from the base tree
-        // and exactly the patch's blobs: there is nothing to compare (five reads saved). A branch
+        // and exactly the patch's texts: there is nothing to compare (five reads saved). A branch
         // found (an earlier run's, or anyone's) is compared.
         let difference = match made_now {
             true => None,
-            false => self.published_difference(wf, patch, &branch, &head).await?,
+            false => self.published_difference(wf, patch, &branch, &head, recorded.as_deref()).await?,
         };
         if let Some(difference) = difference {
             self.not_published(wf, &branch, &head, &difference).await?;
@@ -1412,21 +1493,22 @@ impl Engine {
     }
 
     /// How branch `branch`, whose tip is `tip`, differs from what orch published: None when the
-    /// tip is the commit orch recorded for it and that commit's tree is its parent's plus exactly
-    /// the patch. Checked before a pull request is opened or adopted, so a branch someone else
-    /// created first, or pushed to after orch, is never presented as the approved patch.
+    /// tip is `recorded` (the commit orch recorded for it; None when orch made none it could
+    /// point at) and that commit's tree is its parent's plus exactly the patch. Checked before a
+    /// pull request is opened or adopted, so a branch someone else created first, or pushed to
+    /// after orch, is never presented as the approved patch.
     async fn published_difference(
         &self,
         wf: &Workflow,
         patch: &llm::PatchOutput,
         branch: &str,
         tip: &str,
+        recorded: Option<&str>,
     ) -> anyhow::Result<Option<Difference>> {
         let (inst, repo) = (wf.installation_id, wf.repository.as_str());
-        let recorded = crate::store::actions::recorded_commit(self.store.pool(), &format!("wf{}:commit", wf.id)).await?;
         let tip_commit = self.github.git_commit(inst, repo, tip).await?;
         let tip_files = self.github.tree_files(inst, repo, &tip_commit.tree).await?;
-        match recorded.as_deref() {
+        match recorded {
             Some(made) if made == tip => {
                 let [parent] = tip_commit.parents.as_slice() else {
                     return Ok(Some(Difference {
@@ -1460,12 +1542,11 @@ impl Engine {
             }
             None => {
                 let default_branch = self.default_branch(wf).await?;
-                let base_sha = self
+                let base = self
                     .github
-                    .ref_sha(inst, repo, &format!("heads/{default_branch}"))
+                    .branch(inst, repo, &default_branch)
                     .await?
                     .context("the default branch has no commit")?;
-                let base = self.github.git_commit(inst, repo, &base_sha).await?;
                 let base_files = self.github.tree_files(inst, repo, &base.tree).await?;
                 Ok(Some(Difference {
                     headline: format!("`{branch}` already exists at `{}`, a commit orch did not make", short(tip)),
@@ -1563,20 +1644,22 @@ impl Engine {
         Ok(body)
     }
 
-    /// PR_CREATED → DONE, with the pull request's link on the issue.
+    /// PR_CREATED → DONE. The pull request is announced without a comment of its own: its body
+    /// names the issue ("Closes #N"), so GitHub shows it in the issue's timeline and links it
+    /// from the issue, and the proposal's check run, closed at DONE, links it (its summary and
+    /// its "Details"). That is one write fewer per patch (issue 14).
     async fn announce_pr(&self, wf: &Workflow) -> anyhow::Result<()> {
-        let text = match wf
-            .reason
-            .as_deref()
-            .and_then(|r| r.strip_prefix("pull request #"))
-            .and_then(|r| r.split(' ').next())
-        {
-            Some(number) => format!("Opened pull request #{number} for workflow {} (branch `orch/{}`).", wf.id, wf.id),
-            None => format!("Workflow {} is done (dry-run: no pull request was opened).", wf.id),
+        let reason = match self.pull_number(wf).await? {
+            Some(number) => format!("pull request #{number} opened"),
+            None => "dry-run: no pull request was opened".to_string(),
         };
-        self.comment(wf, &format!("wf{}:pr-comment", wf.id), &text).await?;
-        self.step(wf, Step::Applied, "orch", "pull request announced", false).await?;
+        self.step(wf, Step::Applied, "orch", &reason, false).await?;
         Ok(())
+    }
+
+    /// The number of the pull request `wf` opened, once it is opened (None in dry-run).
+    async fn pull_number(&self, wf: &Workflow) -> anyhow::Result<Option<i64>> {
+        Ok(crate::store::actions::done_github_id(self.store.pool(), &format!("wf{}:pull", wf.id)).await?)
     }
 
     /// Ends a workflow whose step failed for good, and says so on the issue: permanent GitHub
@@ -1606,6 +1689,15 @@ impl Engine {
         self.comment(&wf, &format!("wf{}:failed", wf.id), &text).await?;
         Ok(())
     }
+}
+
+/// Files of the default branch as read at one commit (path → text; None: no such file there):
+/// what generating a patch read, handed to Gate 2 so that showing the diff reads nothing twice.
+#[derive(Debug, Clone, Default)]
+struct BaseTexts {
+    /// The commit they were read at (None: the default branch's tip, no commit known).
+    commit: Option<String>,
+    files: std::collections::HashMap<String, Option<String>>,
 }
 
 /// Why a branch is not the approved patch: one line, and the paths that differ.

@@ -649,7 +649,7 @@ pub mod invariants {
 
     /// No GitHub write made twice: each orch-made object carries its action's marker once and
     /// no marker is on two objects; per workflow one proposal, one labels request, one branch,
-    /// one commit on main, one pull request, one announcement and one check run.
+    /// one commit on main, one pull request, and one check run, closed and linking it.
     fn check_github(s: &Snapshot, ledger: &Ledger, p: &mut Vec<Problem>) {
         let actions: BTreeMap<i64, &Action> = s.actions.iter().map(|a| (a.id, a)).collect();
         // marker → (what carries it, its GitHub id)
@@ -775,14 +775,7 @@ pub mod invariants {
                     format!("{branch}: {ref_posts} ref and {pull_posts} pull requests"),
                 ));
             }
-            let announcements = s.comments[n]
-                .iter()
-                .filter(|c| c.author == APP_LOGIN && c.body.starts_with("Opened pull request") && c.body.contains(&format!("workflow {w}")))
-                .count();
-            if announcements != 1 {
-                p.push(("patch: not exactly one announcement", format!("#{n}: {announcements}")));
-            }
-            let runs: Vec<i64> = s
+            let runs: Vec<&FakeCheckRun> = s
                 .check_runs
                 .iter()
                 .filter(|r| {
@@ -791,10 +784,27 @@ pub mod invariants {
                             .iter()
                             .any(|m| actions.get(m).is_some_and(|a| a.key.starts_with(&format!("wf{w}:"))))
                 })
-                .map(|r| r.id)
                 .collect();
             if runs.len() != 1 {
-                p.push(("patch: not exactly one check run", format!("workflow {w}: {runs:?}")));
+                let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+                p.push(("patch: not exactly one check run", format!("workflow {w}: {ids:?}")));
+            }
+            // The pull request is announced by the check run, closed at the end: no buttons left,
+            // and its "Details" and summary lead to the pull request.
+            if let ([run], [pull]) = (runs.as_slice(), pulls.as_slice()) {
+                let link = format!("/pull/{pull}");
+                let linked = run.details_url.as_deref().is_some_and(|u| u.ends_with(&link)) && run.summary.contains(&format!("[#{pull}]("));
+                if !run.actions.is_empty() || !linked {
+                    p.push((
+                        "patch: the check run is not closed with its pull request's link",
+                        format!(
+                            "workflow {w}: details {:?}, {} buttons: {:?}",
+                            run.details_url,
+                            run.actions.len(),
+                            run.summary
+                        ),
+                    ));
+                }
             }
         }
         if !ledger.patch.is_empty() {
