@@ -37,7 +37,7 @@ run_orch() { # $1 label, $2 database url (ORCH_* variables in the environment pa
   # Processing yields to ingest under pressure; measure how long the queue takes to drain.
   local t0 depth
   t0=$(date +%s.%N)
-  while [ "${ORCH_WORKERS:-4}" != 0 ]; do
+  while [ "${ORCH_WORKERS:-16}" != 0 ]; do
     depth=$(curl -s 127.0.0.1:$port/health | python3 -c 'import json,sys; print(json.load(sys.stdin)["queueDepth"])')
     [ "$depth" = 0 ] && break
     sleep 0.2

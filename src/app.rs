@@ -177,6 +177,8 @@ async fn marker_key(config: &Config, store: &Store) -> anyhow::Result<crate::git
     let text = crate::store::server_keys::get_or_create(store.pool(), "marker", &MarkerKey::generate_text(), crate::store::now_ms())
         .await
         .context("the marker key in the database")?;
+    // On disk before any comment carries a tag made with it.
+    store.sync().await?;
     Ok(MarkerKey::new(secrecy::SecretString::from(text)))
 }
 

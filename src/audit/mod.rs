@@ -213,9 +213,9 @@ impl std::str::FromStr for Anchor {
 const COLUMNS: &str = "seq, at, kind, actor, subject, details, prev_hash, hash";
 
 /// Appends `entry` at time `now` inside the caller's transaction and returns its seq. Takes the
-/// appenders' lock (see the module docs), which the caller's transaction holds until it ends. Runs
-/// in a savepoint, so a failed append leaves the caller's transaction usable (and a call on a
-/// connection outside any transaction is still atomic).
+/// appenders' lock (see the module docs), which the caller's transaction holds until it ends.
+/// Call it inside a write transaction: outside one, Postgres would release the lock before the
+/// INSERT, and a concurrent appender makes one of the two fail on the seq (the chain never forks).
 pub async fn append(conn: &mut AnyConnection, backend: Backend, entry: &Entry<'_>, now: i64) -> sqlx::Result<i64> {
     let seqs = append_many(conn, backend, std::slice::from_ref(entry), now).await?;
     Ok(seqs[0])
@@ -233,24 +233,21 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
     if entries.is_empty() {
         return Ok(Vec::new());
     }
+    // Inside the caller's transaction, one INSERT needs no savepoint: it is atomic by itself,
+    // and a caller whose append fails rolls its transaction back (on Postgres a failed
+    // statement ends the transaction's usefulness anyway). Each statement saved is a round trip
+    // (to sqlx's SQLite thread, or to the Postgres server), and a workflow records about eight.
     // On SQLite every write transaction is `BEGIN IMMEDIATE` (`Store::begin`), which holds the
-    // database's write lock already, and one INSERT is atomic by itself (a failed one leaves the
-    // caller's transaction usable): the savepoint and the locking statement would only add three
-    // round trips to sqlx's connection thread per record, and a workflow records about eight.
-    // They stay for Postgres (the advisory lock) and for batches that take several INSERTs.
-    let guarded = backend == Backend::Postgres || entries.len() > ROWS_PER_INSERT;
-    if !guarded {
+    // database's write lock already; on Postgres the appenders' lock is taken first.
+    if entries.len() <= ROWS_PER_INSERT {
+        if backend == Backend::Postgres {
+            lock_chain(conn).await?;
+        }
         return insert_links(conn, entries, now).await;
     }
     let mut tx = conn.begin().await?;
     match backend {
-        Backend::Postgres => {
-            // Waits for the previous appender's transaction to end; released when this one ends.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(LOCK_KEY)
-                .execute(&mut *tx)
-                .await?;
-        }
+        Backend::Postgres => lock_chain(&mut tx).await?,
         Backend::Sqlite => {
             // A write that matches no row (so no trigger fires) takes SQLite's write lock now,
             // before the last row is read, should the caller's transaction be a deferred one.
@@ -260,6 +257,15 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
     let seqs = insert_links(&mut tx, entries, now).await?;
     tx.commit().await?;
     Ok(seqs)
+}
+
+/// Postgres: waits for the previous appender's transaction to end; released when this one ends.
+async fn lock_chain(conn: &mut AnyConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Reads the chain's last link and inserts `entries` after it (the caller holds the lock).

@@ -329,7 +329,7 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
-        let workers = src.parse::<usize>("ORCH_WORKERS", "a whole number")?.unwrap_or(4).min(64);
+        let workers = src.parse::<usize>("ORCH_WORKERS", "a whole number")?.unwrap_or(16).min(64);
         let github_write_pace = src
             .parse::<u64>("ORCH_GITHUB_WRITE_PACE_MS", "a whole number of milliseconds")?
             .unwrap_or(1000);

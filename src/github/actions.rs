@@ -124,7 +124,9 @@ where
         let target = target.clone();
         async move {
             let now = now_ms();
-            let mut tx = store.begin().await.map_err(|e| sqlx::Error::Protocol(format!("{e:#}")))?;
+            // Relaxed: should a power loss undo it, the action's lease (synced below before the
+            // attempt) makes the next run look for the write's marker and find it.
+            let mut tx = store.begin_relaxed().await.map_err(|e| sqlx::Error::Protocol(format!("{e:#}")))?;
             actions::finish(&mut *tx, action.id, status, github_id, error.as_deref(), now).await?;
             let entry = crate::audit::Entry {
                 kind: crate::audit::kind::GITHUB_WRITE,
@@ -145,6 +147,9 @@ where
     // The first lease of an action comes before any attempt to make it, so there is nothing
     // to look for yet: a reply does not list all the comments before it is posted.
     let first_lease = actions::leases(store.pool(), action.id).await? == 1;
+    // The action and its lease are on disk before GitHub is asked: after a power loss the next
+    // run knows an attempt may have reached GitHub, and looks for its marker first.
+    store.sync().await.map_err(|e| sqlx::Error::Protocol(format!("{e:#}")))?;
     let attempts = client.policy().max_attempts.max(1);
     for attempt in 1..=attempts {
         let looked_for = if attempt == 1 && first_lease {

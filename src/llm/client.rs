@@ -269,7 +269,9 @@ impl Llm {
         };
         let answer_text = answer.map(|a| a.to_string());
         {
-            let mut tx = begin().await?;
+            // Relaxed: the start above is durable, so a call whose result a power loss undoes
+            // still counts against the budget (with no tokens); the workflow asks again.
+            let mut tx = store.begin_relaxed().await.map_err(|e| sqlx::Error::Protocol(format!("{e:#}")))?;
             model_calls::finish(
                 &mut *tx,
                 call_id,

@@ -1,12 +1,13 @@
 //! Group commit for write transactions on SQLite.
 //!
-//! SQLite has one writer at a time, and each commit is an fsync (`synchronous=FULL`). A workflow
+//! SQLite has one writer at a time, and each durable commit is a sync of its log. A workflow
 //! step is a handful of short transactions, so under load the writers queue behind each other's
-//! fsyncs. Here the writers that are waiting when a transaction ends share its database
+//! commits. Here the writers that are waiting when a transaction ends share its database
 //! transaction instead: each is a savepoint in it (its own rollback stays its own), the last of
 //! them commits once for all, and every member's `commit` returns only after that commit, so a
 //! member never acts on (or answers for) anything that is not durable yet. Nothing is weakened:
-//! the one commit is fsynced like every other.
+//! a group with a durable member (see [`Durability`]) has its log synced before any member's
+//! `commit` returns; a group of relaxed members only is committed without the sync.
 //!
 //! The open transaction travels with the process's write lock from member to member; writers
 //! outside the group (single statements, the ingest writer) wait for the lock as before, and get
@@ -14,7 +15,7 @@
 //! [`MAX_AGE`] of time, which bounds what its first member waits; and none more once the ingest
 //! writer waits for the lock, since a webhook's answer waits behind it (processing can wait).
 
-use super::{Backend, Tx};
+use super::{Backend, Durability, SqliteSync, Tx};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,9 +29,10 @@ const SAVEPOINT: &str = "orch_group_member";
 type Outcome = Option<Result<(), String>>;
 
 /// The process's group: whether one is open, and who waits to join it.
-#[derive(Default)]
 pub(super) struct GroupCommit {
     state: std::sync::Mutex<Waiting>,
+    /// Syncs the log after a commit that a durable member is part of.
+    log: Arc<SqliteSync>,
     /// Writers that must not wait for a group to fill (the ingest writer) and wait for the lock.
     priority_waiters: std::sync::atomic::AtomicUsize,
 }
@@ -52,6 +54,14 @@ struct Waiting {
 }
 
 impl GroupCommit {
+    pub(super) fn new(log: Arc<SqliteSync>) -> Self {
+        GroupCommit {
+            state: Default::default(),
+            log,
+            priority_waiters: Default::default(),
+        }
+    }
+
     /// Marks a priority writer as waiting for the lock until the returned value is dropped.
     pub(super) fn priority(&self) -> Priority<'_> {
         self.priority_waiters.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -80,6 +90,8 @@ struct Open {
     _guard: OwnedMutexGuard<()>,
     outcome: Arc<watch::Sender<Outcome>>,
     members: usize,
+    /// A member needs the commit on disk before it returns (see [`Durability`]).
+    durable: bool,
     started: Instant,
     group: Arc<GroupCommit>,
 }
@@ -108,7 +120,13 @@ pub(super) struct Member {
 /// Joins the open group, or opens one: takes the write lock and begins `BEGIN IMMEDIATE`. A
 /// group counts as open from the moment its opener queues for the lock, so the writers that
 /// arrive while the previous group commits join the next one instead of queueing one by one.
-pub(super) async fn begin(group: &Arc<GroupCommit>, lock: &Arc<Mutex<()>>, pool: &sqlx::AnyPool, backend: Backend) -> sqlx::Result<Member> {
+pub(super) async fn begin(
+    group: &Arc<GroupCommit>,
+    lock: &Arc<Mutex<()>>,
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    durability: Durability,
+) -> sqlx::Result<Member> {
     let mut open = loop {
         let joined = {
             let mut w = group.waiting();
@@ -142,6 +160,7 @@ pub(super) async fn begin(group: &Arc<GroupCommit>, lock: &Arc<Mutex<()>>, pool:
                     _guard: guard,
                     outcome: Arc::new(watch::channel(None).0),
                     members: 0,
+                    durable: false,
                     started: Instant::now(),
                     group: group.clone(),
                 };
@@ -149,6 +168,7 @@ pub(super) async fn begin(group: &Arc<GroupCommit>, lock: &Arc<Mutex<()>>, pool:
         }
     };
     open.members += 1;
+    open.durable |= durability == Durability::Durable;
     if let Err(e) = sqlx::query(&format!("SAVEPOINT {SAVEPOINT}")).execute(&mut **open.tx()).await {
         abort(open, &e).await;
         return Err(e);
@@ -272,11 +292,21 @@ async fn pass_on(mut open: Open) {
             },
             None => {
                 let tx = open.tx.take().expect("an open group holds its transaction");
-                let committed = tx.commit().await.map_err(|e| e.to_string());
-                if let Err(e) = &committed {
-                    tracing::error!(error = %e, members = open.members, "group commit failed");
+                let mut committed = tx.commit().await.map_err(|e| e.to_string());
+                let (members, durable, outcome, log) = (open.members, open.durable, open.outcome.clone(), open.group.log.clone());
+                // The write lock goes to the next writer before the log is synced: its frames
+                // follow this group's, and a sync covers whatever was written before it ended.
+                drop(open);
+                if committed.is_ok() && durable {
+                    committed = match tokio::task::spawn_blocking(move || log.sync()).await {
+                        Ok(synced) => synced.map_err(|e| format!("syncing the log: {e}")),
+                        Err(e) => Err(format!("the log sync task failed: {e}")),
+                    };
                 }
-                open.outcome.send_replace(Some(committed));
+                if let Err(e) = &committed {
+                    tracing::error!(error = %e, members, "group commit failed");
+                }
+                outcome.send_replace(Some(committed));
                 return;
             }
         }

@@ -63,6 +63,86 @@ pub enum SyncMode {
     Normal,
 }
 
+/// Whether a write transaction's commit must be on disk when `commit` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Durable,
+    Relaxed,
+}
+
+/// Syncs the SQLite log (`<file>-wal`). The pool's connections commit with `synchronous=NORMAL`,
+/// which writes a commit to the log without syncing it; syncing the log afterwards makes that
+/// commit, and every one before it, durable, as `synchronous=FULL` would have at each commit.
+/// Concurrent callers share one sync: whoever arrives while one runs waits for the next.
+pub(crate) struct SqliteSync {
+    wal: std::path::PathBuf,
+    /// `ORCH_DURABILITY=os` syncs nothing.
+    enabled: bool,
+    state: std::sync::Mutex<Syncs>,
+    done: std::sync::Condvar,
+}
+
+/// Syncs started and finished (numbered 1, 2, …): a caller needs one that started after it
+/// arrived; the number and error of the latest that failed.
+#[derive(Default)]
+struct Syncs {
+    started: u64,
+    finished: u64,
+    failed: Option<(u64, String)>,
+}
+
+impl SqliteSync {
+    fn new(db: &std::path::Path, sync: SyncMode) -> Self {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        SqliteSync {
+            wal: wal.into(),
+            enabled: sync == SyncMode::Full,
+            state: std::sync::Mutex::new(Syncs::default()),
+            done: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Blocks until a sync that started after this call has finished.
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // A sync already running may have missed this caller's commit: it needs the next one.
+        let needed = state.started + 1;
+        loop {
+            if let Some((ticket, error)) = &state.failed {
+                if *ticket >= needed {
+                    return Err(std::io::Error::other(error.clone()));
+                }
+            }
+            if state.finished >= needed {
+                return Ok(());
+            }
+            if state.started == state.finished {
+                state.started += 1;
+                let ticket = state.started;
+                drop(state);
+                let result = match std::fs::OpenOptions::new().write(true).open(&self.wal) {
+                    Ok(file) => file.sync_data(),
+                    // No log yet: nothing was written through it, so nothing waits to be synced.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let mut after = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                after.finished = ticket;
+                if let Err(e) = &result {
+                    after.failed = Some((ticket, e.to_string()));
+                }
+                self.done.notify_all();
+                return result;
+            }
+            state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -75,6 +155,8 @@ pub struct Store {
     /// Not on Postgres: there a group's long transaction would hold the audit chain's lock and its
     /// row locks across members, and replicas waiting on each other's groups deadlock.
     group: Option<Arc<group::GroupCommit>>,
+    /// SQLite: syncs the log after the commits that must be durable.
+    log_sync: Option<Arc<SqliteSync>>,
     /// The SQLite file and sync mode, for the ingest writer's own connection.
     sqlite: Option<(std::path::PathBuf, SyncMode)>,
     /// The Postgres URL, for the ingest writer's own connection. Never logged: it may hold a password.
@@ -182,17 +264,12 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // Checkpoints run in a background task (see `checkpoint_loop`), never inside
-                        // a commit that a webhook answer waits for.
-                        let synchronous = match sync {
-                            SyncMode::Full => "FULL",
-                            SyncMode::Normal => "NORMAL",
-                        };
+                        // a commit that a webhook answer waits for. The pool's commits do not sync
+                        // the log themselves: the store syncs it after the commits that must be
+                        // durable (see `SqliteSync`), whatever `sync` says.
                         conn.execute(
-                            format!(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=15000; \
-                                 PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;"
-                            )
-                            .as_str(),
+                            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=15000; \
+                             PRAGMA foreign_keys=ON; PRAGMA wal_autocheckpoint=0;",
                         )
                         .await?;
                     }
@@ -203,14 +280,16 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to the {} database named by ORCH_DATABASE_URL", backend.name()))?;
         let write_lock = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        let group = (backend == Backend::Sqlite).then(|| Arc::new(group::GroupCommit::default()));
         let sqlite = (backend == Backend::Sqlite).then(|| (sqlite_file(&url), sync));
+        let log_sync = sqlite.as_ref().map(|(path, sync)| Arc::new(SqliteSync::new(path, *sync)));
+        let group = log_sync.as_ref().map(|log| Arc::new(group::GroupCommit::new(log.clone())));
         let postgres_url = (backend == Backend::Postgres).then(|| url.clone());
         Ok(Store {
             pool,
             backend,
             write_lock,
             group,
+            log_sync,
             sqlite,
             postgres_url,
         })
@@ -242,12 +321,59 @@ impl Store {
     /// locked", no waiting) when another connection committed in between — the in-process mutex
     /// does not cover a second process such as `orch circuit reset`. The writers waiting for the
     /// lock share that transaction and its one commit, each in a savepoint of its own.
+    ///
+    /// Its commit is durable (it survives a power loss) when `commit` returns.
     pub async fn begin(&self) -> anyhow::Result<WriteTx> {
+        self.begin_with(Durability::Durable).await
+    }
+
+    /// A write transaction whose commit need not reach the disk before `commit` returns: orch's
+    /// own bookkeeping between two effects (a workflow's transitions, a job completed), which a
+    /// power loss may undo, so that the step runs again. Every commit made durable later (by
+    /// [`Store::begin`] or [`Store::sync`]) makes the relaxed ones before it durable too, since
+    /// the log is written in order; so nothing orch did outside (a GitHub write, a model call,
+    /// an answer) can outlive the record that it was started. A crash of orch alone loses
+    /// nothing either way: the commit is in the operating system's hands (on Postgres, the
+    /// server's: `synchronous_commit = off` for this transaction).
+    pub async fn begin_relaxed(&self) -> anyhow::Result<WriteTx> {
+        self.begin_with(Durability::Relaxed).await
+    }
+
+    async fn begin_with(&self, durability: Durability) -> anyhow::Result<WriteTx> {
         let inner = match (&self.group, &self.write_lock) {
-            (Some(group), Some(lock)) => Inner::Member(group::begin(group, lock, &self.pool, self.backend).await?),
-            _ => Inner::Own(self.pool.begin().await?),
+            (Some(group), Some(lock)) => Inner::Member(group::begin(group, lock, &self.pool, self.backend, durability).await?),
+            _ => {
+                let mut tx = self.pool.begin().await?;
+                if durability == Durability::Relaxed {
+                    // Postgres: the commit does not wait for its log flush; a later synchronous
+                    // commit flushes the log up to it and beyond. It matters more than the flush
+                    // itself: a transaction that appends to the audit chain holds the chain's
+                    // lock until its commit returns, so every appender would queue behind
+                    // each flush (1,000 triages took 51 s instead of 14 s).
+                    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+                }
+                Inner::Own(tx)
+            }
         };
         Ok(WriteTx { inner })
+    }
+
+    /// Makes every write committed so far durable (SQLite: syncs the log, which relaxed commits
+    /// and single statements leave to the operating system). Call it before an effect outside
+    /// the database that a write committed outside [`Store::begin`] must survive, such as the
+    /// lease that says a GitHub write is being attempted. On Postgres single statements commit
+    /// synchronously already.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        match &self.log_sync {
+            Some(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.sync())
+                    .await
+                    .context("the log sync task failed")?
+                    .context("syncing the SQLite log")
+            }
+            None => Ok(()),
+        }
     }
 
     /// Holds the SQLite write lock for a single writing statement run on the pool.

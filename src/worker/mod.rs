@@ -213,7 +213,8 @@ async fn process_delivery_batch(store: &Store, config: &WorkerConfig, acting: bo
     }
     let ids: Vec<i64> = batch.iter().map(|j| j.id).collect();
     let now = now_ms();
-    let mut tx = store.begin().await?;
+    // Relaxed: a power loss that undoes it leaves the jobs to run again (see `Store::begin_relaxed`).
+    let mut tx = store.begin_relaxed().await?;
     // Completed first, with their effects: jobs another worker took over are left out whole.
     let done: std::collections::HashSet<i64> = jobs::complete_many(&mut *tx, &ids, &config.owner, now).await?.into_iter().collect();
     let mut processed = Vec::with_capacity(done.len());
@@ -418,7 +419,7 @@ async fn process(worker: &Worker, job: &jobs::Job) -> anyhow::Result<bool> {
 async fn process_workflow(worker: &Worker, engine: &Engine, job_id: i64, workflow_id: i64) -> anyhow::Result<bool> {
     let next = engine.run(workflow_id).await?;
     let now = now_ms();
-    let mut tx = worker.store.begin().await?;
+    let mut tx = worker.store.begin_relaxed().await?;
     if !jobs::complete(&mut *tx, job_id, &worker.config.owner, now).await? {
         tx.rollback().await?;
         return Ok(false);
@@ -454,7 +455,7 @@ async fn process_delivery(worker: &Worker, job_id: i64, guid: &str) -> anyhow::R
         }
     }
     let now = now_ms();
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_relaxed().await?;
     // The job is completed first, in the same transaction as its effects: if another worker took
     // the lease over, this transaction applies nothing.
     if !jobs::complete(&mut *tx, job_id, &config.owner, now).await? {

@@ -184,7 +184,7 @@ impl Engine {
     /// Moves `wf` by `step` and, when `wake` is set, queues its next job in the same transaction.
     pub async fn step(&self, wf: &Workflow, step: Step, actor: &str, reason: &str, wake: bool) -> anyhow::Result<State> {
         let now = now_ms();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_relaxed().await?;
         let to = workflows::transition(&mut tx, wf.id, wf.kind, wf.state, step, actor, reason, now).await?;
         if wake {
             jobs::enqueue_workflow_job(&mut tx, wf.id, now, now).await?;
@@ -400,7 +400,7 @@ impl Engine {
             Kind::Triage => None,
         };
         let now = now_ms();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_relaxed().await?;
         workflows::set_proposal(&mut *tx, wf.id, &raw, &hash, &policy.version, head_sha.as_deref(), now).await?;
         workflows::transition(
             &mut tx,
@@ -471,7 +471,7 @@ impl Engine {
             Err(_) => (true, 0.0),
         };
         let opened = {
-            let mut tx = self.store.begin().await?;
+            let mut tx = self.store.begin_relaxed().await?;
             let opened = guard::record_task(&mut tx, failed, cost, limits.error_rate_threshold, now_ms()).await?;
             let entry = crate::audit::Entry {
                 kind: crate::audit::kind::MODEL_CALL,
@@ -620,7 +620,10 @@ impl Engine {
             details: serde_json::json!({ "gate": gate, "class": verdict.class().map(|c| c.as_str()), "violations": verdict.lines(),
                                          "proposal_hash": wf.proposal_hash, "policy_version": wf.policy_version }),
         };
-        crate::audit::append_now(&self.store, &entry).await?;
+        // Relaxed: a verdict lost to a power loss is judged again when the step runs again.
+        let mut tx = self.store.begin_relaxed().await?;
+        crate::audit::append(&mut tx, self.store.backend(), &entry, now_ms()).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -706,7 +709,7 @@ impl Engine {
             _ => None,
         };
         let now = now_ms();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_relaxed().await?;
         if let Sent::Done { github_id, .. } = comment {
             workflows::set_proposal_comment(&mut *tx, wf.id, github_id, now).await?;
         }
@@ -1414,6 +1417,7 @@ impl Engine {
                     let _write = self.store.write_guard().await;
                     crate::store::actions::record_commit(self.store.pool(), &commit_key, inst, repo, &branch, &commit, now_ms()).await?;
                 }
+                self.store.sync().await?;
                 let files: Vec<&str> = patch.files.iter().map(|f| f.path.as_str()).collect();
                 let audit = |found: bool| {
                     let details = serde_json::json!({

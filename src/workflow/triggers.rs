@@ -238,7 +238,9 @@ impl Engine {
     /// unless a decision was recorded before. Sends nothing.
     async fn decide_once(&self, t: &Trigger<'_>, decision: Outcome) -> anyhow::Result<()> {
         let now = now_ms();
-        let mut tx = self.store.begin().await?;
+        // Relaxed: undone by a power loss, the delivery's job (whose completion is later in the
+        // log) runs again and decides again; the reply it sends is synced first (`actions`).
+        let mut tx = self.store.begin_relaxed().await?;
         let (accepted, reply) = match &decision {
             Outcome::Reply { accepted, text } => (*accepted, Some(text.as_str())),
             Outcome::Move { text, .. } => (true, Some(text.as_str())),
