@@ -54,7 +54,7 @@ impl WriteLimits {
 
     /// A limit's window as orch counts it: GitHub's, stretched by the headroom.
     pub fn window_ms(&self, limit: &WriteLimit) -> i64 {
-        (limit.window_ms as f64 * (1.0 + self.headroom)).ceil() as i64
+        limit.window_ms + (limit.window_ms as f64 * self.headroom).round() as i64
     }
 
     fn longest_window(&self) -> i64 {

@@ -83,19 +83,7 @@ pub async fn workflow_has_live_job<'c, E: Executor<'c, Database = Db>>(conn: E, 
 /// that are due, oldest first. Each half walks an index in order and stops at `limit`, so a
 /// claim costs the same whatever the length of the queue.
 pub async fn claim(pool: &sqlx::AnyPool, backend: Backend, owner: &str, lease_ms: i64, limit: i64, now: i64) -> sqlx::Result<Vec<Job>> {
-    let mut conn = pool.acquire().await?;
-    let request = LeaseRequest {
-        backend,
-        owner,
-        lease_ms,
-        now,
-    };
-    let mut jobs = claim_where(&mut conn, &request, limit, "status = 'running' AND lease_until < $3", "lease_until").await?;
-    let left = limit - jobs.len() as i64;
-    if left > 0 {
-        jobs.extend(claim_where(&mut conn, &request, left, "status = 'queued' AND run_at <= $3", "run_at, id").await?);
-    }
-    Ok(jobs)
+    claim_from(pool, backend, owner, lease_ms, limit, now, true).await
 }
 
 /// Claims up to `limit` queued jobs that are due, leaving jobs whose lease ran out to a later
@@ -109,6 +97,21 @@ pub async fn claim_queued(
     limit: i64,
     now: i64,
 ) -> sqlx::Result<Vec<Job>> {
+    claim_from(pool, backend, owner, lease_ms, limit, now, false).await
+}
+
+const EXPIRED: &str = "status = 'running' AND lease_until < $3";
+const DUE: &str = "status = 'queued' AND run_at <= $3";
+
+async fn claim_from(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    owner: &str,
+    lease_ms: i64,
+    limit: i64,
+    now: i64,
+    expired_too: bool,
+) -> sqlx::Result<Vec<Job>> {
     let mut conn = pool.acquire().await?;
     let request = LeaseRequest {
         backend,
@@ -116,7 +119,15 @@ pub async fn claim_queued(
         lease_ms,
         now,
     };
-    claim_where(&mut conn, &request, limit, "status = 'queued' AND run_at <= $3", "run_at, id").await
+    let mut jobs = match expired_too {
+        true => claim_where(&mut conn, &request, limit, EXPIRED, "lease_until").await?,
+        false => Vec::new(),
+    };
+    let left = limit - jobs.len() as i64;
+    if left > 0 {
+        jobs.extend(claim_where(&mut conn, &request, left, DUE, "run_at, id").await?);
+    }
+    Ok(jobs)
 }
 
 /// Who asks for a lease, for how long, and when.

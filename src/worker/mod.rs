@@ -113,7 +113,7 @@ async fn worker_loop(n: usize, worker: Worker, signals: Arc<IngestSignals>, mut 
         }
         let batch = if busy { claim_size.min(32) } else { claim_size };
         let claimed_at = now_ms();
-        let scan_expired = claimed_at - expired_scanned_at >= lease_ms / 4;
+        let scan_expired = claimed_at.saturating_sub(expired_scanned_at) >= lease_ms / 4;
         let claimed = {
             let _write = store.write_guard().await;
             if scan_expired {
