@@ -155,16 +155,7 @@ async fn a_base_that_moved_under_the_patch_needs_a_human(backend: Backend) {
     assert_eq!(path_of(&o, id).await[4..], ["APPROVED", "APPLYING_CHANGES", "NEEDS_HUMAN"]);
     // /orch retry proposes again on the current main, which then applies.
     o.comment(&issue, "mara", "/orch retry").await;
-    o.eventually("a new proposal", e2e::WAIT, || async {
-        (o.transitions(id)
-            .await
-            .iter()
-            .filter(|(_, to, _)| to == "WAITING_USER_APPROVAL")
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .await;
+    o.wait_proposals(id, 2).await;
     o.comment(&issue, "lee", "/orch approve").await;
     o.wait_state(id, "DONE").await;
     assert_eq!(o.fake.state.pulls(REPO).len(), 1);

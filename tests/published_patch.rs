@@ -87,16 +87,7 @@ async fn a_branch_created_first_by_someone_else_is_not_published(backend: Backen
     // Asked again with the planted branch still there, orch says the same: the commit it made
     // and could not publish does not make the planted branch look like one of its own, moved.
     o.comment(&issue, "mara", "/orch retry").await;
-    o.eventually("a new proposal", WAIT, || async {
-        (o.transitions(id)
-            .await
-            .iter()
-            .filter(|(_, to, _)| to == "WAITING_USER_APPROVAL")
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .await;
+    o.wait_proposals(id, 2).await;
     o.comment(&issue, "lee", "/orch approve").await;
     o.eventually("the second refusal to publish", WAIT, || async {
         (o.transitions(id).await.iter().filter(|(_, to, _)| to == "NEEDS_HUMAN").count() == 2).then_some(())
@@ -321,16 +312,7 @@ async fn superseded(o: &Orch) -> (e2e::IssueSpec, i64, i64, i64, String) {
     o.comment(&issue, "mara", "/orch request-changes also explain why").await;
     o.wait_state(id, "NEEDS_HUMAN").await;
     o.comment(&issue, "mara", "/orch retry").await;
-    o.eventually("a second proposal", WAIT, || async {
-        (o.transitions(id)
-            .await
-            .iter()
-            .filter(|(_, to, _)| to == "WAITING_USER_APPROVAL")
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .await;
+    o.wait_proposals(id, 2).await;
     assert_eq!(o.fake.state.check_runs(REPO).len(), 2);
     (issue, id, first_comment, first_run, first_rev)
 }

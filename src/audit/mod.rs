@@ -32,11 +32,10 @@
 //!   previous holder's commit. Without the lock two appenders would read the same last row and
 //!   both try the same seq; the primary key lets one win and fails the other (the chain never
 //!   forks, but appends fail under load) — the lock turns that collision into a queue.
-//! * SQLite: one writer at a time already: a [`WriteTx`](crate::store::WriteTx) is `BEGIN
-//!   IMMEDIATE`, which holds SQLite's write lock from its start, so another process (or a writer
-//!   outside `WriteTx`) waits for it (up to `busy_timeout`) and then reads the new last row. Call
-//!   it inside a `WriteTx`: on a connection outside any transaction the read and the INSERT are
-//!   two statements, and a concurrent appender makes the INSERT fail on the seq (never fork).
+//! * SQLite: one writer at a time already (the process's [`WriteTx`](crate::store::WriteTx)); in
+//!   addition the append starts with a write that matches no row, which takes SQLite's own write
+//!   lock before the read, so a writer outside `WriteTx` (or another process) waits for it (up to
+//!   `busy_timeout`) instead of reading a stale last row and failing with "database is locked".
 //!
 //! Because the lock lasts until commit, append late in a transaction (after its other writes):
 //! appends of other transactions wait for this one to end.
@@ -214,8 +213,8 @@ const COLUMNS: &str = "seq, at, kind, actor, subject, details, prev_hash, hash";
 
 /// Appends `entry` at time `now` inside the caller's transaction and returns its seq. Takes the
 /// appenders' lock (see the module docs), which the caller's transaction holds until it ends.
-/// Call it inside a write transaction: outside one, Postgres would release the lock before the
-/// INSERT, and a concurrent appender makes one of the two fail on the seq (the chain never forks).
+/// Call it inside a transaction: outside one, the lock would end before the INSERT, and a
+/// concurrent appender makes one of the two fail on the seq (the chain never forks).
 pub async fn append(conn: &mut AnyConnection, backend: Backend, entry: &Entry<'_>, now: i64) -> sqlx::Result<i64> {
     let seqs = append_many(conn, backend, std::slice::from_ref(entry), now).await?;
     Ok(seqs[0])
@@ -237,34 +236,36 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
     // and a caller whose append fails rolls its transaction back (on Postgres a failed
     // statement ends the transaction's usefulness anyway). Each statement saved is a round trip
     // (to sqlx's SQLite thread, or to the Postgres server), and a workflow records about eight.
-    // On SQLite every write transaction is `BEGIN IMMEDIATE` (`Store::begin`), which holds the
-    // database's write lock already; on Postgres the appenders' lock is taken first.
+    // The lock stays: it is what makes appenders outside the store's write transactions queue.
     if entries.len() <= ROWS_PER_INSERT {
-        if backend == Backend::Postgres {
-            lock_chain(conn).await?;
-        }
+        lock_chain(conn, backend).await?;
         return insert_links(conn, entries, now).await;
     }
     let mut tx = conn.begin().await?;
-    match backend {
-        Backend::Postgres => lock_chain(&mut tx).await?,
-        Backend::Sqlite => {
-            // A write that matches no row (so no trigger fires) takes SQLite's write lock now,
-            // before the last row is read, should the caller's transaction be a deferred one.
-            sqlx::query("UPDATE audit_log SET seq = seq WHERE 0 = 1").execute(&mut *tx).await?;
-        }
-    }
+    lock_chain(&mut tx, backend).await?;
     let seqs = insert_links(&mut tx, entries, now).await?;
     tx.commit().await?;
     Ok(seqs)
 }
 
-/// Postgres: waits for the previous appender's transaction to end; released when this one ends.
-async fn lock_chain(conn: &mut AnyConnection) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(LOCK_KEY)
-        .execute(&mut *conn)
-        .await?;
+/// Takes the appenders' lock, held until the caller's transaction ends.
+async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<()> {
+    match backend {
+        Backend::Postgres => {
+            // Waits for the previous appender's transaction to end.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LOCK_KEY)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Backend::Sqlite => {
+            // A write that matches no row (so no trigger fires) takes SQLite's write lock now,
+            // before the last row is read (a no-op inside `BEGIN IMMEDIATE`, which holds it).
+            sqlx::query("UPDATE audit_log SET seq = seq WHERE 0 = 1")
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
     Ok(())
 }
 

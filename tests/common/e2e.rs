@@ -435,6 +435,21 @@ impl Orch {
         .await
     }
 
+    /// Waits until workflow `id` has come to wait for approval `n` times (its `n`th proposal
+    /// is up, after a retry).
+    pub async fn wait_proposals(&self, id: i64, n: usize) {
+        self.eventually(&format!("proposal {n} of workflow {id}"), WAIT, || async {
+            let waits = self
+                .transitions(id)
+                .await
+                .iter()
+                .filter(|(_, to, _)| to == "WAITING_USER_APPROVAL")
+                .count();
+            (waits == n).then_some(())
+        })
+        .await
+    }
+
     /// The first workflow, once it exists.
     pub async fn only_workflow(&self) -> i64 {
         self.eventually("a workflow exists", WAIT, || async {
