@@ -64,12 +64,7 @@ async fn a_branch_created_first_by_someone_else_is_not_published(backend: Backen
             && said.contains("no pull request was opened"),
         "{said}"
     );
-    let reason = orch::store::workflows::get(o.store.pool(), id)
-        .await
-        .unwrap()
-        .unwrap()
-        .reason
-        .unwrap_or_default();
+    let reason = o.reason_of(id).await;
     assert!(reason.contains("is not the approved patch"), "{reason}");
     // orch did not look for the branch first: it asked GitHub to create it, was refused, and
     // only then read it.
@@ -93,12 +88,7 @@ async fn a_branch_created_first_by_someone_else_is_not_published(backend: Backen
         (o.transitions(id).await.iter().filter(|(_, to, _)| to == "NEEDS_HUMAN").count() == 2).then_some(())
     })
     .await;
-    let reason = orch::store::workflows::get(o.store.pool(), id)
-        .await
-        .unwrap()
-        .unwrap()
-        .reason
-        .unwrap_or_default();
+    let reason = o.reason_of(id).await;
     assert!(reason.contains(&headline) && !reason.contains("was moved"), "{reason}");
     assert!(o.fake.state.pulls(REPO).is_empty());
     assert_eq!(o.fake.state.branch_sha(REPO, &branch).as_deref(), Some(planted.as_str()));

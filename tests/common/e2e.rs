@@ -435,6 +435,16 @@ impl Orch {
         .await
     }
 
+    /// The reason recorded with workflow `id`'s current state (empty when none).
+    pub async fn reason_of(&self, id: i64) -> String {
+        orch::store::workflows::get(self.store.pool(), id)
+            .await
+            .unwrap()
+            .expect("the workflow exists")
+            .reason
+            .unwrap_or_default()
+    }
+
     /// Waits until workflow `id` has come to wait for approval `n` times (its `n`th proposal
     /// is up, after a retry).
     pub async fn wait_proposals(&self, id: i64, n: usize) {
