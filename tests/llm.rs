@@ -750,11 +750,13 @@ async fn model_calls_are_stored(backend: Backend) {
 
     let five = model_calls::for_workflow(store.pool(), 5).await.unwrap();
     assert_eq!(five.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a, b]);
-    assert!((model_calls::cost_for_workflow(store.pool(), 5).await.unwrap() - 0.0081).abs() < 1e-12);
-    assert_eq!(model_calls::cost_for_workflow(store.pool(), 99).await.unwrap(), 0.0);
-    assert!((model_calls::cost_since(store.pool(), 0).await.unwrap() - 0.5081).abs() < 1e-12);
-    assert!((model_calls::cost_since(store.pool(), 2_001).await.unwrap() - 0.5).abs() < 1e-12);
-    assert_eq!(model_calls::cost_since(store.pool(), 10_000).await.unwrap(), 0.0);
+    let (run, window) = model_calls::spent(store.pool(), 5, 0).await.unwrap();
+    assert!((run - 0.0081).abs() < 1e-12);
+    assert!((window - 0.5081).abs() < 1e-12);
+    let (run, window) = model_calls::spent(store.pool(), 99, 2_001).await.unwrap();
+    assert_eq!(run, 0.0);
+    assert!((window - 0.5).abs() < 1e-12);
+    assert_eq!(model_calls::spent(store.pool(), 99, 10_000).await.unwrap(), (0.0, 0.0));
     assert_eq!(model_calls::outcomes_since(store.pool(), 0).await.unwrap(), (2, 1));
     assert_eq!(model_calls::outcomes_since(store.pool(), 10_000).await.unwrap(), (0, 0));
     assert!(model_calls::get(store.pool(), 12345).await.unwrap().is_none());

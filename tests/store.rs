@@ -253,6 +253,43 @@ async fn transaction_rollback_leaves_nothing(backend: Backend) {
     store.close().await;
 }
 
+/// A relaxed transaction is a transaction like any other (its writes commit together or not at
+/// all); on Postgres its commit alone does not wait for the log flush, and the setting ends with
+/// it: the next transaction on the same pooled connection is durable again.
+async fn relaxed_transactions_commit_and_roll_back_like_durable_ones(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let store = db.store().await;
+    let all = guids("rx", 0..3);
+    let (rows, payloads) = batch(&all, "");
+
+    let mut tx = store.begin_relaxed().await.unwrap();
+    deliveries::insert_new(&mut tx, &rows[..1], &payloads[..1]).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(deliveries::list(store.pool(), 10).await.unwrap().is_empty());
+
+    let mut tx = store.begin_relaxed().await.unwrap();
+    if backend == Backend::Postgres {
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(setting, "off", "a relaxed transaction on Postgres");
+    }
+    deliveries::insert_new(&mut tx, &rows, &payloads).await.unwrap();
+    tx.commit().await.unwrap();
+    store.sync().await.unwrap();
+    assert_eq!(deliveries::list(store.pool(), 10).await.unwrap().len(), 3);
+
+    if backend == Backend::Postgres {
+        // Every connection of the pool, taken at once: none kept the relaxed setting.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut tx = store.begin().await.unwrap();
+            let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
+            assert_eq!(setting, "on", "a durable transaction after a relaxed one");
+            held.push(tx);
+        }
+    }
+    store.close().await;
+}
+
 async fn jobs_are_leased_to_one_worker(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else { return };
     let store = db.store().await;
@@ -778,6 +815,7 @@ both_backends!(
     migrations_are_idempotent,
     insert_new_reports_only_fresh_guids,
     transaction_rollback_leaves_nothing,
+    relaxed_transactions_commit_and_roll_back_like_durable_ones,
     jobs_are_leased_to_one_worker,
     concurrent_claims_never_share_a_job,
     failed_jobs_retry_then_fail,

@@ -127,7 +127,12 @@ async fn main() -> anyhow::Result<()> {
     // (above) set them to the fake's scaled limits.
     env.entry("ORCH_GITHUB_WRITE_LIMITS".into()).or_insert_with(|| "off".into());
     env.insert("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
-    let log = std::fs::File::create(dir.path().join("orch.log"))?;
+    // BENCH_ORCH_LOG keeps orch's log after the run (e.g. with RUST_LOG=sqlx::query=debug for a
+    // census of the statements a workflow costs).
+    let log_path = std::env::var_os("BENCH_ORCH_LOG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("orch.log"));
+    let log = std::fs::File::create(&log_path)?;
     let spawned = Instant::now();
     let mut child = Command::new(&binary)
         .arg("serve")
@@ -149,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!(
                 "orch exited at start with {status}: {}",
-                std::fs::read_to_string(dir.path().join("orch.log")).unwrap_or_default()
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
         anyhow::ensure!(spawned.elapsed() < Duration::from_secs(30), "orch did not become ready in 30 s");
@@ -215,7 +220,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(on) = &limits_on {
             if Instant::now() >= next_check {
                 next_check = Instant::now() + Duration::from_secs(1);
-                on.check_progress(&http, &base, &fake, done.len(), count, started, &dir.path().join("orch.log"))
+                on.check_progress(&http, &base, &fake, done.len(), count, started, &log_path)
                     .await?;
             }
         }
@@ -224,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
             "only {} of {count} proposals after {} s; orch's log: {}",
             done.len(),
             timeout.as_secs(),
-            dir.path().join("orch.log").display()
+            log_path.display()
         );
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("orch exited under load with {status}");

@@ -238,18 +238,60 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
     // (to sqlx's SQLite thread, or to the Postgres server), and a workflow records about eight.
     // The lock stays: it is what makes appenders outside the store's write transactions queue.
     if entries.len() <= ROWS_PER_INSERT {
-        lock_chain(conn, backend).await?;
-        return insert_links(conn, entries, now).await;
+        let last = lock_and_read_last(conn, backend).await?;
+        return insert_links(conn, last, entries, now).await;
     }
     let mut tx = conn.begin().await?;
-    lock_chain(&mut tx, backend).await?;
-    let seqs = insert_links(&mut tx, entries, now).await?;
+    let last = lock_and_read_last(&mut tx, backend).await?;
+    let seqs = insert_links(&mut tx, last, entries, now).await?;
     tx.commit().await?;
     Ok(seqs)
 }
 
-/// Takes the appenders' lock, held until the caller's transaction ends.
-async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<()> {
+/// [`LOCK_KEY`] written out: a simple query has no parameters, and a static text keeps the
+/// future `Send` (the test below checks that the two agree).
+const POSTGRES_LOCK_AND_READ_LAST: &str =
+    "SELECT pg_advisory_xact_lock(8030590385517847668); SELECT seq::text AS last_seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+
+/// Takes the appenders' lock and reads the chain's last link (seq and hash).
+///
+/// On Postgres in one round trip: the lock is every appender's queue, and each round trip made
+/// while holding it is paid by every appender behind it. The two statements go as one simple
+/// query; they run in order, and under READ COMMITTED (orch's transactions) the SELECT takes its
+/// snapshot after the lock is granted, so it sees the previous appender's commit.
+async fn lock_and_read_last(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<Option<(i64, String)>> {
+    let rows = match backend {
+        Backend::Postgres => {
+            // The lock's row (one column) comes first; the link's row, if any, has two.
+            // A bare text has no arguments, so sqlx sends it as a simple query.
+            (&mut *conn)
+                .fetch_all(POSTGRES_LOCK_AND_READ_LAST)
+                .await?
+                .into_iter()
+                .filter(|r| r.columns().len() == 2)
+                .collect::<Vec<_>>()
+        }
+        Backend::Sqlite => {
+            lock_chain(conn, backend).await?;
+            sqlx::query("SELECT CAST(seq AS TEXT) AS last_seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_all(&mut *conn)
+                .await?
+        }
+    };
+    match rows.first() {
+        Some(row) => {
+            let seq: String = row.try_get(0)?;
+            let seq = seq.parse::<i64>().map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            Ok(Some((seq, row.try_get(1)?)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Takes the appenders' lock, held until the caller's transaction ends. [`append`] takes it
+/// itself; a transaction that also locks a row other appenders write takes it first, so that
+/// the two are always taken in the same order.
+pub async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<()> {
     match backend {
         Backend::Postgres => {
             // Waits for the previous appender's transaction to end.
@@ -269,13 +311,10 @@ async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Result<
     Ok(())
 }
 
-/// Reads the chain's last link and inserts `entries` after it (the caller holds the lock).
-async fn insert_links(conn: &mut AnyConnection, entries: &[Entry<'_>], now: i64) -> sqlx::Result<Vec<i64>> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
+/// Inserts `entries` after the chain's last link `last` (the caller holds the lock).
+async fn insert_links(conn: &mut AnyConnection, last: Option<(i64, String)>, entries: &[Entry<'_>], now: i64) -> sqlx::Result<Vec<i64>> {
     let (mut seq, mut prev_hash) = match last {
-        Some(row) => (row.try_get::<i64, _>(0)? + 1, row.try_get::<String, _>(1)?),
+        Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
     let key = current_key();
@@ -500,5 +539,13 @@ pub async fn export_jsonl(pool: &AnyPool, out: &mut impl std::io::Write) -> anyh
             out.write_all(b"\n").context("writing the audit export")?;
             written += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_postgres_lock_statement_takes_the_appenders_lock_key() {
+        assert!(super::POSTGRES_LOCK_AND_READ_LAST.starts_with(&format!("SELECT pg_advisory_xact_lock({});", super::LOCK_KEY)));
     }
 }

@@ -200,22 +200,18 @@ pub async fn for_workflow<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_
         .collect()
 }
 
-/// Money spent on a workflow's calls (USD): for the per-run budget.
-pub async fn cost_for_workflow<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64) -> sqlx::Result<f64> {
-    let r = sqlx::query("SELECT COALESCE(SUM(cost_usd), 0.0) FROM model_calls WHERE workflow_id = $1")
-        .bind(workflow_id)
-        .fetch_one(conn)
-        .await?;
-    r.try_get(0)
-}
-
-/// Money spent on calls started at or after `since` (unix ms): for the hourly budget.
-pub async fn cost_since<'c, E: Executor<'c, Database = Db>>(conn: E, since: i64) -> sqlx::Result<f64> {
-    let r = sqlx::query("SELECT COALESCE(SUM(cost_usd), 0.0) FROM model_calls WHERE started_at >= $1")
-        .bind(since)
-        .fetch_one(conn)
-        .await?;
-    r.try_get(0)
+/// Money spent on model calls by workflow `workflow_id`, and by every call started at or after
+/// `since` (unix ms, for the hourly budget): one statement, read before each call.
+pub async fn spent<'c, E: Executor<'c, Database = Db>>(conn: E, workflow_id: i64, since: i64) -> sqlx::Result<(f64, f64)> {
+    let r = sqlx::query(
+        "SELECT (SELECT COALESCE(SUM(cost_usd), 0.0) FROM model_calls WHERE workflow_id = $1), \
+                (SELECT COALESCE(SUM(cost_usd), 0.0) FROM model_calls WHERE started_at >= $2)",
+    )
+    .bind(workflow_id)
+    .bind(since)
+    .fetch_one(conn)
+    .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
 }
 
 /// Finished calls started at or after `since`, as (ok, failed): for the breaker's error rate.

@@ -5,13 +5,13 @@
 //! the state it expects to leave), so two workers acting on one workflow cannot both move it,
 //! and writes the history row atomically with it.
 
-use super::Backend;
 use super::Db;
+use super::{Backend, WriteTx};
 use crate::audit;
 use crate::workflow::approval::{Binding, Person, Vote};
 use crate::workflow::state::{self, IllegalTransition, Kind, State, Step};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Connection, Executor, Row};
+use sqlx::{AnyConnection, Executor, Row};
 use std::str::FromStr;
 
 pub use super::jobs::enqueue_workflow_job;
@@ -174,7 +174,7 @@ fn workflow_from(r: &AnyRow) -> sqlx::Result<Workflow> {
 /// Creates a workflow in INGESTED with its creation row, unless a live workflow of the same kind
 /// exists on the issue: then returns that one and writes nothing. Safe to race: the partial
 /// unique index decides, and the loser sees the winner.
-pub async fn create(conn: &mut AnyConnection, new: NewWorkflow, now: i64) -> sqlx::Result<Created> {
+pub async fn create(tx: &mut WriteTx, new: NewWorkflow, now: i64) -> sqlx::Result<Created> {
     let sql = format!(
         "INSERT INTO workflows (kind, installation_id, repository, number, state, requested_by, instruction, head_sha, attempt, \
          previous_id, reason, created_at, updated_at, requested_by_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) \
@@ -183,9 +183,8 @@ pub async fn create(conn: &mut AnyConnection, new: NewWorkflow, now: i64) -> sql
     // A conflicting workflow can end between the refused insert and the look-up; then the insert
     // is tried again. Three rounds make a livelock visible instead of endless.
     for _ in 0..3 {
-        // A savepoint inside the caller's transaction (or a transaction of its own), so that the
-        // row and its history are written together even if the caller forgot to open one.
-        let mut tx = conn.begin().await?;
+        // In the caller's transaction (the type says so): the row and its history commit
+        // together. A conflict writes nothing and aborts nothing, so no savepoint is needed.
         let inserted = sqlx::query(&sql)
             .bind(new.kind.as_str())
             .bind(new.installation_id)
@@ -200,16 +199,14 @@ pub async fn create(conn: &mut AnyConnection, new: NewWorkflow, now: i64) -> sql
             .bind(new.reason.clone())
             .bind(now)
             .bind(new.requested_by_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         if let Some(row) = inserted {
             let workflow = workflow_from(&row)?;
-            insert_transition(&mut tx, workflow.id, None, State::START, &new.requested_by, &new.reason, now).await?;
-            tx.commit().await?;
+            insert_transition(tx, workflow.id, None, State::START, &new.requested_by, &new.reason, now).await?;
             return Ok(Created::New(workflow));
         }
-        tx.commit().await?;
-        if let Some(active) = active_for(&mut *conn, &new.repository, new.number, new.kind).await? {
+        if let Some(active) = active_for(&mut **tx, &new.repository, new.number, new.kind).await? {
             return Ok(Created::AlreadyActive(active));
         }
     }
@@ -312,12 +309,13 @@ pub async fn list_active_for_issue<'c, E: Executor<'c, Database = Db>>(
 /// transition; returns the new state. Nothing is written when the step is illegal, or when the
 /// workflow is no longer in `from` ([`TransitionError::Stale`]: another worker moved it).
 ///
-/// Run it inside the transaction that holds the step's other effects, so that they commit
-/// together; it uses a savepoint of its own so that the state and its history row never part.
+/// It runs inside the transaction that holds the step's other effects (the type says so), so
+/// the state, its history row and those effects commit together. A stale or illegal step
+/// writes nothing, so the caller's transaction needs no savepoint to survive it.
 // The arguments are the transition's columns and its precondition; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub async fn transition(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     id: i64,
     kind: Kind,
     from: State,
@@ -327,7 +325,6 @@ pub async fn transition(
     now: i64,
 ) -> Result<State, TransitionError> {
     let to = state::next(kind, from, step)?;
-    let mut tx = conn.begin().await?;
     // The WHERE on the old state is the concurrency control: on Postgres a concurrent UPDATE of
     // the row waits for the first to commit, then finds the state changed and matches nothing.
     let moved = sqlx::query("UPDATE workflows SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND kind = $5 AND state = $6")
@@ -337,15 +334,14 @@ pub async fn transition(
         .bind(id)
         .bind(kind.as_str())
         .bind(from.as_str())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
     if moved != 1 {
         let current = sqlx::query("SELECT kind, state FROM workflows WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
-        tx.rollback().await?;
         let Some(row) = current else {
             return Err(TransitionError::NotFound(id));
         };
@@ -363,8 +359,7 @@ pub async fn transition(
             actual,
         });
     }
-    insert_transition(&mut tx, id, Some(from), to, actor, reason, now).await?;
-    tx.commit().await?;
+    insert_transition(tx, id, Some(from), to, actor, reason, now).await?;
     Ok(to)
 }
 

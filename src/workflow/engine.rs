@@ -14,7 +14,7 @@ use crate::llm::{self, Context, FileAction, Proposal, Task};
 use crate::policy::gates::{self, ActionKind, Change, FileChange, ProposalView, Rule, Verdict};
 use crate::policy::{ActionClass, Effective, POLICY_PATH};
 use crate::store::workflows::{self, TransitionError, Workflow};
-use crate::store::{jobs, model_calls, now_ms, policies, read_cache, Store};
+use crate::store::{jobs, model_calls, now_ms, policies, read_cache, Store, WriteTx};
 use anyhow::Context as _;
 use std::time::Duration;
 
@@ -210,9 +210,7 @@ impl Engine {
 
     /// Runs the workflow until it has to wait. Returns when its next job is due.
     pub async fn run(&self, id: i64) -> anyhow::Result<Next> {
-        // What generating a patch read at its base, for Gate 2's diff in the next pass: kept only
-        // within this run, so a Gate 2 after a restart (or on another replica) reads it again.
-        let mut read_at_base: Option<BaseTexts> = None;
+        let mut carried = Carried::default();
         // Each pass moves the workflow at least one state forward or returns; the bound only
         // guards against a bug turning into a busy loop.
         for _ in 0..32 {
@@ -221,10 +219,10 @@ impl Engine {
                 tracing::info_span!("workflow", id = wf.id, kind = %wf.kind, state = %wf.state, repo = %wf.repository, number = wf.number);
             let _enter = span.enter();
             match wf.state {
-                State::Ingested | State::ContextLoaded => read_at_base = self.generate(&wf).await?,
-                State::PatchesProposed => self.gate2(&wf, read_at_base.take()).await?,
+                State::Ingested | State::ContextLoaded => carried = self.generate(&wf).await?,
+                State::PatchesProposed => self.gate2(&wf, &mut carried).await?,
                 State::WaitingUserApproval => {
-                    if let Some(next) = self.wait(&wf).await? {
+                    if let Some(next) = self.wait(&wf, &mut carried).await? {
                         return Ok(next);
                     }
                 }
@@ -334,8 +332,9 @@ impl Engine {
     }
 
     /// INGESTED / CONTEXT_LOADED → PATCHES_PROPOSED: the context pack and the model's answer.
-    /// For a patch, returns the files read at the commit it is proposed on (for Gate 2's diff).
-    async fn generate(&self, wf: &Workflow) -> anyhow::Result<Option<BaseTexts>> {
+    /// Returns what Gate 2 can use without reading it again: the policy the proposal is bound
+    /// to, its round and, for a patch, the files read at the commit it is proposed on.
+    async fn generate(&self, wf: &Workflow) -> anyhow::Result<Carried> {
         let policy = self.policy(wf.installation_id, &wf.repository).await?;
         if let Some(error) = &policy.error {
             let kept = if policy.version == "builtin" {
@@ -351,16 +350,16 @@ impl Engine {
             )
             .await?;
         }
+        let history = workflows::transitions(self.store.pool(), wf.id).await?;
         // After `/orch request-changes`, the feedback rides along with the retry.
-        let feedback = workflows::transitions(self.store.pool(), wf.id)
-            .await?
-            .into_iter()
+        let feedback = history
+            .iter()
             .rev()
             .find(|t| t.to == State::NeedsHuman)
-            .map(|t| t.reason)
+            .map(|t| t.reason.clone())
             // An expiry is not a request for changes.
             .filter(|r| !r.starts_with(EXPIRED_REASON));
-        let round = self.proposal_round(wf).await?;
+        let round = proposals_in(&history);
         // A patch is proposed on one commit of the default branch, read once, before anything
         // else: the model is shown the files at that commit, the diff is made against the same
         // text, and the approval is bound to that commit (Gate 3 compares the files it changes
@@ -387,7 +386,7 @@ impl Engine {
             wf.state = self.step(&wf, Step::ContextLoaded, "orch", &reason, false).await?;
         }
         let Some(raw) = self.ask_model(&wf, &policy, &context).await? else {
-            return Ok(None);
+            return Ok(Carried::default());
         };
         let hash = approval::proposal_hash(&raw);
         // What the proposal is bound to: a PR's head, or for a patch the default branch's commit
@@ -414,7 +413,12 @@ impl Engine {
         )
         .await?;
         tx.commit().await?;
-        Ok((wf.kind == Kind::Patch).then_some(read))
+        Ok(Carried {
+            read_at_base: (wf.kind == Kind::Patch).then_some(read),
+            policy: Some(policy),
+            round: Some(round + 1),
+            waiting_since: None,
+        })
     }
 
     /// One model call under the guardrails (SPEC §10): refused before anything is spent when
@@ -431,8 +435,8 @@ impl Engine {
         let now = now_ms();
         let projected = llm.projected_cost_usd(task, context, settings.context_budget_tokens, settings.max_output_tokens);
         let breaker = guard::breaker(self.store.pool()).await?;
-        let run_spent = model_calls::cost_for_workflow(self.store.pool(), wf.id).await?;
-        let window_spent = model_calls::cost_since(self.store.pool(), now - i64::from(limits.window_minutes) * 60_000).await?;
+        let (run_spent, window_spent) =
+            model_calls::spent(self.store.pool(), wf.id, now - i64::from(limits.window_minutes) * 60_000).await?;
         // A repository's model outside `ORCH_LLM_MODELS` is refused at Gate 1; a workflow that
         // got here another way (an automatic trigger, a policy changed since) stops here too.
         let admitted = match self.caps.refuse_model(&policy.policy) {
@@ -472,7 +476,6 @@ impl Engine {
         };
         let opened = {
             let mut tx = self.store.begin_relaxed().await?;
-            let opened = guard::record_task(&mut tx, failed, cost, limits.error_rate_threshold, now_ms()).await?;
             let entry = crate::audit::Entry {
                 kind: crate::audit::kind::MODEL_CALL,
                 actor: llm.model(),
@@ -485,7 +488,11 @@ impl Engine {
                     Err(e) => serde_json::json!({ "call_id": e.call_id(), "outcome": "error", "error": e.to_string() }),
                 },
             };
+            // The audit chain's lock first, the breaker's row after: every model call's count
+            // goes through this one row, and a transaction holding the row while it queued for
+            // the chain's lock made every other call queue behind both.
             crate::audit::append(&mut tx, self.store.backend(), &entry, now_ms()).await?;
+            let opened = guard::record_task(&mut tx, failed, cost, limits.error_rate_threshold, now_ms()).await?;
             if opened {
                 let b = guard::breaker(&mut *tx).await?;
                 let trip = crate::audit::Entry::new(
@@ -611,8 +618,10 @@ impl Engine {
             .collect()
     }
 
-    /// Records a gate's verdict in the audit log.
-    async fn audit_verdict(&self, wf: &Workflow, gate: &str, verdict: &Verdict) -> anyhow::Result<()> {
+    /// Records a gate's verdict in the audit log, in `tx`: the transaction of the step it
+    /// decides, so that a verdict and its step are logged together or, after a crash, judged
+    /// and logged again together.
+    async fn append_verdict(&self, tx: &mut WriteTx, wf: &Workflow, gate: &str, verdict: &Verdict) -> anyhow::Result<()> {
         let entry = crate::audit::Entry {
             kind: crate::audit::kind::POLICY_VERDICT,
             actor: "policy",
@@ -620,9 +629,15 @@ impl Engine {
             details: serde_json::json!({ "gate": gate, "class": verdict.class().map(|c| c.as_str()), "violations": verdict.lines(),
                                          "proposal_hash": wf.proposal_hash, "policy_version": wf.policy_version }),
         };
+        crate::audit::append(tx, self.store.backend(), &entry, now_ms()).await?;
+        Ok(())
+    }
+
+    /// Records a gate's verdict in the audit log, in a transaction of its own.
+    async fn audit_verdict(&self, wf: &Workflow, gate: &str, verdict: &Verdict) -> anyhow::Result<()> {
         // Relaxed: a verdict lost to a power loss is judged again when the step runs again.
         let mut tx = self.store.begin_relaxed().await?;
-        crate::audit::append(&mut tx, self.store.backend(), &entry, now_ms()).await?;
+        self.append_verdict(&mut tx, wf, gate, verdict).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -633,21 +648,32 @@ impl Engine {
     }
 
     /// PATCHES_PROPOSED → WAITING_USER_APPROVAL, APPROVED (auto-safe) or BLOCKED_POLICY.
-    /// `read_at_base`: files generation just read at the patch's base, when this run made it.
-    async fn gate2(&self, wf: &Workflow, read_at_base: Option<BaseTexts>) -> anyhow::Result<()> {
-        let policy = self.policy(wf.installation_id, &wf.repository).await?;
+    /// `carried`: what generating the proposal read, when this run made it.
+    async fn gate2(&self, wf: &Workflow, carried: &mut Carried) -> anyhow::Result<()> {
+        let read_at_base = carried.read_at_base.take();
+        // The policy the proposal was just made under (its version is the one it is bound to),
+        // else the one in force now.
+        let policy = match carried.policy.take() {
+            Some(policy) => policy,
+            None => self.policy(wf.installation_id, &wf.repository).await?,
+        };
         let hash = wf.proposal_hash.clone().unwrap_or_default();
         let verdict = self.judge(wf, &policy).await?;
-        self.audit_verdict(wf, "gate2", &verdict).await?;
-        let class = match verdict {
+        // The verdict is logged in the transaction of the step it decides (below).
+        let class = match &verdict {
             Verdict::Blocked { violations } => {
                 let lines: Vec<String> = violations.iter().map(Rule::to_string).collect();
                 self.comment(wf, &format!("wf{}:blocked:{}", wf.id, short(&hash)), &messages::blocked(wf, &lines))
                     .await?;
-                self.step(wf, Step::Gate2Blocked, "policy", &lines.join("; "), false).await?;
+                let reason = lines.join("; ");
+                let mut tx = self.store.begin_relaxed().await?;
+                self.append_verdict(&mut tx, wf, "gate2", &verdict).await?;
+                let to = workflows::transition(&mut tx, wf.id, wf.kind, wf.state, Step::Gate2Blocked, "policy", &reason, now_ms()).await?;
+                tx.commit().await?;
+                tracing::info!(workflow = wf.id, from = %wf.state, to = %to, step = %Step::Gate2Blocked, "workflow moved");
                 return Ok(());
             }
-            Verdict::Pass { class } => class,
+            Verdict::Pass { class } => *class,
         };
         let proposal = Self::proposal_of(wf).map_err(anyhow::Error::from)?;
         if class == ActionClass::AutoSafe {
@@ -663,6 +689,7 @@ impl Engine {
                 reason: None,
                 at: now,
             };
+            self.append_verdict(&mut tx, wf, "gate2", &verdict).await?;
             workflows::record_vote(&mut tx, wf.id, &vote, None).await?;
             workflows::transition(
                 &mut tx,
@@ -700,7 +727,10 @@ impl Engine {
         }
         // Keyed by the round of proposals too: a retry that happens to propose the same thing
         // again still shows its proposal.
-        let round = self.proposal_round(wf).await?;
+        let round = match carried.round.take() {
+            Some(round) => round,
+            None => self.proposal_round(wf).await?,
+        };
         let comment = self
             .comment(wf, &format!("wf{}:proposal:{round}:{}", wf.id, short(&hash)), &body)
             .await?;
@@ -727,7 +757,12 @@ impl Engine {
             now,
         )
         .await?;
+        // Last: the audit chain's lock is held from the first append to the commit.
+        self.append_verdict(&mut tx, wf, "gate2", &verdict).await?;
         tx.commit().await?;
+        // The first wait of this run starts now, under the same policy.
+        carried.policy = Some(policy);
+        carried.waiting_since = Some(now);
         Ok(())
     }
 
@@ -836,11 +871,7 @@ impl Engine {
 
     /// How many proposals `wf` has made (its PATCHES_PROPOSED entries).
     async fn proposal_round(&self, wf: &Workflow) -> anyhow::Result<usize> {
-        Ok(workflows::transitions(self.store.pool(), wf.id)
-            .await?
-            .iter()
-            .filter(|t| t.to == State::PatchesProposed)
-            .count())
+        Ok(proposals_in(&workflows::transitions(self.store.pool(), wf.id).await?))
     }
 
     /// The ledger's verdict on `wf` under the approval rules of `policy`.
@@ -955,10 +986,17 @@ impl Engine {
     /// the first read of a comment, and a read after someone reacted, are counted. The polls
     /// thin out as the proposal ages ([`poll_interval`]); commands and check-run buttons do not
     /// wait for a poll (their deliveries wake the workflow).
-    async fn wait(&self, wf: &Workflow) -> anyhow::Result<Option<Next>> {
-        let policy = self.cached_policy(wf.installation_id, &wf.repository).await?;
+    async fn wait(&self, wf: &Workflow, carried: &mut Carried) -> anyhow::Result<Option<Next>> {
+        // Right after Gate 2 in the same run: its policy and the moment the wait began.
+        let policy = match carried.policy.take() {
+            Some(policy) => policy,
+            None => self.cached_policy(wf.installation_id, &wf.repository).await?,
+        };
         let now = now_ms();
-        let since = self.waiting_since(wf).await?;
+        let since = match carried.waiting_since.take() {
+            Some(since) => since,
+            None => self.waiting_since(wf).await?,
+        };
         let age = Duration::from_millis((now - since).max(0) as u64);
         let expires_at = since + (self.proposal_day.as_millis() as i64) * i64::from(policy.policy.approvals.expire_days);
         if now >= expires_at {
@@ -1693,6 +1731,26 @@ impl Engine {
         self.comment(&wf, &format!("wf{}:failed", wf.id), &text).await?;
         Ok(())
     }
+}
+
+/// How many proposals a workflow with this history has had.
+fn proposals_in(history: &[workflows::TransitionRow]) -> usize {
+    history.iter().filter(|t| t.to == State::PatchesProposed).count()
+}
+
+/// What one step of a run learned that the next step of the same run would otherwise read
+/// again. Kept only within [`Engine::run`], so a step after a restart (or on another replica)
+/// reads it afresh.
+#[derive(Debug, Default)]
+struct Carried {
+    /// What generating a patch read at its base, for Gate 2's diff.
+    read_at_base: Option<BaseTexts>,
+    /// The policy the proposal was made under (generation → Gate 2 → the first wait).
+    policy: Option<Effective>,
+    /// The proposal's round: how many proposals the workflow has had, this one included.
+    round: Option<usize>,
+    /// When the proposal began to wait for approval (Gate 2's transition).
+    waiting_since: Option<i64>,
 }
 
 /// Files of the default branch as read at one commit (path → text; None: no such file there):

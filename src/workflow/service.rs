@@ -17,7 +17,7 @@ use crate::audit;
 use crate::policy::gates::{self, ActionKind, Admission, Verdict};
 use crate::policy::{phase_needed, Effective, Work};
 use crate::store::workflows::{self, Created, NewWorkflow, Workflow};
-use crate::store::{jobs, now_ms, Store};
+use crate::store::{jobs, now_ms, Store, WriteTx};
 use sqlx::AnyConnection;
 
 /// Who starts a workflow or votes.
@@ -205,10 +205,10 @@ impl<'e> Service<'e> {
 
     /// Creates the workflow in the caller's transaction and queues its first job; a live
     /// workflow of the same kind on the issue is returned instead, and nothing is written.
-    pub async fn create(conn: &mut AnyConnection, new: NewWorkflow, now: i64) -> sqlx::Result<Created> {
-        let created = workflows::create(conn, new, now).await?;
+    pub async fn create(tx: &mut WriteTx, new: NewWorkflow, now: i64) -> sqlx::Result<Created> {
+        let created = workflows::create(tx, new, now).await?;
         if let Created::New(wf) = &created {
-            jobs::enqueue_workflow_job(conn, wf.id, now, now).await?;
+            jobs::enqueue_workflow_job(tx, wf.id, now, now).await?;
         }
         Ok(created)
     }
@@ -298,6 +298,9 @@ impl<'e> Service<'e> {
     pub async fn reset_breaker(store: &Store, actor: &str, via: &str) -> anyhow::Result<Breaker> {
         let now = now_ms();
         let mut tx = store.begin().await?;
+        // In the order every model call's transaction takes them (see `Engine::ask_model`): the
+        // audit chain's lock, then the breaker's row.
+        audit::lock_chain(&mut tx, store.backend()).await?;
         let before = guard::breaker(&mut *tx).await?;
         guard::reset(&mut *tx, now).await?;
         let entry = audit::Entry::new(
