@@ -62,7 +62,7 @@
 
 pub mod chain;
 
-use crate::store::{now_ms, Backend, Db, Store};
+use crate::store::{now_ms, Backend, Db, Store, WriteTx};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -237,15 +237,54 @@ pub async fn append_many(conn: &mut AnyConnection, backend: Backend, entries: &[
     // statement ends the transaction's usefulness anyway). Each statement saved is a round trip
     // (to sqlx's SQLite thread, or to the Postgres server), and a workflow records about eight.
     // The lock stays: it is what makes appenders outside the store's write transactions queue.
+    let stamped: Vec<(Entry<'_>, i64)> = entries.iter().map(|e| (e.clone(), now)).collect();
     if entries.len() <= ROWS_PER_INSERT {
         let last = lock_and_read_last(conn, backend).await?;
-        return insert_links(conn, last, entries, now).await;
+        return insert_links(conn, last, &stamped).await;
     }
     let mut tx = conn.begin().await?;
     let last = lock_and_read_last(&mut tx, backend).await?;
-    let seqs = insert_links(&mut tx, last, entries, now).await?;
+    let seqs = insert_links(&mut tx, last, &stamped).await?;
     tx.commit().await?;
     Ok(seqs)
+}
+
+/// An entry waiting for its transaction's commit (see [`append_at_commit`]).
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    kind: String,
+    actor: String,
+    subject: String,
+    details: serde_json::Value,
+    at: i64,
+}
+
+/// Appends `entry`, stamped `at`, when `tx` commits, with every other entry deferred in it:
+/// one lock, one read of the last link and one INSERT for all of them, just before the COMMIT.
+/// The chain's lock is every appender's queue (on Postgres one lock for every orch process), so
+/// it is held only for those round trips, not for the rest of the transaction as [`append`]
+/// holds it. Nothing is appended if `tx` rolls back. A transaction that also writes a row that
+/// every appender writes (the breaker's) must use [`append`] before that write instead, or the
+/// row would be held while the lock is waited for.
+pub fn append_at_commit(tx: &mut WriteTx, entry: &Entry<'_>, at: i64) {
+    tx.defer_audit(Deferred {
+        kind: entry.kind.to_string(),
+        actor: entry.actor.to_string(),
+        subject: entry.subject.to_string(),
+        details: entry.details.clone(),
+        at,
+    });
+}
+
+/// Appends the entries deferred in a transaction (called by [`WriteTx::commit`]).
+pub(crate) async fn append_deferred(conn: &mut AnyConnection, backend: Backend, deferred: &[Deferred]) -> sqlx::Result<()> {
+    let entries: Vec<(Entry<'_>, i64)> = deferred
+        .iter()
+        .map(|d| (Entry::new(&d.kind, &d.actor, &d.subject, d.details.clone()), d.at))
+        .collect();
+    let last = lock_and_read_last(conn, backend).await?;
+    insert_links(conn, last, &entries).await?;
+    Ok(())
 }
 
 /// [`LOCK_KEY`] written out: a simple query has no parameters, and a static text keeps the
@@ -312,7 +351,7 @@ pub async fn lock_chain(conn: &mut AnyConnection, backend: Backend) -> sqlx::Res
 }
 
 /// Inserts `entries` after the chain's last link `last` (the caller holds the lock).
-async fn insert_links(conn: &mut AnyConnection, last: Option<(i64, String)>, entries: &[Entry<'_>], now: i64) -> sqlx::Result<Vec<i64>> {
+async fn insert_links(conn: &mut AnyConnection, last: Option<(i64, String)>, entries: &[(Entry<'_>, i64)]) -> sqlx::Result<Vec<i64>> {
     let (mut seq, mut prev_hash) = match last {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
@@ -322,12 +361,12 @@ async fn insert_links(conn: &mut AnyConnection, last: Option<(i64, String)>, ent
     for chunk in entries.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from("INSERT INTO audit_log (seq, at, kind, actor, subject, details, prev_hash, hash) VALUES ");
         let mut rows = Vec::with_capacity(chunk.len());
-        for (i, entry) in chunk.iter().enumerate() {
+        for (i, (entry, at)) in chunk.iter().enumerate() {
             let details = chain::canonical_json(&entry.details);
             let hash = chain::hash_for(
                 key.as_deref().map(Vec::as_slice),
                 &prev_hash,
-                &chain::canonical_line(seq, now, entry.kind, entry.actor, entry.subject, &details),
+                &chain::canonical_line(seq, *at, entry.kind, entry.actor, entry.subject, &details),
             );
             let b = i * 8;
             if i > 0 {
@@ -345,15 +384,15 @@ async fn insert_links(conn: &mut AnyConnection, last: Option<(i64, String)>, ent
                 b + 8
             ));
             let next = hash.clone();
-            rows.push((seq, entry, details, std::mem::replace(&mut prev_hash, next), hash));
+            rows.push((seq, *at, entry, details, std::mem::replace(&mut prev_hash, next), hash));
             seqs.push(seq);
             seq += 1;
         }
         let mut query = sqlx::query(&sql);
-        for (seq, entry, details, prev, hash) in rows {
+        for (seq, at, entry, details, prev, hash) in rows {
             query = query
                 .bind(seq)
-                .bind(now)
+                .bind(at)
                 .bind(entry.kind.to_string())
                 .bind(entry.actor.to_string())
                 .bind(entry.subject.to_string())

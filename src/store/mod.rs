@@ -168,6 +168,8 @@ pub struct Store {
 /// durable either way.
 pub struct WriteTx {
     inner: Inner,
+    /// Audit entries appended when the transaction commits ([`crate::audit::append_at_commit`]).
+    audit: Vec<crate::audit::Deferred>,
 }
 
 enum Inner {
@@ -176,11 +178,24 @@ enum Inner {
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> sqlx::Result<()> {
+    fn new(inner: Inner) -> Self {
+        WriteTx { inner, audit: Vec::new() }
+    }
+
+    pub async fn commit(mut self) -> sqlx::Result<()> {
+        if !self.audit.is_empty() {
+            let deferred = std::mem::take(&mut self.audit);
+            let backend = Backend::of(&self);
+            crate::audit::append_deferred(&mut self, backend, &deferred).await?;
+        }
         match self.inner {
             Inner::Own(tx) => tx.commit().await,
             Inner::Member(m) => m.commit().await,
         }
+    }
+
+    pub(crate) fn defer_audit(&mut self, entry: crate::audit::Deferred) {
+        self.audit.push(entry);
     }
 
     pub async fn rollback(self) -> sqlx::Result<()> {
@@ -356,7 +371,7 @@ impl Store {
                 Inner::Own(tx)
             }
         };
-        Ok(WriteTx { inner })
+        Ok(WriteTx::new(inner))
     }
 
     /// Makes every write committed so far durable (SQLite: syncs the log, which relaxed commits

@@ -6,12 +6,12 @@
 //! and writes the history row atomically with it.
 
 use super::Db;
-use super::{Backend, WriteTx};
+use super::WriteTx;
 use crate::audit;
 use crate::workflow::approval::{Binding, Person, Vote};
 use crate::workflow::state::{self, IllegalTransition, Kind, State, Step};
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Executor, Row};
+use sqlx::{Executor, Row};
 use std::str::FromStr;
 
 pub use super::jobs::enqueue_workflow_job;
@@ -218,7 +218,7 @@ pub async fn create(tx: &mut WriteTx, new: NewWorkflow, now: i64) -> sqlx::Resul
 
 /// Writes a history row and its audit entry (in the caller's transaction).
 async fn insert_transition(
-    conn: &mut AnyConnection,
+    tx: &mut WriteTx,
     workflow_id: i64,
     from: Option<State>,
     to: State,
@@ -233,7 +233,7 @@ async fn insert_transition(
         .bind(actor.to_string())
         .bind(reason.to_string())
         .bind(at)
-        .execute(&mut *conn)
+        .execute(&mut **tx)
         .await?;
     let entry = audit::Entry {
         kind: audit::kind::TRANSITION,
@@ -241,7 +241,9 @@ async fn insert_transition(
         subject: &format!("workflow:{workflow_id}"),
         details: serde_json::json!({ "from": from.map(State::as_str), "to": to.as_str(), "reason": reason }),
     };
-    audit::append(conn, Backend::of(conn), &entry, at).await?;
+    // At the commit: the chain's lock is held for the append alone, not for the rest of the
+    // step's transaction.
+    audit::append_at_commit(tx, &entry, at);
     Ok(())
 }
 
@@ -452,7 +454,7 @@ where
 /// comment or a reaction seen by the next poll does not vote twice, even after it was voided.
 ///
 /// A new vote is audited in the same transaction.
-pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote, comment_id: Option<i64>) -> sqlx::Result<bool> {
+pub async fn record_vote(tx: &mut WriteTx, workflow_id: i64, vote: &Vote, comment_id: Option<i64>) -> sqlx::Result<bool> {
     let r = sqlx::query(
         "INSERT INTO approvals (workflow_id, voter, decision, source, proposal_hash, head_sha, policy_version, reason, comment_id, at, voter_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -469,7 +471,7 @@ pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote
     .bind(comment_id)
     .bind(vote.at)
     .bind(vote.voter_id)
-    .execute(&mut *conn)
+    .execute(&mut **tx)
     .await?;
     let inserted = r.rows_affected() == 1;
     if inserted {
@@ -483,7 +485,7 @@ pub async fn record_vote(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote
                 "voter_id": vote.voter_id,
             }),
         };
-        audit::append(conn, Backend::of(conn), &entry, vote.at).await?;
+        audit::append_at_commit(tx, &entry, vote.at);
     }
     Ok(inserted)
 }

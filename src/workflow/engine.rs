@@ -629,7 +629,7 @@ impl Engine {
             details: serde_json::json!({ "gate": gate, "class": verdict.class().map(|c| c.as_str()), "violations": verdict.lines(),
                                          "proposal_hash": wf.proposal_hash, "policy_version": wf.policy_version }),
         };
-        crate::audit::append(tx, self.store.backend(), &entry, now_ms()).await?;
+        crate::audit::append_at_commit(tx, &entry, now_ms());
         Ok(())
     }
 

@@ -18,7 +18,6 @@ use crate::policy::gates::{self, ActionKind, Admission, Verdict};
 use crate::policy::{phase_needed, Effective, Work};
 use crate::store::workflows::{self, Created, NewWorkflow, Workflow};
 use crate::store::{jobs, now_ms, Store, WriteTx};
-use sqlx::AnyConnection;
 
 /// Who starts a workflow or votes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,8 +228,8 @@ impl<'e> Service<'e> {
 
     /// Records a vote in the ledger, in the caller's transaction; false when that comment or
     /// reaction had voted already.
-    pub async fn cast(conn: &mut AnyConnection, workflow_id: i64, vote: &Vote, comment_id: Option<i64>) -> sqlx::Result<bool> {
-        workflows::record_vote(conn, workflow_id, vote, comment_id).await
+    pub async fn cast(tx: &mut WriteTx, workflow_id: i64, vote: &Vote, comment_id: Option<i64>) -> sqlx::Result<bool> {
+        workflows::record_vote(tx, workflow_id, vote, comment_id).await
     }
 
     /// An operator's vote (admin API, dashboard): recorded as the credential's operator, audited
