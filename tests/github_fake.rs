@@ -239,6 +239,35 @@ async fn reads_survive_bad_gateways_and_rate_limits() {
     assert_eq!(count(&e.fake.state.log(), "GET", "/issues/2/comments"), before + 1);
 }
 
+/// A write refused before it was applied (here a secondary limit) is listed with its body, so
+/// that a check counting applied writes by their bodies (the crash suite's "one branch, one ref
+/// request") does not count the refusal and its resend as two.
+#[tokio::test]
+async fn a_refused_write_is_listed_with_its_body() {
+    let e = env(quick()).await;
+    e.fake.state.inject(Fault {
+        method: Method::POST,
+        path_contains: "/issues/8/labels".into(),
+        times: 1,
+        kind: FaultKind::Status {
+            code: 403,
+            retry_after: Some(1),
+        },
+    });
+    e.client.add_labels(5, REPO, 8, &["bug".into()]).await.unwrap();
+    let sent: Vec<_> = e
+        .fake
+        .state
+        .bodies()
+        .into_iter()
+        .filter(|(m, p, _)| m == "POST" && p.ends_with("/issues/8/labels"))
+        .collect();
+    let refused = e.fake.state.refused_bodies();
+    assert_eq!(sent.len(), 2, "the refusal and the resend: {sent:?}");
+    assert_eq!(refused, vec![sent[0].clone()], "only the refused one");
+    assert_eq!(e.fake.state.labels(REPO, 8), vec!["bug"]);
+}
+
 #[tokio::test]
 async fn labels_are_added_listed_and_removed() {
     let e = env(quick()).await;
@@ -808,7 +837,9 @@ async fn the_primary_rate_limit_counts_down_and_runs_out() {
 async fn an_exhausted_rate_limit_is_waited_out_until_its_reset() {
     let e = env(quick()).await;
     e.client.list_issue_comments(5, REPO, 40).await.unwrap();
-    e.fake.state.exhaust_rate_limit(Duration::from_secs(1));
+    // GitHub's reset is a whole second: "2 s" from now lifts between 1 and 2 s from now (with
+    // 1 s it could lift at once, in the last moments of a second).
+    e.fake.state.exhaust_rate_limit(Duration::from_secs(2));
     let started = std::time::Instant::now();
     e.client.list_issue_comments(5, REPO, 40).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());

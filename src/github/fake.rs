@@ -185,6 +185,8 @@ struct Model {
     not_modified: Vec<(String, String)>,
     /// Requests refused before anything was applied (see `FakeState::refused`).
     refused: Vec<(String, String)>,
+    /// The JSON bodies of those requests: (method, path, body).
+    refused_bodies: Vec<(String, String, serde_json::Value)>,
     /// Every JSON body received: (method, path, body), for checks against GitHub's description.
     bodies: Vec<(String, String, serde_json::Value)>,
     /// GitHub's REST description, when attached: request bodies are checked against it.
@@ -620,7 +622,7 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
             if let Some(secs) = retry_after {
                 r.headers_mut().insert("retry-after", HeaderValue::from(*secs));
             }
-            s.note_refused(&method, &path);
+            s.note_refused(&method, &path, &bytes);
             return r;
         }
         Some(FaultKind::Delay(d)) => tokio::time::sleep(*d).await,
@@ -633,7 +635,7 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
         match s.authorize(&parts.headers, &method, &path) {
             Ok(installation) => Some(installation),
             Err(r) => {
-                s.note_refused(&method, &path);
+                s.note_refused(&method, &path, &bytes);
                 return r;
             }
         }
@@ -672,8 +674,12 @@ impl FakeState {
 
     /// A request answered with a refusal before anything was applied (an injected status, bad
     /// credentials, a rate limit): it stays in the log, and is listed here too.
-    fn note_refused(&self, method: &Method, path: &str) {
-        self.model().refused.push((method.to_string(), path.to_string()));
+    fn note_refused(&self, method: &Method, path: &str, body: &[u8]) {
+        let mut m = self.model();
+        m.refused.push((method.to_string(), path.to_string()));
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+            m.refused_bodies.push((method.to_string(), path.to_string(), v));
+        }
     }
 
     fn record(&self, method: &Method, path: &str, body: &[u8]) {
@@ -924,6 +930,12 @@ impl FakeState {
     /// limits), as (method, path); each is in [`Self::log`] too.
     pub fn refused(&self) -> Vec<(String, String)> {
         self.model().refused.clone()
+    }
+
+    /// The JSON bodies of the refused requests, as (method, path, body); each is in
+    /// [`Self::bodies`] too.
+    pub fn refused_bodies(&self) -> Vec<(String, String, serde_json::Value)> {
+        self.model().refused_bodies.clone()
     }
 
     /// Requests received from the `start`-th on (for callers that follow the log as it grows).

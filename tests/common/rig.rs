@@ -418,6 +418,8 @@ pub mod invariants {
         pub refused: Vec<(String, String)>,
         /// Every JSON body GitHub received: (method, path, body).
         pub bodies: Vec<(String, String, serde_json::Value)>,
+        /// The bodies of the requests GitHub refused before applying them (a rate limit).
+        pub refused_bodies: Vec<(String, String, serde_json::Value)>,
         pub deliveries: Vec<Delivery>,
         /// guid → number of `delivery` audit rows recording it as processed.
         pub delivery_audits: BTreeMap<String, i64>,
@@ -541,6 +543,7 @@ pub mod invariants {
                 log: state.log(),
                 refused: state.refused(),
                 bodies: state.bodies(),
+                refused_bodies: state.refused_bodies(),
                 deliveries,
                 delivery_audits,
                 delivery_jobs,
@@ -759,16 +762,16 @@ pub mod invariants {
             if pulls.len() != 1 {
                 p.push(("patch: not exactly one pull request per branch", format!("{branch}: {pulls:?}")));
             }
-            let pull_posts = s
-                .bodies
-                .iter()
-                .filter(|(m, path, b)| m == "POST" && path.ends_with("/pulls") && b["head"] == branch.as_str())
-                .count();
-            let ref_posts = s
-                .bodies
-                .iter()
-                .filter(|(m, path, b)| m == "POST" && path.ends_with("/git/refs") && b["ref"] == format!("refs/heads/{branch}").as_str())
-                .count();
+            // Applied ones: a POST refused before it was applied (a rate limit) and sent again
+            // later is one request.
+            let applied = |wanted: &dyn Fn(&str, &serde_json::Value) -> bool| {
+                let count = |bodies: &[(String, String, serde_json::Value)]| {
+                    bodies.iter().filter(|(m, path, b)| m == "POST" && wanted(path, b)).count()
+                };
+                count(&s.bodies) - count(&s.refused_bodies)
+            };
+            let pull_posts = applied(&|path, b| path.ends_with("/pulls") && b["head"] == branch.as_str());
+            let ref_posts = applied(&|path, b| path.ends_with("/git/refs") && b["ref"] == format!("refs/heads/{branch}").as_str());
             if (pull_posts, ref_posts) != (1, 1) {
                 p.push((
                     "patch: branch or pull request requested not exactly once",
