@@ -9,9 +9,12 @@ use orch::github::actions::{
     check_run_once, comment_once, labels_once, pull_once, reaction_once, remove_label_once, PullSpec, Sent, COMMENT_LIMIT,
 };
 use orch::github::auth::{AppCredentials, TokenCache, TokenScope};
-use orch::github::client::{Annotation, CheckAction, CheckRunSpec, ClientError, GithubClient, Reactions, TreeChange};
+use orch::github::client::{
+    Annotation, CheckAction, CheckRunSpec, ClientError, GithubClient, LabelsRead, Reactions, RepoLabel, RepoSnapshot, Tarball,
+    TarballLimits, TreeChange,
+};
 use orch::github::fake::{FakeGithub, FakeLimits, Fault, FaultKind};
-use orch::github::retry::RetryPolicy;
+use orch::github::retry::{GithubError, RetryPolicy};
 use reqwest::Method;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1399,4 +1402,269 @@ async fn a_not_modified_answer_is_not_counted() {
     }
     assert_eq!(e.fake.state.limit_counters(5), before);
     assert_eq!(e.fake.state.rate_used(), 1);
+}
+
+fn label(name: &str, description: Option<&str>) -> RepoLabel {
+    RepoLabel {
+        name: name.into(),
+        description: description.map(str::to_string),
+    }
+}
+
+#[tokio::test]
+async fn repository_labels_are_read_with_descriptions_and_cost_nothing_when_unchanged() {
+    let e = env(quick()).await;
+    e.fake.state.add_repo(REPO, 5, "main");
+    e.fake
+        .state
+        .set_repo_labels(REPO, &[("bug", "Something isn't working"), ("question", "")]);
+    let LabelsRead::Found { labels, etag } = e.client.repo_labels_if_changed(5, REPO, None).await.unwrap() else {
+        panic!("a first read finds the labels")
+    };
+    assert_eq!(labels, [label("bug", Some("Something isn't working")), label("question", None)]);
+    let etag = etag.expect("a list of one page comes with its ETag");
+
+    let before = e.fake.state.limit_counters(5);
+    for _ in 0..2 {
+        assert_eq!(
+            e.client.repo_labels_if_changed(5, REPO, Some(&etag)).await.unwrap(),
+            LabelsRead::NotModified
+        );
+    }
+    assert_eq!(e.fake.state.limit_counters(5), before, "a 304 is not counted");
+    assert_eq!(e.fake.state.not_modified().len(), 2);
+
+    // A changed description is a changed list.
+    e.fake
+        .state
+        .set_repo_labels(REPO, &[("bug", "Something is broken"), ("question", "")]);
+    let LabelsRead::Found { labels, etag: newer } = e.client.repo_labels_if_changed(5, REPO, Some(&etag)).await.unwrap() else {
+        panic!("the list changed")
+    };
+    assert_eq!(labels[0], label("bug", Some("Something is broken")));
+    assert_ne!(newer.as_deref(), Some(etag.as_str()));
+    assert_eq!(e.fake.state.limit_counters(5).counted, before.counted + 1);
+}
+
+#[tokio::test]
+async fn more_than_a_page_of_labels_is_read_page_by_page_and_never_taken_as_unchanged() {
+    let e = env(quick()).await;
+    e.fake.state.add_repo(REPO, 5, "main");
+    let names: Vec<String> = (0..250).map(|i| format!("area-{i:03}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "an area")).collect();
+    e.fake.state.set_repo_labels(REPO, &many);
+
+    let LabelsRead::Found { labels, etag } = e.client.repo_labels_if_changed(5, REPO, None).await.unwrap() else {
+        panic!("found")
+    };
+    assert_eq!(labels.iter().map(|l| l.name.clone()).collect::<Vec<_>>(), names);
+    assert!(labels.iter().all(|l| l.description.as_deref() == Some("an area")));
+    assert_eq!(etag, None, "a 304 of page one could not vouch for pages two and three");
+    assert_eq!(count(&e.fake.state.log(), "GET", "/labels"), 3);
+
+    // GitHub's paging: the `Link` header and the last, partial page.
+    let path = format!("/repos/{REPO}/labels?per_page=100&page=3");
+    let last = raw(&e, 5, Method::GET, &path, None).await;
+    let link = last.headers()["link"].to_str().unwrap().to_string();
+    assert!(link.contains("page=2>; rel=\"prev\"") && !link.contains("rel=\"next\""), "{link}");
+    assert_eq!(last.json::<Vec<serde_json::Value>>().await.unwrap().len(), 50);
+    let first = raw(&e, 5, Method::GET, &format!("/repos/{REPO}/labels"), None).await;
+    let link = first.headers()["link"].to_str().unwrap().to_string();
+    assert!(link.contains("per_page=30&page=2>; rel=\"next\""), "30 a page by default: {link}");
+    let page: Vec<serde_json::Value> = first.json().await.unwrap();
+    assert_eq!(page.len(), 30);
+    for key in ["id", "node_id", "url", "name", "description", "color", "default"] {
+        assert!(page[0].get(key).is_some(), "GitHub's label has `{key}`: {}", page[0]);
+    }
+
+    // Exactly one full page: a label added after it would leave page one as it is, so that
+    // list gets no ETag either.
+    let hundred: Vec<(&str, &str)> = many[..100].to_vec();
+    e.fake.state.set_repo_labels(REPO, &hundred);
+    let LabelsRead::Found { labels, etag } = e.client.repo_labels_if_changed(5, REPO, None).await.unwrap() else {
+        panic!("found")
+    };
+    assert_eq!((labels.len(), etag), (100, None));
+}
+
+#[tokio::test]
+async fn adding_an_unknown_label_to_an_issue_makes_it_in_the_repository() {
+    let e = env(quick()).await;
+    e.fake.state.add_repo(REPO, 5, "main");
+    e.fake.state.set_repo_labels(REPO, &[("bug", "Something isn't working")]);
+    e.client
+        .add_labels(5, REPO, 8, &["bug".into(), "needs-triage".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        e.fake.state.repo_labels(REPO),
+        [
+            ("bug".to_string(), Some("Something isn't working".to_string())),
+            ("needs-triage".to_string(), None)
+        ]
+    );
+    let LabelsRead::Found { labels, .. } = e.client.repo_labels_if_changed(5, REPO, None).await.unwrap() else {
+        panic!("found")
+    };
+    assert_eq!(labels, [label("bug", Some("Something isn't working")), label("needs-triage", None)]);
+    // An issue's labels are GitHub's whole label objects, descriptions included.
+    let on_issue: Vec<serde_json::Value> = raw(&e, 5, Method::GET, &format!("/repos/{REPO}/issues/8/labels"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(on_issue[0]["description"], "Something isn't working");
+    assert_eq!(on_issue[1]["description"], serde_json::Value::Null);
+    bodies_valid(&e);
+}
+
+/// A repository with three commits' worth of history on `main`; returns (first commit, tip).
+fn tarball_repo(e: &Env) -> (String, String) {
+    e.fake.state.add_repo(REPO, 5, "main");
+    let first = e.fake.state.init_repo(
+        REPO,
+        "main",
+        &[
+            ("README.md", "# Widgets\n"),
+            ("src/lib.rs", "pub fn widget() {}\n"),
+            ("src/deep/er/mod.rs", "// nested\n"),
+            ("assets/logo.png", "\u{89}PNG\r\n\u{1a}\n\0\0\0\rIHDR\0\0"),
+        ],
+    );
+    let big = "a".repeat(300 * 1024);
+    e.fake.state.push(REPO, "main", &[("data/big.csv", Some(&big))]);
+    let tip = e
+        .fake
+        .state
+        .push(REPO, "main", &[("README.md", Some("# Widgets, now with gears\n"))]);
+    (first, tip)
+}
+
+fn files_of(t: Tarball) -> RepoSnapshot {
+    match t {
+        Tarball::Files(s) => s,
+        Tarball::TooLarge { what } => panic!("too large: {what}"),
+    }
+}
+
+#[tokio::test]
+async fn a_tarball_is_one_counted_request_and_holds_the_files_at_its_commit() {
+    let e = env(quick()).await;
+    let (first, tip) = tarball_repo(&e);
+    let limits = TarballLimits::default();
+    let before = e.fake.state.limit_counters(5).counted;
+
+    let snapshot = files_of(e.client.tarball(5, REPO, "main", &limits).await.unwrap());
+    assert_eq!(e.fake.state.limit_counters(5).counted, before + 1, "the download is not counted");
+    assert_eq!(e.fake.state.tarball_downloads(), 1);
+    assert_eq!(
+        snapshot.paths,
+        ["README.md", "assets/logo.png", "data/big.csv", "src/deep/er/mod.rs", "src/lib.rs"]
+    );
+    let texts: Vec<(&str, &str)> = snapshot.files.iter().map(|f| (f.path.as_str(), f.text.as_str())).collect();
+    assert_eq!(
+        texts,
+        [
+            ("README.md", "# Widgets, now with gears\n"),
+            ("src/deep/er/mod.rs", "// nested\n"),
+            ("src/lib.rs", "pub fn widget() {}\n"),
+        ]
+    );
+    let skipped: Vec<(&str, &str)> = snapshot.skipped.iter().map(|f| (f.path.as_str(), f.why.as_str())).collect();
+    assert_eq!(skipped, [("assets/logo.png", "binary"), ("data/big.csv", "larger than 256 KiB")]);
+
+    // The same ref by its sha, and an older commit with its older text.
+    let at_tip = files_of(e.client.tarball(5, REPO, &tip, &limits).await.unwrap());
+    assert_eq!(at_tip, snapshot);
+    let old = files_of(e.client.tarball(5, REPO, &first, &limits).await.unwrap());
+    assert_eq!(old.files[0].text, "# Widgets\n");
+    assert!(!old.paths.contains(&"data/big.csv".to_string()), "not there yet");
+    assert_eq!(e.fake.state.limit_counters(5).counted, before + 3);
+    assert_eq!(e.fake.state.tarball_downloads(), 3);
+}
+
+#[tokio::test]
+async fn a_tarball_past_its_download_limit_is_too_large_and_not_read() {
+    let e = env(quick()).await;
+    tarball_repo(&e);
+    let limits = TarballLimits {
+        max_download_bytes: 100,
+        ..TarballLimits::default()
+    };
+    assert_eq!(
+        e.client.tarball(5, REPO, "main", &limits).await.unwrap(),
+        Tarball::TooLarge {
+            what: "the download is larger than 100 bytes".into()
+        }
+    );
+    // A bound on what it unpacks to: the 300 KiB file is past 64 KiB.
+    let limits = TarballLimits {
+        max_unpacked_bytes: 64 * 1024,
+        ..TarballLimits::default()
+    };
+    assert_eq!(
+        e.client.tarball(5, REPO, "main", &limits).await.unwrap(),
+        Tarball::TooLarge {
+            what: "the unpacked files are larger than 64 KiB".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_tarball_of_no_such_ref_is_not_found_and_a_rate_limit_is_a_rate_limit() {
+    let e = env(quick()).await;
+    tarball_repo(&e);
+    let err = e
+        .client
+        .tarball(5, REPO, "no-such-branch", &TarballLimits::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Github(GithubError::Permanent { status: 404, .. })),
+        "{err}"
+    );
+    assert_eq!(e.fake.state.tarball_downloads(), 0);
+    e.fake.state.exhaust_rate_limit(Duration::from_secs(120));
+    let err = e.client.tarball(5, REPO, "main", &TarballLimits::default()).await.unwrap_err();
+    assert!(err.rate_limit().is_some(), "{err}");
+    assert_eq!(e.fake.state.tarball_downloads(), 0);
+}
+
+/// The fake's side of the download: a 302 to its codeload, which serves the archive without a
+/// token and refuses one.
+#[tokio::test]
+async fn the_tarball_redirects_to_a_download_that_takes_no_token() {
+    let e = env(quick()).await;
+    let (_, tip) = tarball_repo(&e);
+    let token = e.tokens.token(5).await.unwrap();
+    let token = secrecy::ExposeSecret::expose_secret(&token).to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = http
+        .get(format!("{}/repos/{REPO}/tarball/main", e.fake.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 302);
+    let location = answer.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, format!("{}/_codeload/{REPO}/legacy.tar.gz/{tip}", e.fake.url()));
+    let with_token = http.get(&location).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(with_token.status().as_u16(), 400);
+    let archive = http.get(&location).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(&archive[..2], &[0x1f, 0x8b], "gzip");
+    // Unpacked by hand: GitHub's layout, one folder named after the repository and commit.
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]));
+    let names: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|entry| String::from_utf8_lossy(&entry.unwrap().path_bytes()).into_owned())
+        .collect();
+    let folder = format!("acme-widgets-{}/", &tip[..7]);
+    assert_eq!(names[0], "pax_global_header");
+    assert_eq!(names[1], folder);
+    assert!(names.contains(&format!("{folder}src/deep/er/mod.rs")), "{names:?}");
+    assert_eq!(e.fake.state.tarball_downloads(), 1, "the refused request served nothing");
 }

@@ -8,8 +8,10 @@ use reqwest::{Method, Response};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+pub use super::tarball::{RepoFile, RepoSnapshot, SkippedFile, Tarball, TarballLimits};
 
 /// How long a collaborator's permission is trusted before asking GitHub again.
 pub const PERMISSION_TTL: Duration = Duration::from_secs(60);
@@ -199,6 +201,20 @@ pub struct GithubClient {
     /// Where GitHub's budget is shared with the other replicas (SPEC §11); None: not shared
     /// (tools and tests that use the client alone).
     budget: Option<SharedBudget>,
+    /// A client that answers redirects instead of following them, made on first use: the
+    /// tarball's redirect is followed by hand, so that the token never leaves with it.
+    unredirected: Arc<OnceLock<reqwest::Client>>,
+}
+
+/// What a request carries besides its method, path and body.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RequestOptions<'a> {
+    /// It creates something: one attempt, and the caller checks before trying again.
+    pub creates: bool,
+    /// The ETag of the previous read, for a conditional request.
+    pub if_none_match: Option<&'a str>,
+    /// A redirect is answered to the caller instead of being followed.
+    pub keep_redirect: bool,
 }
 
 /// The store that holds GitHub's budget per installation, and the secondary limits orch paces
@@ -338,7 +354,25 @@ impl GithubClient {
             marker_key: Arc::new(MarkerKey::random()),
             identity: Arc::default(),
             budget: None,
+            unredirected: Arc::default(),
         }
+    }
+
+    /// The API's address, without a trailing `/`.
+    pub(super) fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// A client that does not follow redirects and sends no credentials of its own (built with
+    /// reqwest's defaults otherwise).
+    pub(super) fn unredirected_http(&self) -> &reqwest::Client {
+        self.unredirected.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent("orch")
+                .build()
+                .expect("the TLS backend initialises (it did for the main client)")
+        })
     }
 
     /// The same client sharing GitHub's budget through `store` (every replica must use the
@@ -511,10 +545,34 @@ impl GithubClient {
         creates: bool,
         if_none_match: Option<&str>,
     ) -> Result<Response, ClientError> {
+        let options = RequestOptions {
+            creates,
+            if_none_match,
+            keep_redirect: false,
+        };
+        self.request_as(installation, method, path, body, options).await
+    }
+
+    /// Sends a request as `installation` through the token cache, GitHub's shared budget and
+    /// the retry layer: what every request to the API goes through.
+    pub(super) async fn request_as(
+        &self,
+        installation: i64,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        options: RequestOptions<'_>,
+    ) -> Result<Response, ClientError> {
+        let RequestOptions {
+            creates,
+            if_none_match,
+            keep_redirect,
+        } = options;
         // A path that could step out of its repository never leaves (SPEC §12).
         check_url_path(path)?;
         let scope = token_scope(&method, path);
         let url = format!("{}{path}", self.api_url);
+        let http = if keep_redirect { self.unredirected_http() } else { &self.http };
         let policy = if creates {
             self.policy.single_attempt()
         } else {
@@ -544,8 +602,7 @@ impl GithubClient {
             let token = self.tokens.scoped_token(installation, &scope).await?;
             let result = retry::send(
                 || {
-                    let mut r = self
-                        .http
+                    let mut r = http
                         .request(method.clone(), &url)
                         .bearer_auth(token.expose_secret())
                         .header("accept", "application/vnd.github+json")
@@ -898,6 +955,74 @@ pub enum FileRead {
     },
     /// No such file.
     Absent,
+}
+
+/// A label of a repository, as the model is told about the labels it may choose from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoLabel {
+    pub name: String,
+    /// None when the label has none (GitHub's `null`; an empty text is read as none too).
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A conditional read of a repository's labels (see [`GithubClient::repo_labels_if_changed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabelsRead {
+    /// Unchanged since the ETag given.
+    NotModified,
+    Found {
+        labels: Vec<RepoLabel>,
+        /// What to give the next read; None when the list is longer than one page, which a
+        /// conditional request cannot vouch for.
+        etag: Option<String>,
+    },
+}
+
+/// GitHub lists at most this many labels per page.
+const LABELS_PER_PAGE: usize = 100;
+/// Labels are read from at most this many pages (1,000 labels).
+const LABEL_PAGES: usize = 10;
+
+impl GithubClient {
+    /// Every label of a repository with its description, read with a conditional request: with
+    /// the ETag of the previous read, an unchanged list is a 304, which GitHub does not count
+    /// against the rate limit. `etag` must be one this method returned.
+    ///
+    /// Only the first page is asked conditionally, and its ETag is handed back only when the
+    /// whole list fit on it: a 304 of page one cannot tell that a later page changed, so a list
+    /// of more than one page gets no ETag and the next read reads every page again. A full first
+    /// page counts as "more than one": a label added past it would leave page one as it was.
+    pub async fn repo_labels_if_changed(&self, installation: i64, repo: &str, etag: Option<&str>) -> Result<LabelsRead, ClientError> {
+        let mut labels = Vec::new();
+        for page in 1..=LABEL_PAGES {
+            let path = format!("/repos/{repo}/labels?per_page={LABELS_PER_PAGE}&page={page}");
+            let condition = if page == 1 { etag } else { None };
+            let response = self.request_with(installation, Method::GET, &path, None, false, condition).await?;
+            if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+                // Only page one is conditional, and its ETag was handed out only for a list
+                // that fit on it: the whole list is unchanged.
+                return Ok(LabelsRead::NotModified);
+            }
+            let page_etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let batch: Vec<RepoLabel> = Self::json(response).await?;
+            let last = batch.len() < LABELS_PER_PAGE;
+            labels.extend(batch.into_iter().map(|l| RepoLabel {
+                description: l.description.filter(|d| !d.is_empty()),
+                ..l
+            }));
+            if last {
+                let etag = if page == 1 { page_etag } else { None };
+                return Ok(LabelsRead::Found { labels, etag });
+            }
+        }
+        tracing::warn!(
+            repo,
+            labels = labels.len(),
+            "the repository has more labels than orch reads; the rest are left out"
+        );
+        Ok(LabelsRead::Found { labels, etag: None })
+    }
 }
 
 /// One entry of a new tree: a file's new text, or `None` to delete the file.

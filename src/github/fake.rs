@@ -1,6 +1,7 @@
 //! A stateful fake GitHub served over real HTTP, for tests and the demo: an in-memory model of
 //! installations, repositories, issues, pull requests, comments, labels, reactions, permissions,
-//! check runs and git objects. It checks the App JWT and installation tokens the way GitHub does,
+//! check runs and git objects, and a stand-in for codeload, GitHub's archive download host
+//! (`/_codeload/…` on the fake's own address), which needs no token and is not rate-limited. It checks the App JWT and installation tokens the way GitHub does,
 //! answers with GitHub's status codes and headers, and injects faults on request.
 //!
 //! One middleware ([`gate`]) does what every request goes through on GitHub: it is logged, its
@@ -62,11 +63,19 @@ pub const APP_SLUG: &str = "orch";
 /// (`tests/common/payloads.rs`, `stable_id("user", login)`), so a payload's `user.id` and the
 /// fake's agree. orch's bot account `orch[bot]` has one too, and only orch's token writes as it.
 pub fn user_id(login: &str) -> i64 {
-    // FNV-1a, folded into a range that looks like GitHub ids.
+    stable_id(&["user", login])
+}
+
+/// An id made from `parts` (NUL-separated): FNV-1a, folded into a range that looks like GitHub
+/// ids.
+fn stable_id(parts: &[&str]) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "user".bytes().chain([0]).chain(login.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    for (i, part) in parts.iter().enumerate() {
+        let separator = if i == 0 { None } else { Some(0) };
+        for b in separator.into_iter().chain(part.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
     }
     1_000_000 + (h % 900_000_000) as i64
 }
@@ -162,6 +171,10 @@ struct Model {
     comments: BTreeMap<(String, i64), Vec<FakeComment>>,
     /// (owner/repo, issue number) → labels.
     labels: BTreeMap<(String, i64), Vec<String>>,
+    /// owner/repo → the repository's labels, in the order they were made.
+    repo_labels: BTreeMap<String, Vec<FakeLabel>>,
+    /// Archives served by the fake's codeload.
+    tarball_downloads: u64,
     /// (owner/repo, login) → permission.
     permissions: HashMap<(String, String), String>,
     /// Logins whose account id is not [`user_id`] of the login: accounts renamed in a test.
@@ -418,6 +431,68 @@ impl Model {
     }
 }
 
+/// A label of a repository.
+#[derive(Debug, Clone)]
+struct FakeLabel {
+    id: i64,
+    name: String,
+    description: Option<String>,
+    color: String,
+}
+
+impl FakeLabel {
+    fn new(repo: &str, name: &str, description: Option<String>) -> Self {
+        FakeLabel {
+            // Stable: the same label set again is the same label, with the same ETag.
+            id: stable_id(&["label", repo, name]),
+            name: name.to_string(),
+            description,
+            // GitHub's grey for a label made by adding it to an issue.
+            color: "ededed".into(),
+        }
+    }
+
+    /// The label as GitHub's REST API shows one.
+    fn json(&self, repo: &str) -> serde_json::Value {
+        let escaped: String = self
+            .name
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        json!({ "id": self.id, "node_id": format!("LA_{}", self.id),
+                "url": format!("https://api.github.com/repos/{repo}/labels/{escaped}"),
+                "name": self.name, "description": self.description, "color": self.color, "default": false })
+    }
+}
+
+impl Model {
+    /// Makes the labels of `names` that `repo` does not have yet, without a description, as
+    /// GitHub does when an issue is given a label its repository lacks.
+    fn ensure_repo_labels(&mut self, repo: &str, names: &[String]) {
+        let list = self.repo_labels.entry(repo.to_string()).or_default();
+        for name in names {
+            if !list.iter().any(|l| l.name == *name) {
+                list.push(FakeLabel::new(repo, name, None));
+            }
+        }
+    }
+
+    /// Labels of `repo` named `names` as the REST API shows them on an issue.
+    fn labels_json(&self, repo: &str, names: &[String]) -> serde_json::Value {
+        let known = self.repo_labels.get(repo).map(Vec::as_slice).unwrap_or_default();
+        json!(names
+            .iter()
+            .map(|name| match known.iter().find(|l| l.name == *name) {
+                Some(label) => label.json(repo),
+                None => FakeLabel::new(repo, name, None).json(repo),
+            })
+            .collect::<Vec<_>>())
+    }
+}
+
 /// Git objects, content-addressed, and refs and pull requests per repository. Trees are kept
 /// flat (full path → blob), which is all orch's use of the Git Data API needs.
 #[derive(Default)]
@@ -629,8 +704,9 @@ async fn gate(State(s): State<Arc<FakeState>>, request: Request, next: Next) -> 
         Some(FaultKind::Drop) => drop_connection(),
         _ => {}
     }
-    // Endpoints that take the App's JWT check it themselves; the rest need an installation token.
-    let authenticated = !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation"));
+    // Endpoints that take the App's JWT check it themselves, and codeload takes no credentials;
+    // the rest need an installation token.
+    let authenticated = !(path == "/app" || path.starts_with("/app/") || path.ends_with("/installation") || path.starts_with(CODELOAD));
     let installation = if authenticated {
         match s.authorize(&parts.headers, &method, &path) {
             Ok(installation) => Some(installation),
@@ -948,11 +1024,37 @@ impl FakeState {
         self.model().labels.get(&(repo.to_string(), issue)).cloned().unwrap_or_default()
     }
 
-    /// Labels set by a user (no request, no log entry).
+    /// Labels set by a user (no request, no log entry); the repository gets those it lacks.
     pub fn set_labels(&self, repo: &str, issue: i64, labels: &[&str]) {
+        let names: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        let mut m = self.model();
+        m.ensure_repo_labels(repo, &names);
+        m.labels.insert((repo.to_string(), issue), names);
+    }
+
+    /// The repository's labels are now `labels`, as (name, description; empty: none), in this
+    /// order (no request, no log entry). Issues keep the labels they have.
+    pub fn set_repo_labels(&self, repo: &str, labels: &[(&str, &str)]) {
+        let list = labels
+            .iter()
+            .map(|(name, description)| FakeLabel::new(repo, name, Some(description.to_string()).filter(|d| !d.is_empty())))
+            .collect();
+        self.model().repo_labels.insert(repo.to_string(), list);
+    }
+
+    /// The repository's labels as (name, description), in the order GitHub lists them.
+    pub fn repo_labels(&self, repo: &str) -> Vec<(String, Option<String>)> {
         self.model()
-            .labels
-            .insert((repo.to_string(), issue), labels.iter().map(|l| l.to_string()).collect());
+            .repo_labels
+            .get(repo)
+            .map(|list| list.iter().map(|l| (l.name.clone(), l.description.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// How many archives the fake's codeload served (tarball downloads that followed their
+    /// redirect).
+    pub fn tarball_downloads(&self) -> u64 {
+        self.model().tarball_downloads
     }
 
     /// `login` is the account `id` (a renamed account keeps its id; a freed login taken over is
@@ -1482,7 +1584,7 @@ async fn get_repo(State(s): State<Arc<FakeState>>, Path((owner, repo)): RepoPath
 async fn get_issue(State(s): State<Arc<FakeState>>, Path((owner, repo, number)): ItemPath) -> Response {
     let m = s.model();
     let full = format!("{owner}/{repo}");
-    let labels = labels_json(m.labels.get(&(full.clone(), number)).map(Vec::as_slice).unwrap_or_default());
+    let labels = m.labels_json(&full, m.labels.get(&(full.clone(), number)).map(Vec::as_slice).unwrap_or_default());
     if let Some(i) = m.issues.get(&(full.clone(), number)) {
         return answer(
             StatusCode::OK,
@@ -1508,10 +1610,35 @@ struct Paging {
 }
 
 impl Paging {
+    fn per_page(&self) -> usize {
+        self.per_page.unwrap_or(30).clamp(1, 100)
+    }
+
+    fn number(&self) -> usize {
+        self.page.unwrap_or(1).max(1)
+    }
+
     fn page<T>(&self, items: impl IntoIterator<Item = T>) -> Vec<T> {
-        let per_page = self.per_page.unwrap_or(30).clamp(1, 100);
-        let page = self.page.unwrap_or(1).max(1);
-        items.into_iter().skip((page - 1) * per_page).take(per_page).collect()
+        let per_page = self.per_page();
+        items.into_iter().skip((self.number() - 1) * per_page).take(per_page).collect()
+    }
+
+    /// GitHub's `Link` header for this page of `total` items at `path`: the next and last pages
+    /// after it, the first and previous before it; None when there is one page.
+    fn link(&self, host: &str, path: &str, total: usize) -> Option<String> {
+        let (per_page, page) = (self.per_page(), self.number());
+        let last = total.div_ceil(per_page).max(1);
+        let url = |n: usize, rel: &str| format!("<http://{host}{path}?per_page={per_page}&page={n}>; rel=\"{rel}\"");
+        let mut links = Vec::new();
+        if page < last {
+            links.push(url(page + 1, "next"));
+            links.push(url(last, "last"));
+        }
+        if page > 1 {
+            links.push(url(1, "first"));
+            links.push(url((page - 1).min(last), "prev"));
+        }
+        (!links.is_empty()).then(|| links.join(", "))
     }
 }
 
@@ -1596,12 +1723,36 @@ async fn update_comment(State(s): State<Arc<FakeState>>, Path((owner, repo, id))
     }
 }
 
-fn labels_json(labels: &[String]) -> serde_json::Value {
-    json!(labels.iter().map(|l| json!({ "name": l })).collect::<Vec<_>>())
+async fn list_labels(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath) -> Response {
+    let full = format!("{owner}/{repo}");
+    let m = s.model();
+    answer(
+        StatusCode::OK,
+        m.labels_json(&full, m.labels.get(&(full.clone(), issue)).map(Vec::as_slice).unwrap_or_default()),
+    )
 }
 
-async fn list_labels(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath) -> Response {
-    answer(StatusCode::OK, labels_json(&s.labels(&format!("{owner}/{repo}"), issue)))
+/// `GET /repos/{owner}/{repo}/labels`: paged as GitHub pages (30 a page unless `per_page`, at
+/// most 100; a `Link` header to the others), each page with an ETag of its content.
+async fn list_repo_labels(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo)): RepoPath,
+    Query(paging): Query<Paging>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let (page, total) = {
+        let m = s.model();
+        let all = m.repo_labels.get(&full).map(Vec::as_slice).unwrap_or_default();
+        (paging.page(all.iter().map(|l| l.json(&full))), all.len())
+    };
+    let mut r = conditional(&s, uri.path(), &headers, json!(page));
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    if let Some(link) = paging.link(host, uri.path(), total) {
+        r.headers_mut().insert("link", HeaderValue::from_str(&link).expect("ascii"));
+    }
+    r
 }
 
 async fn add_labels(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)): ItemPath, body: Bytes) -> Response {
@@ -1614,24 +1765,30 @@ async fn add_labels(State(s): State<Arc<FakeState>>, Path((owner, repo, issue)):
     let Some(new): Option<Vec<&str>> = new.iter().map(|l| l.as_str()).collect() else {
         return unprocessable("Invalid request: labels must be strings");
     };
+    let full = format!("{owner}/{repo}");
+    let new: Vec<String> = new.into_iter().map(str::to_string).collect();
     let mut m = s.model();
-    let labels = m.labels.entry((format!("{owner}/{repo}"), issue)).or_default();
+    m.ensure_repo_labels(&full, &new);
+    let labels = m.labels.entry((full.clone(), issue)).or_default();
     for name in new {
-        if !labels.iter().any(|x| x == name) {
-            labels.push(name.to_string());
+        if !labels.contains(&name) {
+            labels.push(name);
         }
     }
-    answer(StatusCode::OK, labels_json(labels))
+    let labels = labels.clone();
+    answer(StatusCode::OK, m.labels_json(&full, &labels))
 }
 
 async fn remove_label(State(s): State<Arc<FakeState>>, Path((owner, repo, issue, name)): Path<(String, String, i64, String)>) -> Response {
+    let full = format!("{owner}/{repo}");
     let mut m = s.model();
-    let labels = m.labels.entry((format!("{owner}/{repo}"), issue)).or_default();
+    let labels = m.labels.entry((full.clone(), issue)).or_default();
     let Some(i) = labels.iter().position(|l| *l == name) else {
         return message(StatusCode::NOT_FOUND, "Label does not exist");
     };
     labels.remove(i);
-    answer(StatusCode::OK, labels_json(labels))
+    let labels = labels.clone();
+    answer(StatusCode::OK, m.labels_json(&full, &labels))
 }
 
 async fn permission(State(s): State<Arc<FakeState>>, Path((owner, repo, login)): Path<(String, String, String)>) -> Response {
@@ -2121,6 +2278,130 @@ async fn get_content(
     )
 }
 
+/// Where the fake's codeload serves archives, on the fake's own address.
+const CODELOAD: &str = "/_codeload/";
+
+/// `GET /repos/{owner}/{repo}/tarball/{ref}`: a redirect to the archive of the commit that `ref`
+/// names (a branch, or a commit's sha), as GitHub redirects to codeload. Counted against the
+/// rate limit like any request; the download is not.
+async fn tarball_redirect(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, git_ref)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let sha = {
+        let m = s.model();
+        let full = format!("{owner}/{repo}");
+        m.git
+            .refs
+            .get(&(full, format!("heads/{git_ref}")))
+            .cloned()
+            .or_else(|| m.git.commits.contains_key(&git_ref).then(|| git_ref.clone()))
+    };
+    let Some(sha) = sha else {
+        return not_found();
+    };
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    let location = format!("http://{host}{CODELOAD}{owner}/{repo}/legacy.tar.gz/{sha}");
+    let mut r = StatusCode::FOUND.into_response();
+    r.headers_mut().insert("location", HeaderValue::from_str(&location).expect("ascii"));
+    r.headers_mut().insert("x-github-request-id", HeaderValue::from_static("FAKE:0001"));
+    r
+}
+
+/// The fake's codeload: the commit's files as a gzipped tar under `{owner}-{repo}-{sha7}/`, as
+/// GitHub's archives are. It takes no credentials; one that comes with an `Authorization` header
+/// is refused, since orch must never send its installation token beyond the API.
+async fn codeload(
+    State(s): State<Arc<FakeState>>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if headers.contains_key("authorization") {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "the fake's codeload was sent an Authorization header: the installation token must stay with the API",
+        );
+    }
+    let files: Vec<(String, String)> = {
+        let mut m = s.model();
+        let Some((tree, _, _)) = m.git.commits.get(&sha) else {
+            return not_found();
+        };
+        let files = m.git.trees[tree]
+            .iter()
+            .map(|(path, blob)| (path.clone(), m.git.blobs[blob].clone()))
+            .collect();
+        m.tarball_downloads += 1;
+        files
+    };
+    let folder = format!("{owner}-{repo}-{}", &sha[..sha.len().min(7)]);
+    let archive = match tar_gz(&folder, &sha, &files) {
+        Ok(a) => a,
+        Err(e) => return message(StatusCode::INTERNAL_SERVER_ERROR, &format!("the archive could not be made: {e}")),
+    };
+    let disposition = format!("attachment; filename={folder}.tar.gz");
+    let mut r = archive.into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/x-gzip"));
+    r.headers_mut()
+        .insert("content-disposition", HeaderValue::from_str(&disposition).expect("ascii"));
+    r
+}
+
+/// A gzipped tar of `files` (path, text) under `folder/`, laid out as `git archive` lays one
+/// out: a pax global header naming the commit, then each folder before what it holds.
+fn tar_gz(folder: &str, sha: &str, files: &[(String, String)]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    use tar::{EntryType, Header};
+    let mut b = tar::Builder::new(Vec::new());
+    let comment = pax_record("comment", sha);
+    let mut h = Header::new_ustar();
+    h.set_entry_type(EntryType::XGlobalHeader);
+    h.set_size(comment.len() as u64);
+    h.set_mode(0o666);
+    b.append_data(&mut h, "pax_global_header", comment.as_bytes())?;
+    let mut folders = std::collections::BTreeSet::new();
+    let mut add_folder = |b: &mut tar::Builder<Vec<u8>>, path: String| -> std::io::Result<()> {
+        if folders.insert(path.clone()) {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o775);
+            b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+        }
+        Ok(())
+    };
+    add_folder(&mut b, folder.to_string())?;
+    for (path, text) in files {
+        let mut parent = folder.to_string();
+        let segments: Vec<&str> = path.split('/').collect();
+        for segment in &segments[..segments.len() - 1] {
+            parent = format!("{parent}/{segment}");
+            add_folder(&mut b, parent.clone())?;
+        }
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(text.len() as u64);
+        h.set_mode(0o664);
+        b.append_data(&mut h, format!("{folder}/{path}"), text.as_bytes())?;
+    }
+    let tar = b.into_inner()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar)?;
+    gz.finish()
+}
+
+/// One pax record, `"<length> <key>=<value>\n"`, its length counting itself.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut length = body.len() + 1;
+    while length.to_string().len() + body.len() != length {
+        length = length.to_string().len() + body.len();
+    }
+    format!("{length}{body}")
+}
+
 impl FakeGithub {
     /// Starts the fake on a free local port for the App `app_id` whose public key is `public_pem`.
     pub async fn start(app_id: u64, public_pem: &[u8], token_lifetime: Duration) -> anyhow::Result<Self> {
@@ -2171,6 +2452,9 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/check-runs/{id}", patch(update_check_run))
             .route("/repos/{owner}/{repo}/commits/{git_ref}/check-runs", get(check_runs_for_ref))
             .route("/repos/{owner}/{repo}/contents/{*path}", get(get_content))
+            .route("/repos/{owner}/{repo}/labels", get(list_repo_labels))
+            .route("/repos/{owner}/{repo}/tarball/{*git_ref}", get(tarball_redirect))
+            .route("/_codeload/{owner}/{repo}/legacy.tar.gz/{sha}", get(codeload))
             .fallback(|| async { not_found() })
             .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
             .with_state(state.clone());
@@ -2194,6 +2478,17 @@ mod tests {
         for t in [0u64, 1_468_275_250, 1_709_208_000, 4_102_444_800] {
             assert_eq!(super::super::auth::parse_timestamp(&super::format_timestamp(t)), Some(t));
         }
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        assert_eq!(
+            super::pax_record("comment", &"a".repeat(40)),
+            format!("52 comment={}\n", "a".repeat(40))
+        );
+        assert_eq!(super::pax_record("k", "v"), "6 k=v\n");
+        let r = super::pax_record("comment", &"b".repeat(91));
+        assert_eq!(r.len().to_string(), r.split(' ').next().unwrap());
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod marks;
 pub mod redeliver;
 pub mod rest_schema;
 pub mod retry;
+pub mod tarball;

@@ -107,6 +107,11 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, now_unix: u64, policy: 
     if status.is_success() || status == StatusCode::NOT_MODIFIED {
         return Verdict::Success;
     }
+    // A redirect reaches here only from a client told not to follow it (the tarball's 302 to
+    // its download): the caller follows it.
+    if status.is_redirection() && headers.contains_key(reqwest::header::LOCATION) {
+        return Verdict::Success;
+    }
     let limited = |wait: Duration, secondary: bool| {
         if wait <= policy.max_rate_limit_wait {
             Verdict::Limited { wait, secondary }
@@ -196,6 +201,21 @@ fn reason_of(status: StatusCode) -> usize {
     match status.as_u16() {
         429 | 403 => RATE_LIMITED,
         _ => SERVER_ERROR,
+    }
+}
+
+/// A transport error as it is logged and kept: its address without the query, which in a
+/// download's address (codeload's, for a tarball) carries a short-lived token.
+pub(super) fn transport_message(e: reqwest::Error) -> String {
+    let address = e.url().map(|u| {
+        let mut u = u.clone();
+        u.set_query(None);
+        u.to_string()
+    });
+    let e = e.without_url();
+    match address {
+        Some(address) => format!("{e} ({address})"),
+        None => e.to_string(),
     }
 }
 
@@ -302,12 +322,12 @@ pub async fn send(build: impl Fn() -> RequestBuilder, policy: &RetryPolicy) -> R
                 if e.is_builder() {
                     return Err(GithubError::Exhausted {
                         attempts: attempt,
-                        last: e.to_string(),
+                        last: transport_message(e),
                     });
                 }
                 reason = TRANSPORT;
                 stats::error(reason);
-                last = format!("transport: {e}");
+                last = format!("transport: {}", transport_message(e));
                 backoff(policy, attempt)
             }
         };
@@ -343,6 +363,8 @@ mod tests {
         let c = |status: u16, h: &[(&str, &str)]| classify(StatusCode::from_u16(status).unwrap(), &headers(h), 1_000, &p);
         assert_eq!(c(200, &[]), Verdict::Success);
         assert_eq!(c(304, &[]), Verdict::Success);
+        assert_eq!(c(302, &[("location", "https://codeload.github.com/a/b")]), Verdict::Success);
+        assert_eq!(c(302, &[]), Verdict::Permanent);
         assert_eq!(c(502, &[]), Verdict::Retry(None));
         assert_eq!(c(503, &[("retry-after", "2")]), Verdict::Retry(Some(Duration::from_secs(2))));
         let secs = Duration::from_secs;
@@ -395,6 +417,17 @@ mod tests {
         for permanent in [400, 401, 404, 410, 422] {
             assert_eq!(c(permanent, &[]), Verdict::Permanent, "{permanent}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_keeps_its_address_but_not_its_query() {
+        // Nothing listens on port 1.
+        let e = reqwest::get("http://127.0.0.1:1/acme/widgets/legacy.tar.gz/main?token=short-lived")
+            .await
+            .unwrap_err();
+        let shown = super::transport_message(e);
+        assert!(shown.contains("http://127.0.0.1:1/acme/widgets/legacy.tar.gz/main"), "{shown}");
+        assert!(!shown.contains("short-lived"), "{shown}");
     }
 
     #[test]
