@@ -212,6 +212,10 @@ fn engine(
         llm: crate::llm::Llm::from_config(config)?,
         bot_login: config.bot_login.clone(),
         reaction_poll: config.reaction_poll,
+        tarball_limits: crate::github::tarball::TarballLimits {
+            max_download_bytes: config.tarball_max_bytes,
+            ..Default::default()
+        },
         caps: config.policy_caps.clone(),
         compiled: Default::default(),
         public_url: config.public_url.clone(),

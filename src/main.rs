@@ -100,6 +100,10 @@ enum PolicyCommand {
         /// A unified diff or the patch JSON of SPEC §9.
         #[arg(long, value_name = "FILE")]
         patch: Option<PathBuf>,
+        /// Where the patch's files are on its base, for `edit`s and line counts (default: the
+        /// current directory, the repository's checkout).
+        #[arg(long, value_name = "DIR", requires = "patch")]
+        base: Option<PathBuf>,
     },
 }
 
@@ -406,10 +410,16 @@ fn init_logging(default: &str) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Policy {
-        command: PolicyCommand::Check { config, patch },
+        command: PolicyCommand::Check { config, patch, base },
     } = &cli.command
     {
-        let code = orch::policy::cli::check(config.as_deref(), patch.as_deref(), &mut std::io::stdout(), &mut std::io::stderr());
+        let code = orch::policy::cli::check(
+            config.as_deref(),
+            patch.as_deref(),
+            base.as_deref(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
         return ExitCode::from(code);
     }
     if matches!(cli.command, Command::Doctor) {

@@ -96,7 +96,7 @@ fn assert_prompt_row(r: &model_calls::ModelCall, task: Task, ctx: &Context, budg
     let (prompt, not_seen) = Llm::prompt(task, ctx, budget);
     assert_eq!(r.prompt, prompt.text);
     assert_eq!(r.prompt_sha256, sha256_hex(&r.prompt));
-    assert_eq!(r.template, format!("{}.v1", task.as_str()));
+    assert_eq!(r.template, orch::llm::prompt::template_for(task).name);
     assert_eq!(r.task, task.as_str());
     assert_eq!(r.not_seen, not_seen);
 }
@@ -144,7 +144,7 @@ async fn anthropic_request_is_the_messages_api_with_a_forced_tool() {
     let cost = (1234.0 * 3.0 + 56.0 * 15.0) / 1e6;
     assert!((g.cost_usd - cost).abs() < 1e-12, "{}", g.cost_usd);
     assert!(g.price_known && g.not_seen.is_empty());
-    assert_eq!(g.template, "triage.v1");
+    assert_eq!(g.template, "triage.v2");
 
     let r = row(&store, g.call_id).await;
     assert_prompt_row(&r, Task::Triage, &ctx, 2000);
@@ -659,7 +659,7 @@ async fn the_fake_follows_its_script_then_falls_back() {
     assert_eq!(outcomes, vec![Ok, Transient, Ok, Malformed, Permanent, Ok, Ok]);
     assert!(rows.iter().all(|r| r.provider == "fake" && r.model == "fake" && r.price_known));
     assert!(rows.iter().all(|r| r.prompt_sha256 == sha256_hex(&r.prompt)));
-    assert_eq!(rows[6].template, "patch.v1");
+    assert_eq!(rows[6].template, "patch.v2");
 
     // The JSON array form, and refusals.
     let s = Script::parse(r#"[{"answer": {"a": 1}}, {"task": "qa_plan", "error": "x"}]"#).unwrap();

@@ -188,7 +188,7 @@ deleted file mode 100644
 @@ -1 +0,0 @@
 -on: push
 ";
-    let v = gate2(&p, &parse_patch(diff).unwrap().into_view());
+    let v = gate2(&p, &parse_patch(diff, &|_| None).unwrap().into_view());
     let kinds: Vec<&str> = v
         .violations()
         .iter()
@@ -434,7 +434,7 @@ password: ${{ secrets.DB_PASSWORD }}
     assert!(gate2(&p, &patch(vec![file("src/main.rs", Change::Modified, ordinary)])).is_pass());
     // Secrets already in the file (diff context) are not reported again; added ones are, at their line.
     let diff = "--- a/app.cfg\n+++ b/app.cfg\n@@ -10,2 +10,3 @@\n old = AKIAIOSFODNN7EXAMPLE\n+new = AKIAI44QH8DHBEXAMPLE\n ok\n";
-    let v = gate2(&p, &parse_patch(diff).unwrap().into_view());
+    let v = gate2(&p, &parse_patch(diff, &|_| None).unwrap().into_view());
     assert_eq!(
         v.violations(),
         [Rule::SecretInPatch {
@@ -811,6 +811,85 @@ rename to docs/y.md
     let (code, _, err) = orch(&["policy", "check", "--config", "orch.yml", "--patch", "junk.diff"], dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("junk.diff: line 4"), "{err}");
+}
+
+/// `edit` answers (SPEC §9) apply to the files of the checkout (or `--base`): a one-line edit
+/// of a 900-line file is two changed lines, within `diff.max_changed_lines: 500`; an `old` that
+/// does not match, or a file that does not exist, is blocked with its name.
+#[test]
+fn cli_judges_edit_answers_against_the_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("orch.yml"),
+        "phase: 4
+",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    let long: String = (1..=900).map(|i| format!("const L{i}: u32 = {i};\n")).collect();
+    std::fs::write(dir.path().join("src/consts.rs"), &long).unwrap();
+    let edit = |old: &str, path: &str| {
+        serde_json::json!({"title": "t", "summary": "s", "files": [
+            {"path": path, "action": "edit", "edits": [{"old": old, "new": "const L450: u32 = 4500;"}]}
+        ]})
+        .to_string()
+    };
+    std::fs::write(dir.path().join("one.json"), edit("const L450: u32 = 450;", "src/consts.rs")).unwrap();
+    let (code, out, err) = orch(&["policy", "check", "--config", "orch.yml", "--patch", "one.json"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("one.json: 1 file(s), 2 changed line(s)"), "{out}");
+    // The same file rewritten whole counts its real diff too.
+    let update = serde_json::json!({"title": "t", "summary": "s", "files": [
+        {"path": "src/consts.rs", "action": "update", "content": long.replace("= 450;", "= 4500;")}
+    ]});
+    std::fs::write(dir.path().join("whole.json"), update.to_string()).unwrap();
+    let (code, out, _) = orch(&["policy", "check", "--config", "orch.yml", "--patch", "whole.json"], dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 changed line(s)"), "{out}");
+    // From elsewhere, with --base.
+    let abs = |name: &str| dir.path().join(name).display().to_string();
+    let (code, out, err) = orch(
+        &[
+            "policy",
+            "check",
+            "--config",
+            &abs("orch.yml"),
+            "--patch",
+            &abs("one.json"),
+            "--base",
+            &abs(""),
+        ],
+        std::path::Path::new("/"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 file(s), 2 changed line(s)"), "{out}");
+    let (code, out, _) = orch(
+        &["policy", "check", "--config", &abs("orch.yml"), "--patch", &abs("one.json")],
+        std::path::Path::new("/"),
+    );
+    assert_eq!(code, 1, "without --base, / has no src/consts.rs: {out}");
+    for (name, answer, line) in [
+        (
+            "miss.json",
+            edit("const L9999", "src/consts.rs"),
+            "files.edits: `src/consts.rs`: edit 1: `old` (\"const L9999\") does not occur in the file",
+        ),
+        (
+            "twice.json",
+            edit("const L45", "src/consts.rs"),
+            "occurs 3 times in the file; it must occur exactly once",
+        ),
+        (
+            "nofile.json",
+            edit("x", "src/nope.rs"),
+            "files.edits: `src/nope.rs`: the file does not exist on the base commit",
+        ),
+    ] {
+        std::fs::write(dir.path().join(name), answer).unwrap();
+        let (code, out, err) = orch(&["policy", "check", "--config", "orch.yml", "--patch", name], dir.path());
+        assert_eq!(code, 1, "{name}: {out}{err}");
+        assert!(out.contains(line), "{name}: {out}");
+    }
 }
 
 /// Every `limits.*` value is bounded by the server (SPEC §7, §10), each in its own direction: a

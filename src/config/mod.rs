@@ -99,6 +99,8 @@ pub struct Config {
     /// How often open proposals' reactions are polled at first (GitHub sends no reaction
     /// webhook); the interval grows as a proposal ages (see `workflow::engine::poll_interval`).
     pub reaction_poll: Duration,
+    /// `ORCH_TARBALL_MAX_BYTES`: the largest repository download a patch's context searches.
+    pub tarball_max_bytes: u64,
     /// How long a day of `approvals.expire_days` is (`ORCH_PROPOSAL_DAY_MS`; a real day unless a
     /// test or benchmark scales the clock).
     pub proposal_day: Duration,
@@ -163,6 +165,7 @@ pub const VARIABLES: &[&str] = &[
     "ORCH_GITHUB_WRITE_LIMITS",
     "ORCH_GITHUB_WRITE_HEADROOM",
     "ORCH_REACTION_POLL_MS",
+    "ORCH_TARBALL_MAX_BYTES",
     "ORCH_PROPOSAL_DAY_MS",
     "ORCH_BOT_LOGIN",
     "ORCH_PERMISSION_CACHE_SECS",
@@ -495,6 +498,9 @@ impl Config {
             github_write_pace: Duration::from_millis(github_write_pace),
             github_write_limits,
             reaction_poll: Duration::from_millis(reaction_poll),
+            tarball_max_bytes: src
+                .parse::<u64>("ORCH_TARBALL_MAX_BYTES", "a whole number of bytes")?
+                .unwrap_or(crate::github::tarball::TarballLimits::default().max_download_bytes),
             proposal_day: Duration::from_millis(proposal_day),
             permission_cache: Duration::from_secs(
                 src.parse::<u64>("ORCH_PERMISSION_CACHE_SECS", "a whole number of seconds")?

@@ -2145,18 +2145,56 @@ async fn pull_files(State(s): State<Arc<FakeState>>, Path((owner, repo, number))
     let (Some((_, base)), Some((_, head))) = (m.git.tip(&full, &pull.base), m.git.tip(&full, &pull.head)) else {
         return not_found();
     };
+    let text = |blob: &String| m.git.blobs.get(blob).cloned().unwrap_or_default();
     let mut files = Vec::new();
     for (path, blob) in &head {
         match base.get(path) {
-            None => files.push(json!({ "filename": path, "status": "added" })),
-            Some(old) if old != blob => files.push(json!({ "filename": path, "status": "modified" })),
+            None => files.push(pull_file(path, "added", "", &text(blob))),
+            Some(old) if old != blob => files.push(pull_file(path, "modified", &text(old), &text(blob))),
             _ => {}
         }
     }
-    for path in base.keys().filter(|p| !head.contains_key(*p)) {
-        files.push(json!({ "filename": path, "status": "removed" }));
+    for (path, blob) in base.iter().filter(|(p, _)| !head.contains_key(*p)) {
+        files.push(pull_file(path, "removed", &text(blob), ""));
     }
     answer(StatusCode::OK, json!(paging.page(files)))
+}
+
+/// One file of `GET /pulls/{n}/files` with its `patch` as GitHub gives it: the hunks without
+/// the `---`/`+++` header. The fake shows each change as one hunk with the whole file as context
+/// (GitHub shows three lines; a reader of the hunk cannot tell the difference in kind).
+fn pull_file(path: &str, status: &str, old: &str, new: &str) -> serde_json::Value {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut lines = Vec::new();
+    let (mut additions, mut deletions) = (0, 0);
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &a, &b) {
+        for change in op.iter_changes(&a, &b) {
+            let (sign, line) = match change.tag() {
+                similar::ChangeTag::Equal => (' ', change.value()),
+                similar::ChangeTag::Delete => {
+                    deletions += 1;
+                    ('-', change.value())
+                }
+                similar::ChangeTag::Insert => {
+                    additions += 1;
+                    ('+', change.value())
+                }
+            };
+            lines.push(format!("{sign}{line}"));
+        }
+    }
+    let start = |n: usize| if n == 0 { 0 } else { 1 };
+    let patch = format!(
+        "@@ -{},{} +{},{} @@\n{}",
+        start(a.len()),
+        a.len(),
+        start(b.len()),
+        b.len(),
+        lines.join("\n")
+    );
+    json!({ "filename": path, "status": status, "additions": additions, "deletions": deletions,
+            "changes": additions + deletions, "patch": patch })
 }
 
 /// A user as the REST API shows one: login, account id and type.

@@ -4,29 +4,43 @@
 //! `chars` counts Unicode scalar values. It is deliberately simple and provider-independent; the
 //! providers' real counts are recorded per call in `model_calls`.
 //!
-//! **What the budget covers.** The pack's text — every fenced block, fence tags included — never
-//! exceeds the budget. The fixed wording of the prompt template is not counted.
+//! **Budgets.** Per task (SPEC §9): triage 4,000, QA plan 16,000, patch 32,000 tokens; the
+//! policy's `llm.context_budget_tokens` may lower them ([`budget_for`]). The pack's text — every
+//! fenced block, fence tags included — never exceeds the budget. The fixed wording of the prompt
+//! template is not counted.
 //!
-//! **Order.** Items are taken in a fixed priority order: the title, the instruction, the feedback,
-//! the labels, the body, the files (or diff hunks) in the order given, then the comments newest
-//! first (`Context::comments` is oldest first). Empty items are skipped. Items are added whole
-//! while they fit; the first one that does not fit is truncated to what is left (unless it is too
-//! small to be useful, or it is a file of a patch task: the model rewrites whole files, so it must
-//! never see half of one) and everything after it is left out. The same context and budget always
-//! give the same pack.
+//! **Order.** Items are taken in a fixed priority order: the maintainers' instructions, the
+//! title, the instruction, the feedback, the labels, the labels the model may choose, the body,
+//! the linked issue, the diff hunks (largest first), the files shown whole, the excerpts, the
+//! file list, then the comments newest first (`Context::comments` is oldest first). Empty items
+//! are skipped. Items are added whole while they fit; the first one that does not fit is
+//! truncated to what is left (unless it is too small to be useful, or it is a file or excerpt of
+//! a patch task: an `edit` quotes the file exactly, so the model must never see half of one) and
+//! everything after it is left out. The same context and budget always give the same pack.
 //!
-//! **Untrusted data.** Every item is GitHub text and is fenced as
-//! `<untrusted source="…">…</untrusted>`. Inside, every `<` that would start an `untrusted` tag
-//! (`<untrusted`, `</untrusted`, any case, spaces allowed after `<` and `/`) is written `&lt;`, so
-//! no text can close the fence or open a fake one; the source label is attribute-escaped.
+//! **Untrusted data.** Every item but the instructions is GitHub text and is fenced as
+//! `<untrusted source="…">…</untrusted>`. The maintainers' instructions, read from the default
+//! branch (only people with push access write it), are fenced apart as
+//! `<maintainers source="…">…</maintainers>`. Inside either, every `<` that would start an
+//! `untrusted` or `maintainers` tag (any case, spaces allowed after `<` and `/`) is written
+//! `&lt;`, so no text can close its fence or open a fake one; the source label is
+//! attribute-escaped.
 //!
 //! **Not seen.** What was left out or cut is named (`comment 3 of 5`, `file src/x.rs`,
 //! `body (truncated: 1200 of 5000 characters shown)`) so the proposal can tell the user.
 
 use super::{Context, Task};
 
-/// The default budget of a context pack, in estimated tokens.
-pub const DEFAULT_BUDGET_TOKENS: u32 = 2_000;
+/// The budget of a context pack for `task`, in estimated tokens: SPEC §9's default for the task,
+/// lowered by the policy's `llm.context_budget_tokens`.
+pub fn budget_for(task: Task, policy_tokens: u32) -> u32 {
+    let default = match task {
+        Task::Triage => 4_000,
+        Task::QaPlan => 16_000,
+        Task::Patch => 32_000,
+    };
+    default.min(policy_tokens)
+}
 
 /// The smallest excerpt (in characters of content) worth showing when an item is truncated.
 const MIN_EXCERPT_CHARS: usize = 16;
@@ -51,25 +65,49 @@ pub struct Pack {
     pub not_seen: Vec<String>,
 }
 
+/// Whose words an item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fence {
+    /// GitHub text anyone can write.
+    Untrusted,
+    /// The maintainers' instructions file.
+    Maintainers,
+}
+
+impl Fence {
+    fn tag(self) -> &'static str {
+        match self {
+            Fence::Untrusted => "untrusted",
+            Fence::Maintainers => "maintainers",
+        }
+    }
+}
+
 /// One candidate item of the pack.
 struct Item {
     source: String,
     content: String,
     /// Whether a part of it may be shown.
     truncatable: bool,
+    fence: Fence,
 }
 
 fn items(context: &Context, whole_files: bool) -> Vec<Item> {
     let mut out = Vec::new();
-    let mut push = |source: String, content: &str, truncatable: bool| {
+    let mut add = |fence: Fence, source: String, content: &str, truncatable: bool| {
         if !content.trim().is_empty() {
             out.push(Item {
                 source,
                 content: content.to_string(),
                 truncatable,
+                fence,
             });
         }
     };
+    if let Some(text) = &context.instructions {
+        add(Fence::Maintainers, INSTRUCTIONS_SOURCE.into(), text, true);
+    }
+    let mut push = |source: String, content: &str, truncatable: bool| add(Fence::Untrusted, source, content, truncatable);
     push("title".into(), &context.title, true);
     if let Some(i) = &context.instruction {
         push("instruction".into(), i, true);
@@ -78,10 +116,33 @@ fn items(context: &Context, whole_files: bool) -> Vec<Item> {
         push("feedback".into(), f, true);
     }
     push("labels".into(), &context.labels.join(", "), true);
+    let choices: Vec<String> = context
+        .allowed_labels
+        .iter()
+        .map(|l| match l.description.as_deref().filter(|d| !d.trim().is_empty()) {
+            Some(d) => format!("{}: {}", l.name, d.replace(['\n', '\r'], " ")),
+            None => l.name.clone(),
+        })
+        .collect();
+    push("labels you may propose".into(), &choices.join("\n"), true);
     push("body".into(), &context.body, true);
+    if let Some(issue) = &context.linked_issue {
+        push(
+            format!("linked issue #{}", issue.number),
+            &format!("{}\n\n{}", issue.title, issue.body),
+            true,
+        );
+    }
+    for (path, hunks) in &context.hunks {
+        push(format!("diff {path}"), hunks, true);
+    }
     for (path, text) in &context.files {
         push(format!("file {path}"), text, !whole_files);
     }
+    for (path, text) in &context.excerpts {
+        push(format!("excerpts {path}"), text, !whole_files);
+    }
+    push("file list".into(), &context.file_list.join("\n"), true);
     let n = context.comments.len();
     for (i, comment) in context.comments.iter().enumerate().rev() {
         push(format!("comment {} of {n}", i + 1), comment, true);
@@ -89,9 +150,14 @@ fn items(context: &Context, whole_files: bool) -> Vec<Item> {
     out
 }
 
-/// The pack, with the paths that were refused before anything was read named first.
+/// Where the maintainers' instructions come from (the item's source label).
+pub const INSTRUCTIONS_SOURCE: &str = ".github/orch/instructions.md";
+
+/// The pack, with the paths that were refused before anything was read, and what gathering
+/// could not do, named first.
 fn with_refused(context: &Context, mut pack: Pack) -> Pack {
     let mut not_seen: Vec<String> = context.refused.iter().map(|r| format!("file {r}")).collect();
+    not_seen.extend(context.notes.iter().cloned());
     not_seen.append(&mut pack.not_seen);
     pack.not_seen = not_seen;
     pack
@@ -116,7 +182,7 @@ fn build(items: Vec<Item>, budget_tokens: u32) -> Pack {
     for item in rest.by_ref() {
         let separator = if text.is_empty() { 0 } else { 2 };
         let content = escape_content(&item.content);
-        let whole = fence(&item.source, None, &content);
+        let whole = fence(item.fence, &item.source, None, &content);
         let whole_chars = whole.chars().count();
         if used + separator + whole_chars <= budget_chars {
             if separator > 0 {
@@ -131,11 +197,11 @@ fn build(items: Vec<Item>, budget_tokens: u32) -> Pack {
         if item.truncatable {
             let left = budget_chars.saturating_sub(used + separator);
             // The fence length depends on the digits of the count shown; measure with the total.
-            let overhead = fence(&item.source, Some((total, total)), "").chars().count();
+            let overhead = fence(item.fence, &item.source, Some((total, total)), "").chars().count();
             let shown = left.saturating_sub(overhead).min(total);
             if shown >= MIN_EXCERPT_CHARS {
                 let excerpt: String = content.chars().take(shown).collect();
-                let part = fence(&item.source, Some((shown, total)), &excerpt);
+                let part = fence(item.fence, &item.source, Some((shown, total)), &excerpt);
                 if separator > 0 {
                     text.push_str("\n\n");
                 }
@@ -158,12 +224,13 @@ fn build(items: Vec<Item>, budget_tokens: u32) -> Pack {
 }
 
 /// One fenced block; `truncated` is (shown, total) characters.
-fn fence(source: &str, truncated: Option<(usize, usize)>, content: &str) -> String {
+fn fence(kind: Fence, source: &str, truncated: Option<(usize, usize)>, content: &str) -> String {
     let note = match truncated {
         Some((shown, total)) => format!(" truncated=\"{shown} of {total} characters shown\""),
         None => String::new(),
     };
-    format!("<untrusted source=\"{}\"{note}>\n{content}\n</untrusted>", escape_attribute(source))
+    let tag = kind.tag();
+    format!("<{tag} source=\"{}\"{note}>\n{content}\n</{tag}>", escape_attribute(source))
 }
 
 /// Escapes an attribute value: `&`, `<`, `>` and `"`.
@@ -182,12 +249,12 @@ pub fn escape_attribute(s: &str) -> String {
     out
 }
 
-/// Makes `text` safe inside an `<untrusted>` fence: a `<` that starts an opening or closing
-/// `untrusted` tag (any case, whitespace allowed after `<` and after `/`) becomes `&lt;`. Nothing
-/// else changes, so code and diffs stay readable. A prefix of the result is just as safe, which
-/// is what lets the packer cut it anywhere.
+/// Makes `text` safe inside a fence: a `<` that starts an opening or closing `untrusted` or
+/// `maintainers` tag (any case, whitespace allowed after `<` and after `/`) becomes `&lt;`.
+/// Nothing else changes, so code and diffs stay readable. A prefix of the result is just as
+/// safe, which is what lets the packer cut it anywhere.
 pub fn escape_content(text: &str) -> String {
-    const WORD: &[u8] = b"untrusted";
+    const WORDS: [&[u8]; 2] = [b"untrusted", b"maintainers"];
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
@@ -202,7 +269,10 @@ pub fn escape_content(text: &str) -> String {
                 j += 1;
             }
         }
-        if bytes.len() >= j + WORD.len() && bytes[j..j + WORD.len()].eq_ignore_ascii_case(WORD) {
+        if WORDS
+            .iter()
+            .any(|word| bytes.len() >= j + word.len() && bytes[j..j + word.len()].eq_ignore_ascii_case(word))
+        {
             out.push_str(&text[last..i]);
             out.push_str("&lt;");
             last = i + 1;
@@ -228,6 +298,7 @@ mod tests {
             feedback: None,
             files: vec![("src/x.rs".into(), "fn main() {}\n".repeat(40))],
             refused: vec![],
+            ..Default::default()
         }
     }
 

@@ -136,7 +136,10 @@ pub fn answer(task: Task, context: &Context) -> Value {
                         .find(|(p, _)| *p == path)
                         .map(|(_, t)| t.clone())
                         .unwrap_or_default();
-                    json!({ "path": path, "action": "update", "content": format!("{old}// orch: {instruction}\n") })
+                    match requested_edit(&instruction, &old) {
+                        Some((from, to)) => json!({ "path": path, "action": "edit", "edits": [{ "old": from, "new": to }] }),
+                        None => json!({ "path": path, "action": "update", "content": format!("{old}// orch: {instruction}\n") }),
+                    }
                 }
                 None => {
                     json!({ "path": format!("docs/orch-{}.md", context.number), "action": "create", "content": format!("# {}\n\n{instruction}\n", context.title) })
@@ -149,6 +152,38 @@ pub fn answer(task: Task, context: &Context) -> Value {
             json!({ "title": format!("orch: {}", context.title), "summary": summary, "files": [file] })
         }
     }
+}
+
+/// The one edit an instruction asks for, as a small model would make it: "replace `a` with
+/// `b`", or "return N" where the file has one line that is only an integer (a function's value)
+/// or `return <integer>;`. None when the instruction asks for neither.
+fn requested_edit(instruction: &str, text: &str) -> Option<(String, String)> {
+    let lower = instruction.to_lowercase();
+    if let Some(at) = lower.find("replace `") {
+        let quoted: Vec<&str> = instruction[at..].split('`').skip(1).step_by(2).take(2).collect();
+        if let [from, to] = quoted.as_slice() {
+            if text.matches(from).count() == 1 {
+                return Some((from.to_string(), to.to_string()));
+            }
+        }
+    }
+    let value: String = lower
+        .split("return ")
+        .nth(1)?
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    value.parse::<i64>().ok()?;
+    let mut lines = text.lines().filter(|l| {
+        let t = l.trim().trim_start_matches("return ").trim_end_matches(';');
+        !t.is_empty() && t.parse::<i64>().is_ok()
+    });
+    let (line, None) = (lines.next()?, lines.next()) else { return None };
+    if text.matches(line).count() != 1 {
+        return None;
+    }
+    let old_value = line.trim().trim_start_matches("return ").trim_end_matches(';');
+    Some((line.to_string(), line.replacen(old_value, &value, 1)))
 }
 
 #[cfg(test)]
@@ -172,5 +207,32 @@ mod tests {
         }
         assert_eq!(answer(Task::Triage, &ctx)["labels"][0], "bug");
         assert_eq!(answer(Task::Patch, &ctx)["files"][0]["path"], "src/lib.rs");
+    }
+
+    #[test]
+    fn the_fake_makes_the_edit_it_is_asked_for() {
+        let lib = "pub fn answer() -> u32 {\n    41\n}\n";
+        let ctx = |instruction: &str| Context {
+            title: "t".into(),
+            instruction: Some(instruction.into()),
+            files: vec![("src/lib.rs".into(), lib.into())],
+            ..Default::default()
+        };
+        let a = answer(Task::Patch, &ctx("make `src/lib.rs` return 42"));
+        assert_eq!(
+            a["files"][0],
+            json!({"path": "src/lib.rs", "action": "edit", "edits": [{"old": "    41", "new": "    42"}]})
+        );
+        let a = answer(Task::Patch, &ctx("in `src/lib.rs` replace `u32` with `u64`"));
+        assert_eq!(a["files"][0]["edits"][0], json!({"old": "u32", "new": "u64"}));
+        let Ok(super::super::Proposal::Patch(mut p)) =
+            super::super::Proposal::parse(Task::Patch, &answer(Task::Patch, &ctx("make `src/lib.rs` return 42")))
+        else {
+            panic!("parses")
+        };
+        p.resolve_edits(|_| Some(lib)).unwrap();
+        assert_eq!(p.files[0].content, "pub fn answer() -> u32 {\n    42\n}\n");
+        // Asked for nothing it understands: the old note.
+        assert_eq!(answer(Task::Patch, &ctx("tidy `src/lib.rs`"))["files"][0]["action"], "update");
     }
 }

@@ -14,9 +14,10 @@ pub mod fake;
 pub mod pricing;
 pub mod prompt;
 pub mod provider;
+pub mod retrieval;
 
 pub use client::{Generated, Llm, LlmError};
-pub use context::{estimate_tokens, Pack, DEFAULT_BUDGET_TOKENS};
+pub use context::{budget_for, estimate_tokens, Pack};
 pub use pricing::estimate_cost_usd;
 pub use provider::{Provider, RetrySettings};
 
@@ -53,7 +54,7 @@ impl Task {
         match self {
             Task::Triage => "Submit the triage of the issue: labels, a priority and a short rationale.",
             Task::QaPlan => "Submit the QA test plan of the pull request: a summary, ordered steps with expected results, and risks.",
-            Task::Patch => "Submit the proposed change: a title, a summary and the complete new content of every changed file.",
+            Task::Patch => "Submit the proposed change: a title, a summary and every changed file, as exact edits of its text or as its complete new content.",
         }
     }
 
@@ -83,11 +84,19 @@ impl Task {
                 "files": {
                     "type": "array",
                     "minItems": 1,
-                    "items": object(json!({
-                        "path": string(),
-                        "action": { "type": "string", "enum": ["create", "update", "delete"] },
-                        "content": string(),
-                    })),
+                    // One object for every action: `content` for create and update, `edits` for
+                    // edit, neither for delete (SPEC §9); `Proposal::parse` enforces which.
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "path": string(),
+                            "action": { "type": "string", "enum": ["create", "update", "delete", "edit"] },
+                            "content": string(),
+                            "edits": { "type": "array", "minItems": 1, "items": object(json!({ "old": string(), "new": string() })) },
+                        },
+                        "required": ["path", "action"],
+                        "additionalProperties": false,
+                    },
                 },
             })),
         }
@@ -120,6 +129,10 @@ pub struct TriageOutput {
     pub labels: Vec<String>,
     pub priority: Priority,
     pub rationale: String,
+    /// Labels the model proposed that the policy does not allow, dropped by orch before the
+    /// proposal is shown (SPEC §7). Not part of the model's schema: orch always overwrites it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +156,28 @@ pub enum FileAction {
     Create,
     Update,
     Delete,
+    /// Exact replacements in the file's text on the base commit (SPEC §9). Gate 2 turns them
+    /// into an `Update` with the resulting text before anything is shown or approved.
+    Edit,
+}
+
+impl FileAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileAction::Create => "create",
+            FileAction::Update => "update",
+            FileAction::Delete => "delete",
+            FileAction::Edit => "edit",
+        }
+    }
+}
+
+/// One replacement of an `edit`: `old` must occur exactly once in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEdit {
+    pub old: String,
+    pub new: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +185,13 @@ pub enum FileAction {
 pub struct PatchFile {
     pub path: String,
     pub action: FileAction,
+    /// The whole new text (`create`, `update`); empty for `delete` and an unresolved `edit`.
+    #[serde(default)]
     pub content: String,
+    /// The replacements of an `edit`; empty otherwise (and not serialized, so that proposals
+    /// stored before `edit` existed keep their canonical form and hash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<TextEdit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +200,60 @@ pub struct PatchOutput {
     pub title: String,
     pub summary: String,
     pub files: Vec<PatchFile>,
+}
+
+/// An `edit` of a patch that could not be applied to the file on the base commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditFailure {
+    pub path: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for EditFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", quoted(&self.path), self.problem)
+    }
+}
+
+impl PatchOutput {
+    /// The paths of the `edit` files: the texts [`PatchOutput::resolve_edits`] needs.
+    pub fn edited_paths(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().filter(|f| f.action == FileAction::Edit).map(|f| f.path.as_str())
+    }
+
+    /// Turns every `edit` into an `update` whose content is the file's text on the base commit
+    /// (`base(path)`, None: no such file) with the edits applied. Every failure is listed; on
+    /// failure nothing changes.
+    pub fn resolve_edits<'t>(&mut self, base: impl Fn(&str) -> Option<&'t str>) -> Result<(), Vec<EditFailure>> {
+        let mut resolved = self.files.clone();
+        let mut failures = Vec::new();
+        for f in resolved.iter_mut().filter(|f| f.action == FileAction::Edit) {
+            let Some(text) = base(&f.path) else {
+                failures.push(EditFailure {
+                    path: f.path.clone(),
+                    problem: "the file does not exist on the base commit; create it with `create`".into(),
+                });
+                continue;
+            };
+            match crate::policy::edits::apply(text, f.edits.iter().map(|e| (e.old.as_str(), e.new.as_str()))) {
+                Ok(content) => {
+                    f.action = FileAction::Update;
+                    f.content = content;
+                    f.edits.clear();
+                }
+                Err(problem) => failures.push(EditFailure {
+                    path: f.path.clone(),
+                    problem: problem.to_string(),
+                }),
+            }
+        }
+        if failures.is_empty() {
+            self.files = resolved;
+            Ok(())
+        } else {
+            Err(failures)
+        }
+    }
 }
 
 /// A proposal: one task's validated output.
@@ -178,6 +273,33 @@ pub struct InvalidOutput {
     pub problem: String,
 }
 
+/// What the schema cannot say about a patch answer's files: which of `content` and `edits` each
+/// action takes. An `update` without `content` must never mean "empty the file".
+fn patch_shape_problem(answer: &Value) -> Option<String> {
+    let files = answer.get("files")?.as_array()?;
+    let mut problems = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let Some(action) = f.get("action").and_then(Value::as_str) else {
+            continue;
+        };
+        let has_content = f.get("content").is_some();
+        let edits = f.get("edits");
+        let path = f.get("path").and_then(Value::as_str).map(quoted).unwrap_or_default();
+        let problem = match action {
+            "create" | "update" if !has_content => Some("needs `content`, the whole new text"),
+            "create" | "update" | "delete" if edits.is_some() => Some("takes no `edits` (only `edit` does)"),
+            "delete" if f.get("content").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) => Some("takes no `content`"),
+            "edit" if has_content => Some("takes `edits`, not `content`"),
+            "edit" if edits.and_then(Value::as_array).map_or(true, |e| e.is_empty()) => Some("needs at least one of `edits`"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            problems.push(format!("files[{i}] (`{path}`, {action}) {problem}"));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
 /// A model-given path as it may be quoted in a comment: no backtick to leave the code span, no
 /// `<`/`>` to become markup or a marker, no control character.
 fn quoted(path: &str) -> String {
@@ -188,6 +310,11 @@ impl Proposal {
     /// Parses a model answer for `task` strictly, then checks what the schema cannot say.
     pub fn parse(task: Task, answer: &serde_json::Value) -> Result<Proposal, InvalidOutput> {
         let refuse = |problem: String| InvalidOutput { task, problem };
+        if task == Task::Patch {
+            if let Some(problem) = patch_shape_problem(answer) {
+                return Err(refuse(problem));
+            }
+        }
         let proposal = match task {
             Task::Triage => Proposal::Triage(serde_json::from_value(answer.clone()).map_err(|e| refuse(e.to_string()))?),
             Task::QaPlan => Proposal::QaPlan(serde_json::from_value(answer.clone()).map_err(|e| refuse(e.to_string()))?),
@@ -224,6 +351,21 @@ impl Proposal {
     }
 }
 
+/// A label the model may propose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelChoice {
+    pub name: String,
+    pub description: Option<String>,
+}
+
+/// The issue a pull request names as the one it fixes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedIssue {
+    pub number: i64,
+    pub title: String,
+    pub body: String,
+}
+
 /// What the model is shown: GitHub text is untrusted data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Context {
@@ -236,8 +378,31 @@ pub struct Context {
     /// `/orch propose <instruction>`, or the feedback of `/orch request-changes`.
     pub instruction: Option<String>,
     pub feedback: Option<String>,
-    /// Files the model may change, path → text (patch tasks).
+    /// Files shown whole, path → text (patch tasks): the ones the model may `update` or `edit`.
     pub files: Vec<(String, String)>,
+    /// Files too large to show whole: path → numbered excerpts around what the request names.
+    #[serde(default)]
+    pub excerpts: Vec<(String, String)>,
+    /// The repository's file list (patch tasks).
+    #[serde(default)]
+    pub file_list: Vec<String>,
+    /// The labels the policy allows that exist in the repository, with their descriptions
+    /// (triage): the model chooses among them.
+    #[serde(default)]
+    pub allowed_labels: Vec<LabelChoice>,
+    /// A pull request's changed files as diff hunks, path → hunks, largest first (QA plans).
+    #[serde(default)]
+    pub hunks: Vec<(String, String)>,
+    /// The issue a pull request's body names (`Fixes #12`).
+    #[serde(default)]
+    pub linked_issue: Option<LinkedIssue>,
+    /// `.github/orch/instructions.md` of the default branch: the maintainers' standing guidance.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// What gathering the context could not do, for the proposal to say (e.g. a repository too
+    /// large to search).
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// Paths a request named that were not read, with why (a path that could leave the
     /// repository, SPEC §12): named in what the model did not see.
     #[serde(default)]
@@ -274,7 +439,99 @@ mod tests {
         assert!(Proposal::parse(Task::QaPlan, &no_steps).is_err());
     }
 
-    /// The schema names exactly the fields the strict structs take, all of them required.
+    #[test]
+    fn each_file_action_takes_its_own_fields() {
+        let patch = |file: Value| json!({"title": "t", "summary": "s", "files": [file]});
+        let edit = patch(json!({"path": "a.rs", "action": "edit", "edits": [{"old": "1", "new": "2"}]}));
+        let Ok(Proposal::Patch(p)) = Proposal::parse(Task::Patch, &edit) else {
+            panic!("an edit parses")
+        };
+        assert_eq!(
+            p.files[0].edits,
+            vec![TextEdit {
+                old: "1".into(),
+                new: "2".into()
+            }]
+        );
+        assert!(Proposal::parse(Task::Patch, &patch(json!({"path": "a.rs", "action": "delete"}))).is_ok());
+        for (file, problem) in [
+            (
+                json!({"path": "a.rs", "action": "update"}),
+                "files[0] (`a.rs`, update) needs `content`",
+            ),
+            (
+                json!({"path": "a.rs", "action": "create"}),
+                "files[0] (`a.rs`, create) needs `content`",
+            ),
+            (
+                json!({"path": "a.rs", "action": "edit", "edits": []}),
+                "needs at least one of `edits`",
+            ),
+            (json!({"path": "a.rs", "action": "edit"}), "needs at least one of `edits`"),
+            (
+                json!({"path": "a.rs", "action": "edit", "content": "x", "edits": [{"old": "1", "new": "2"}]}),
+                "takes `edits`, not `content`",
+            ),
+            (
+                json!({"path": "a.rs", "action": "update", "content": "x", "edits": [{"old": "1", "new": "2"}]}),
+                "takes no `edits`",
+            ),
+            (json!({"path": "a.rs", "action": "delete", "content": "x"}), "takes no `content`"),
+            (
+                json!({"path": "a.rs", "action": "edit", "edits": [{"old": "1"}]}),
+                "missing field `new`",
+            ),
+        ] {
+            let refused = Proposal::parse(Task::Patch, &patch(file)).unwrap_err().problem;
+            assert!(refused.contains(problem), "{refused}");
+        }
+        // Proposals stored before `edit` existed keep their canonical form (their hash).
+        let old = r#"{"task":"patch","title":"t","summary":"s","files":[{"path":"a.rs","action":"update","content":"x"}]}"#;
+        let parsed: Proposal = serde_json::from_str(old).unwrap();
+        assert_eq!(parsed.canonical_json(), old);
+    }
+
+    #[test]
+    fn edits_resolve_against_the_base_or_name_every_failure() {
+        let mut p = PatchOutput {
+            title: "t".into(),
+            summary: "s".into(),
+            files: vec![
+                PatchFile {
+                    path: "a.rs".into(),
+                    action: FileAction::Edit,
+                    content: String::new(),
+                    edits: vec![TextEdit {
+                        old: "41".into(),
+                        new: "42".into(),
+                    }],
+                },
+                PatchFile {
+                    path: "new.rs".into(),
+                    action: FileAction::Create,
+                    content: "x".into(),
+                    edits: vec![],
+                },
+            ],
+        };
+        let base = |path: &str| (path == "a.rs").then_some("fn a() -> u32 { 41 }\n");
+        let mut failing = p.clone();
+        failing.files[0].path = "missing.rs".into();
+        let failures = failing.resolve_edits(base).unwrap_err();
+        assert_eq!(
+            failures[0].to_string(),
+            "`missing.rs`: the file does not exist on the base commit; create it with `create`"
+        );
+        assert_eq!(failing.files[0].action, FileAction::Edit, "nothing changes on failure");
+        p.resolve_edits(base).unwrap();
+        assert_eq!(p.files[0].action, FileAction::Update);
+        assert_eq!(p.files[0].content, "fn a() -> u32 { 42 }\n");
+        assert!(p.files[0].edits.is_empty());
+        assert_eq!(p.edited_paths().count(), 0);
+    }
+
+    /// The schema names exactly the fields the strict structs take, all of them required but a
+    /// patch file's `content` and `edits` (which of them an action takes, `parse` checks).
     #[test]
     fn schemas_match_the_structs() {
         fn keys(v: &Value) -> Vec<String> {
@@ -297,10 +554,14 @@ mod tests {
             let schema = task.schema();
             let sample = fake::answer(task, &ctx);
             check(&schema, &sample);
-            for (field, items) in [("steps", "steps"), ("files", "files")] {
-                if let Some(item_schema) = schema["properties"][field].get("items") {
-                    check(item_schema, &sample[items][0]);
-                }
+            if let Some(item_schema) = schema["properties"]["steps"].get("items") {
+                check(item_schema, &sample["steps"][0]);
+            }
+            if let Some(file_schema) = schema["properties"]["files"].get("items") {
+                assert_eq!(file_schema["additionalProperties"], json!(false));
+                assert_eq!(keys(&file_schema["properties"]), ["action", "content", "edits", "path"]);
+                assert_eq!(file_schema["required"], json!(["path", "action"]));
+                check(&file_schema["properties"]["edits"]["items"], &json!({"old": "a", "new": "b"}));
             }
             assert_eq!(serde_json::to_value(task).unwrap(), json!(task.as_str()));
         }

@@ -29,8 +29,23 @@ pub const PATCH_V1: Template = Template {
     text: include_str!("../../prompts/patch.v1.md"),
 };
 
+// Version 2 (round two, SPEC §9): the labels the model may choose, the PR's diff hunks, the
+// `edit` file action, and the maintainers' instructions.
+pub const TRIAGE_V2: Template = Template {
+    name: "triage.v2",
+    text: include_str!("../../prompts/triage.v2.md"),
+};
+pub const QA_PLAN_V2: Template = Template {
+    name: "qa_plan.v2",
+    text: include_str!("../../prompts/qa_plan.v2.md"),
+};
+pub const PATCH_V2: Template = Template {
+    name: "patch.v2",
+    text: include_str!("../../prompts/patch.v2.md"),
+};
+
 /// Every template shipped, old versions included.
-pub const ALL: &[Template] = &[TRIAGE_V1, QA_PLAN_V1, PATCH_V1];
+pub const ALL: &[Template] = &[TRIAGE_V1, QA_PLAN_V1, PATCH_V1, TRIAGE_V2, QA_PLAN_V2, PATCH_V2];
 
 /// The placeholders a template may use.
 pub const PLACEHOLDERS: &[&str] = &["tool", "repository", "number", "context", "not_seen"];
@@ -38,9 +53,9 @@ pub const PLACEHOLDERS: &[&str] = &["tool", "repository", "number", "context", "
 /// The current template of `task`.
 pub fn template_for(task: Task) -> Template {
     match task {
-        Task::Triage => TRIAGE_V1,
-        Task::QaPlan => QA_PLAN_V1,
-        Task::Patch => PATCH_V1,
+        Task::Triage => TRIAGE_V2,
+        Task::QaPlan => QA_PLAN_V2,
+        Task::Patch => PATCH_V2,
     }
 }
 
@@ -184,7 +199,7 @@ mod tests {
             ..Default::default()
         };
         let p = pack(&c, 2000);
-        let prompt = render(TRIAGE_V1, Task::Triage, &c, &p);
+        let prompt = render(TRIAGE_V2, Task::Triage, &c, &p);
         assert!(prompt.text.contains(&p.text));
         assert!(prompt.text.contains("Title with {{tool}} and {{context}} inside"));
         assert!(prompt.user().contains("#12 of acme/widgets"));
@@ -193,6 +208,6 @@ mod tests {
         assert!(prompt.user().contains("not a marker"));
         assert!(prompt.user().ends_with("nothing"));
         assert_eq!(prompt.sha256(), sha256_hex(&prompt.text));
-        assert_eq!(prompt, render(TRIAGE_V1, Task::Triage, &c, &p));
+        assert_eq!(prompt, render(TRIAGE_V2, Task::Triage, &c, &p));
     }
 }

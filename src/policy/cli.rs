@@ -1,5 +1,7 @@
-//! `orch policy check [--config FILE] [--patch FILE]`: validates a policy file and, with a patch
-//! (unified diff or SPEC §9's patch JSON), prints Gate 2's verdict on it.
+//! `orch policy check [--config FILE] [--patch FILE [--base DIR]]`: validates a policy file and,
+//! with a patch (unified diff or SPEC §9's patch JSON), prints Gate 2's verdict on it. The patch
+//! JSON's `edit`s apply to, and its `update`s are counted against, the files under `--base` (by
+//! default the current directory: run it in the repository's checkout).
 //!
 //! Exit codes: 0 the policy is valid (and the patch passes: its class is printed); 1 the patch is
 //! blocked (every violated rule on its own line, with its field); 2 the policy file or the patch
@@ -19,8 +21,8 @@ pub const EXIT_BLOCKED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 
 /// Runs the check, writing the report to `out` and problems to `err`; returns the exit code.
-pub fn check(config: Option<&Path>, patch: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match run(config, patch, out) {
+pub fn check(config: Option<&Path>, patch: Option<&Path>, base: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match run(config, patch, base.unwrap_or(Path::new(".")), out) {
         Ok(code) => code,
         Err(message) => {
             let _ = writeln!(err, "orch policy check: {message}");
@@ -29,7 +31,7 @@ pub fn check(config: Option<&Path>, patch: Option<&Path>, out: &mut dyn Write, e
     }
 }
 
-fn run(config: Option<&Path>, patch: Option<&Path>, out: &mut dyn Write) -> Result<u8, String> {
+fn run(config: Option<&Path>, patch: Option<&Path>, base: &Path, out: &mut dyn Write) -> Result<u8, String> {
     let path = config.unwrap_or(Path::new(POLICY_PATH));
     let shown = path.display();
     let text = match std::fs::read_to_string(path) {
@@ -57,7 +59,15 @@ fn run(config: Option<&Path>, patch: Option<&Path>, out: &mut dyn Write) -> Resu
     };
     let shown_patch = patch.display();
     let patch_text = std::fs::read_to_string(patch).map_err(|e| format!("cannot read {shown_patch}: {e}"))?;
-    let parsed = parse_patch(&patch_text).map_err(|e| format!("{shown_patch}: {e}"))?;
+    // Only plain relative paths are read; any other is judged by Gate 2's path rules.
+    let read_base = |path: &str| {
+        super::gates::path_problem(path)
+            .is_none()
+            .then(|| std::fs::read_to_string(base.join(path)).ok())
+            .flatten()
+    };
+    let parsed = parse_patch(&patch_text, &read_base).map_err(|e| format!("{shown_patch}: {e}"))?;
+    let problems = parsed.problems.clone();
     let (files, lines) = (
         parsed.files.len(),
         parsed
@@ -66,7 +76,14 @@ fn run(config: Option<&Path>, patch: Option<&Path>, out: &mut dyn Write) -> Resu
             .map(|f| u64::from(f.added_lines) + u64::from(f.removed_lines))
             .sum::<u64>(),
     );
-    let verdict = gate2(&compiled, &parsed.into_view());
+    let verdict = match (gate2(&compiled, &parsed.into_view()), problems.is_empty()) {
+        (verdict, true) => verdict,
+        (super::Verdict::Blocked { mut violations }, false) => {
+            violations.extend(problems);
+            super::Verdict::Blocked { violations }
+        }
+        (super::Verdict::Pass { .. }, false) => super::Verdict::Blocked { violations: problems },
+    };
     let _ = writeln!(out, "{shown_patch}: {files} file(s), {lines} changed line(s)");
     match verdict.class() {
         Some(class) => {

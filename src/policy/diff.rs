@@ -42,6 +42,8 @@ pub struct ParsedPatch {
     pub title: String,
     pub summary: String,
     pub files: Vec<FileChange>,
+    /// `edit`s that could not be applied to the base: Gate 2 blocks them (SPEC §9).
+    pub problems: Vec<super::Rule>,
 }
 
 impl ParsedPatch {
@@ -55,17 +57,40 @@ impl ParsedPatch {
     }
 }
 
-/// Reads a patch: JSON when the text starts with `{`, a unified diff otherwise.
-pub fn parse_patch(text: &str) -> Result<ParsedPatch, DiffError> {
+/// Reads a patch: JSON when the text starts with `{`, a unified diff otherwise. `base(path)` is
+/// a file's text on the base (None: no such file): the patch JSON's `edit`s apply to it, and its
+/// `update`s count the lines of their diff against it.
+pub fn parse_patch(text: &str, base: &dyn Fn(&str) -> Option<String>) -> Result<ParsedPatch, DiffError> {
     if text.trim_start().starts_with('{') {
-        parse_patch_json(text)
+        parse_patch_json(text, base)
     } else {
         Ok(ParsedPatch {
             title: String::new(),
             summary: String::new(),
             files: parse_unified(text)?,
+            problems: Vec::new(),
         })
     }
+}
+
+/// Added and removed lines from `old` to `new`, as a unified diff counts them.
+pub fn line_changes(old: &str, new: &str) -> (u32, u32) {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let deadline = std::time::Instant::now().checked_add(std::time::Duration::from_secs(1));
+    let (mut added, mut removed) = (0u32, 0u32);
+    for op in similar::capture_diff_slices_deadline(similar::Algorithm::Myers, &a, &b, deadline) {
+        match op {
+            similar::DiffOp::Equal { .. } => {}
+            similar::DiffOp::Delete { old_len, .. } => removed += old_len as u32,
+            similar::DiffOp::Insert { new_len, .. } => added += new_len as u32,
+            similar::DiffOp::Replace { old_len, new_len, .. } => {
+                removed += old_len as u32;
+                added += new_len as u32;
+            }
+        }
+    }
+    (added, removed)
 }
 
 #[derive(Deserialize)]
@@ -83,6 +108,15 @@ struct PatchJsonFile {
     action: JsonAction,
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    edits: Option<Vec<PatchJsonEdit>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchJsonEdit {
+    old: String,
+    new: String,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -91,37 +125,62 @@ enum JsonAction {
     Create,
     Update,
     Delete,
+    Edit,
 }
 
-/// SPEC §9's patch JSON.
-pub fn parse_patch_json(text: &str) -> Result<ParsedPatch, DiffError> {
+/// SPEC §9's patch JSON, against the base texts `base` gives.
+pub fn parse_patch_json(text: &str, base: &dyn Fn(&str) -> Option<String>) -> Result<ParsedPatch, DiffError> {
     let json: PatchJson = serde_json::from_str(text).map_err(|e| DiffError {
         line: Some(e.line()),
         message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
     })?;
     let mut files = Vec::with_capacity(json.files.len());
+    let mut problems = Vec::new();
     for (i, f) in json.files.into_iter().enumerate() {
+        let missing = |field: &str| DiffError {
+            line: None,
+            message: format!("files[{i}].{field}: missing for {:?}", f.path),
+        };
         let change = match f.action {
             JsonAction::Create => Change::Added,
-            JsonAction::Update => Change::Modified,
+            JsonAction::Update | JsonAction::Edit => Change::Modified,
             JsonAction::Delete => Change::Deleted,
         };
-        let content = match (f.action, f.content) {
-            (JsonAction::Delete, _) => None,
-            (_, Some(c)) => Some(c),
-            (_, None) => {
-                return Err(DiffError {
-                    line: None,
-                    message: format!("files[{i}].content: missing for {:?}", f.path),
-                })
+        let old = base(&f.path);
+        let content = match f.action {
+            JsonAction::Delete => None,
+            JsonAction::Create | JsonAction::Update => Some(f.content.clone().ok_or_else(|| missing("content"))?),
+            JsonAction::Edit => {
+                let edits = f.edits.as_deref().filter(|e| !e.is_empty()).ok_or_else(|| missing("edits"))?;
+                let applied = match &old {
+                    None => Err("the file does not exist on the base commit; create it with `create`".to_string()),
+                    Some(text) => {
+                        super::edits::apply(text, edits.iter().map(|e| (e.old.as_str(), e.new.as_str()))).map_err(|e| e.to_string())
+                    }
+                };
+                match applied {
+                    Ok(text) => Some(text),
+                    Err(problem) => {
+                        problems.push(super::Rule::EditDoesNotApply {
+                            path: f.path.clone(),
+                            problem,
+                        });
+                        continue;
+                    }
+                }
             }
         };
-        files.push(FileChange::whole(f.path, change, content));
+        let mut file = FileChange::whole(f.path, change, content);
+        if let (Some(old), Some(new), Change::Modified) = (&old, &file.content, change) {
+            (file.added_lines, file.removed_lines) = line_changes(old, new);
+        }
+        files.push(file);
     }
     Ok(ParsedPatch {
         title: json.title,
         summary: json.summary,
         files,
+        problems,
     })
 }
 
@@ -546,10 +605,10 @@ new mode 100755
 
     #[test]
     fn patch_json_is_strict() {
-        let p = parse_patch(r#"{"title":"t","summary":"s","files":[{"path":"a.txt","action":"create","content":"1\n2\n"},{"path":"b","action":"delete","content":""}]}"#).unwrap();
+        let p = parse_patch(r#"{"title":"t","summary":"s","files":[{"path":"a.txt","action":"create","content":"1\n2\n"},{"path":"b","action":"delete","content":""}]}"#, &|_| None).unwrap();
         assert_eq!(p.files[0].added_lines, 2);
         assert_eq!(p.files[1].change, Change::Deleted);
-        let e = parse_patch(r#"{"title":"t","summary":"s","files":[],"extra":1}"#).unwrap_err();
+        let e = parse_patch(r#"{"title":"t","summary":"s","files":[],"extra":1}"#, &|_| None).unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
     }
 }

@@ -150,6 +150,11 @@ pub enum Rule {
         bytes: u64,
         max: u64,
     },
+    /// An `edit` file action that cannot be applied to the file on the base commit.
+    EditDoesNotApply {
+        path: String,
+        problem: String,
+    },
     LabelNotAllowed {
         label: String,
     },
@@ -216,6 +221,7 @@ impl Rule {
             Rule::TooManyFiles { .. } => "diff.max_files",
             Rule::TooManyLines { .. } => "diff.max_changed_lines",
             Rule::FileTooLarge { .. } => "diff.max_file_bytes",
+            Rule::EditDoesNotApply { .. } => "files.edits",
             Rule::LabelNotAllowed { .. } => "labels.allowed",
             Rule::LabelTransition { .. } | Rule::SeveralStates { .. } => "labels.transitions",
             Rule::DangerousText { .. } => "comments.dangerous_patterns",
@@ -266,6 +272,7 @@ impl Rule {
             Rule::TooManyFiles { n, max } => format!("{n} files changed; at most {max}"),
             Rule::TooManyLines { n, max } => format!("{n} lines changed; at most {max}"),
             Rule::FileTooLarge { path, bytes, max } => format!("{} is {bytes} bytes; at most {max}", code(path)),
+            Rule::EditDoesNotApply { path, problem } => format!("{}: {problem}", code(path)),
             Rule::LabelNotAllowed { label } => format!("label {} is not on the allow-list", code(label)),
             Rule::LabelTransition {
                 from: Some(from),

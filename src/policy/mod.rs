@@ -14,6 +14,7 @@
 //! - [`gates`]: Gates 1–3 as plain functions returning a [`Verdict`] that lists every violated
 //!   [`Rule`];
 //! - [`diff`]: unified diffs and SPEC §9's patch JSON, read into [`FileChange`]s;
+//! - [`edits`]: the `edit` file action's exact replacements;
 //! - [`cli`]: `orch policy check`.
 
 use serde::Deserialize;
@@ -22,6 +23,7 @@ pub mod caps;
 pub mod cli;
 pub mod compiled;
 pub mod diff;
+pub mod edits;
 pub mod gates;
 pub mod patterns;
 
@@ -240,6 +242,8 @@ impl Default for Limits {
 pub struct LlmSettings {
     pub model: Option<String>,
     pub max_output_tokens: u32,
+    /// The most a context pack may take, in estimated tokens: it lowers the per-task budgets of
+    /// SPEC §9 (triage 4,000, QA plan 16,000, patch 32,000), never raises them.
     pub context_budget_tokens: u32,
 }
 
@@ -248,7 +252,7 @@ impl Default for LlmSettings {
         Self {
             model: None,
             max_output_tokens: 2048,
-            context_budget_tokens: 2000,
+            context_budget_tokens: 32_000,
         }
     }
 }

@@ -51,6 +51,57 @@ pub async fn record_policy_read<'c, E: Executor<'c, Database = Db>>(
     Ok(())
 }
 
+/// The last answer for one resource a workflow's context reads (`labels`, a file path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextRead {
+    pub etag: Option<String>,
+    /// None: the file did not exist.
+    pub body: Option<String>,
+    pub read_at: i64,
+}
+
+pub async fn context_read<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    repository: &str,
+    resource: &str,
+) -> sqlx::Result<Option<ContextRead>> {
+    let row = sqlx::query("SELECT etag, body, read_at FROM context_reads WHERE repository = $1 AND resource = $2")
+        .bind(repository.to_string())
+        .bind(resource.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(ContextRead {
+            etag: r.try_get(0)?,
+            body: r.try_get(1)?,
+            read_at: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+pub async fn record_context_read<'c, E: Executor<'c, Database = Db>>(
+    conn: E,
+    repository: &str,
+    resource: &str,
+    etag: Option<&str>,
+    body: Option<&str>,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO context_reads (repository, resource, etag, body, read_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (repository, resource) DO UPDATE SET etag = excluded.etag, body = excluded.body, read_at = excluded.read_at",
+    )
+    .bind(repository.to_string())
+    .bind(resource.to_string())
+    .bind(etag.map(str::to_string))
+    .bind(body.map(str::to_string))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The ETag of the last reactions read of `comment_id`, when orch keeps one.
 pub async fn reaction_etag<'c, E: Executor<'c, Database = Db>>(conn: E, comment_id: i64) -> sqlx::Result<Option<String>> {
     let row = sqlx::query("SELECT etag FROM reaction_etags WHERE comment_id = $1")

@@ -28,6 +28,8 @@ pub struct Engine {
     /// orch's own login: its comments never run commands and it never approves.
     pub bot_login: String,
     pub reaction_poll: Duration,
+    /// How much of a repository a patch's context downloads and searches.
+    pub tarball_limits: crate::github::tarball::TarballLimits,
     /// The server's caps (`ORCH_MAX_PHASE`, `ORCH_POLICY_CAPS`) over every repository's policy.
     pub caps: crate::policy::Caps,
     /// Compiled policies by (version, phase): compiling is done once per policy version.
@@ -250,11 +252,12 @@ impl Engine {
     /// is moments ago. A later proposal (`/orch retry` after a request for changes, maybe days
     /// later) reads the issue again, since an edit to it sends no webhook orch acts on.
     ///
-    /// The files an instruction names are read at `base` (the commit a patch is proposed on;
-    /// the default branch's tip when None) and also returned as read, a missing file as None.
+    /// What else each task is shown comes from [`super::context`]: a patch's files are read at
+    /// `base` (the commit it is proposed on) and also returned as read, a missing file as None.
     async fn context(
         &self,
         wf: &Workflow,
+        policy: &Effective,
         feedback: Option<String>,
         round: usize,
         base: Option<&str>,
@@ -296,27 +299,7 @@ impl Engine {
                     .collect()
             }
         };
-        let mut files = Vec::new();
-        let mut refused = Vec::new();
-        let mut read = BaseTexts {
-            commit: base.map(str::to_string),
-            files: std::collections::HashMap::new(),
-        };
-        if let Some(instruction) = &wf.instruction {
-            for path in instruction.split('`').skip(1).step_by(2).filter(|p| !p.contains(' ')).take(5) {
-                // A path that could leave the repository is named, never fetched (SPEC §12).
-                if let Err(e) = crate::github::client::check_path(path) {
-                    refused.push(format!("{path:?} (refused: {})", e.problem));
-                    continue;
-                }
-                let text = self.github.file(inst, repo, path, base).await?;
-                if let Some(text) = &text {
-                    files.push((path.to_string(), text.clone()));
-                }
-                read.files.insert(path.to_string(), text);
-            }
-        }
-        let context = Context {
+        let mut context = Context {
             repository: wf.repository.clone(),
             number: wf.number,
             title,
@@ -325,9 +308,32 @@ impl Engine {
             comments: recent.into_iter().rev().collect(),
             instruction: wf.instruction.clone(),
             feedback,
-            files,
-            refused,
+            ..Default::default()
         };
+        let (instructions, cut) = super::context::instructions(&self.github, &self.store, inst, repo).await?;
+        context.instructions = instructions;
+        context.notes.extend(cut);
+        let mut read = BaseTexts {
+            commit: base.map(str::to_string),
+            files: std::collections::HashMap::new(),
+        };
+        match wf.kind {
+            Kind::Triage => {
+                if let Ok(compiled) = self.compiled(policy) {
+                    context.allowed_labels = super::context::allowed_labels(&self.github, &self.store, inst, repo, &compiled).await?;
+                }
+            }
+            Kind::QaPlan => {
+                let (hunks, linked) = super::context::pull_request(&self.github, inst, repo, wf.number, &context.body).await?;
+                context.hunks = hunks;
+                context.linked_issue = linked;
+            }
+            Kind::Patch => {
+                let budget = llm::budget_for(Task::Patch, policy.policy.llm.context_budget_tokens);
+                let base = base.context("a patch is proposed on a commit")?;
+                read.files = super::context::patch(&self.github, inst, repo, base, &mut context, budget, &self.tarball_limits).await?;
+            }
+        }
         Ok((context, read))
     }
 
@@ -374,7 +380,7 @@ impl Engine {
             }
             _ => None,
         };
-        let (context, read) = self.context(wf, feedback, round, base.as_deref()).await?;
+        let (context, read) = self.context(wf, &policy, feedback, round, base.as_deref()).await?;
         let mut wf = wf.clone();
         if wf.state == State::Ingested {
             let reason = format!(
@@ -385,9 +391,37 @@ impl Engine {
             );
             wf.state = self.step(&wf, Step::ContextLoaded, "orch", &reason, false).await?;
         }
-        let Some(raw) = self.ask_model(&wf, &policy, &context).await? else {
+        let Some(mut raw) = self.ask_model(&wf, &policy, &context).await? else {
             return Ok(Carried::default());
         };
+        let mut read = read;
+        if wf.kind == Kind::Triage {
+            raw = self.drop_disallowed_labels(&policy, &raw);
+        }
+        if wf.kind == Kind::Patch {
+            // `edit`s become the text they make, on the commit the model was shown, before
+            // anything is shown or approved. One that does not apply is fed back to the model
+            // once; if the second answer fails too, Gate 2 blocks it and says why.
+            match self.resolve_edits(&wf, &raw, &mut read).await? {
+                Resolved::Done(resolved) => raw = resolved,
+                Resolved::Failed(failures) => {
+                    let mut context = context.clone();
+                    let problems: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                    context.feedback = Some(format!(
+                        "Your previous answer could not be applied, so it was not shown to anyone: {}. Quote `old` exactly as the file shows it, with enough lines around the change to occur exactly once.",
+                        problems.join("; ")
+                    ));
+                    tracing::info!(workflow = wf.id, failures = %problems.join("; "), "edits did not apply; asking the model once more");
+                    let Some(again) = self.ask_model(&wf, &policy, &context).await? else {
+                        return Ok(Carried::default());
+                    };
+                    raw = match self.resolve_edits(&wf, &again, &mut read).await? {
+                        Resolved::Done(resolved) => resolved,
+                        Resolved::Failed(_) => again,
+                    };
+                }
+            }
+        }
         let hash = approval::proposal_hash(&raw);
         // What the proposal is bound to: a PR's head, or for a patch the default branch's commit
         // it was made against.
@@ -421,6 +455,55 @@ impl Engine {
         })
     }
 
+    /// A triage answer (`raw`) without the labels the policy does not allow, which it names
+    /// (SPEC §7). When no label would be left it stays as it is: Gate 2 blocks it and names
+    /// them. A model's own `dropped` list is never kept.
+    fn drop_disallowed_labels(&self, policy: &Effective, raw: &str) -> String {
+        let answer: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+        let (Ok(Proposal::Triage(mut t)), Ok(compiled)) = (Proposal::parse(Task::Triage, &answer), self.compiled(policy)) else {
+            return raw.to_string();
+        };
+        let (kept, dropped): (Vec<String>, Vec<String>) = t.labels.iter().cloned().partition(|l| compiled.label_permitted(l));
+        let claimed = !t.dropped.is_empty();
+        if kept.is_empty() || dropped.is_empty() {
+            if !claimed {
+                // Nothing to change: the answer is stored as the model gave it.
+                return raw.to_string();
+            }
+            t.dropped.clear();
+        } else {
+            t.labels = kept;
+            t.dropped = dropped;
+        }
+        serde_json::to_string(&t).unwrap_or_else(|_| raw.to_string())
+    }
+
+    /// A patch answer (`raw`) with its `edit`s applied to the files on the base commit, as the
+    /// JSON to store; unchanged when it has none or does not parse (Gate 2 judges it as it is).
+    /// Files read at the base are added to `read`.
+    async fn resolve_edits(&self, wf: &Workflow, raw: &str, read: &mut BaseTexts) -> anyhow::Result<Resolved> {
+        let answer: serde_json::Value = serde_json::from_str(raw).unwrap_or_default();
+        let Ok(Proposal::Patch(mut patch)) = Proposal::parse(Task::Patch, &answer) else {
+            return Ok(Resolved::Done(raw.to_string()));
+        };
+        if patch.edited_paths().next().is_none() {
+            return Ok(Resolved::Done(raw.to_string()));
+        }
+        for path in patch.edited_paths() {
+            if !read.files.contains_key(path) {
+                let text = self
+                    .github
+                    .file(wf.installation_id, &wf.repository, path, read.commit.as_deref())
+                    .await?;
+                read.files.insert(path.to_string(), text);
+            }
+        }
+        match patch.resolve_edits(|path| read.files.get(path).and_then(|t| t.as_deref())) {
+            Ok(()) => Ok(Resolved::Done(serde_json::to_string(&patch)?)),
+            Err(failures) => Ok(Resolved::Failed(failures)),
+        }
+    }
+
     /// One model call under the guardrails (SPEC §10): refused before anything is spent when
     /// the breaker is open or the projected cost would pass a ceiling; counted by the breaker.
     /// Returns the raw answer to judge, or None when the workflow was ended here.
@@ -433,7 +516,8 @@ impl Engine {
         };
         let task = task_of(wf.kind);
         let now = now_ms();
-        let projected = llm.projected_cost_usd(task, context, settings.context_budget_tokens, settings.max_output_tokens);
+        let budget = llm::budget_for(task, settings.context_budget_tokens);
+        let projected = llm.projected_cost_usd(task, context, budget, settings.max_output_tokens);
         let breaker = guard::breaker(self.store.pool()).await?;
         let (run_spent, window_spent) =
             model_calls::spent(self.store.pool(), wf.id, now - i64::from(limits.window_minutes) * 60_000).await?;
@@ -461,14 +545,7 @@ impl Engine {
             return Ok(None);
         }
         let result = llm
-            .generate(
-                &self.store,
-                wf.id,
-                task,
-                context,
-                settings.context_budget_tokens,
-                settings.max_output_tokens,
-            )
+            .generate(&self.store, wf.id, task, context, budget, settings.max_output_tokens)
             .await;
         let (failed, cost) = match &result {
             Ok(g) => (false, g.cost_usd),
@@ -532,7 +609,12 @@ impl Engine {
 
     /// Gate 2 (SPEC §8) of the workflow's proposal under `policy`: every violated rule, or the
     /// action's class. The issue's current labels matter to the label state machine.
-    async fn judge(&self, wf: &Workflow, policy: &Effective) -> anyhow::Result<Verdict> {
+    ///
+    /// A patch's files are counted by their real diff against the base commit (`known`: what
+    /// generating it read there; any other file it changes is read). An `edit` still in the
+    /// proposal could not be applied when it was made: it is judged again here and blocked with
+    /// its reason.
+    async fn judge(&self, wf: &Workflow, policy: &Effective, known: Option<&BaseTexts>) -> anyhow::Result<Verdict> {
         let compiled = match self.compiled(policy) {
             Ok(c) => c,
             // A policy that parses but does not compile (a bad regex) never means "allow all".
@@ -544,6 +626,7 @@ impl Engine {
                 })
             }
         };
+        let mut edit_failures = Vec::new();
         let view = match Self::proposal_of(wf) {
             Err(e) => ProposalView::Invalid {
                 action: action_kind(wf.kind),
@@ -572,25 +655,57 @@ impl Engine {
             Ok(Proposal::QaPlan(q)) => ProposalView::QaPlan {
                 comment_text: messages::qa_plan(&q),
             },
-            Ok(Proposal::Patch(p)) => ProposalView::Patch {
-                title: p.title.clone(),
-                files: p
-                    .files
-                    .iter()
-                    .map(|f| {
-                        let change = match f.action {
-                            FileAction::Create => Change::Added,
-                            FileAction::Update => Change::Modified,
-                            FileAction::Delete => Change::Deleted,
-                        };
-                        let content = (f.action != FileAction::Delete).then(|| f.content.clone());
-                        FileChange::whole(f.path.clone(), change, content)
-                    })
-                    .collect(),
-                comment_text: p.summary.clone(),
-            },
+            Ok(Proposal::Patch(p)) => {
+                let paths: Vec<&str> = p.files.iter().map(|f| f.path.as_str()).collect();
+                let base = self.base_texts(wf, &paths, known).await?;
+                let mut resolved = p.clone();
+                if let Err(failures) = resolved.resolve_edits(|path| base.get(path).and_then(|t| t.as_deref())) {
+                    edit_failures = failures
+                        .into_iter()
+                        .map(|f| Rule::EditDoesNotApply {
+                            path: f.path,
+                            problem: f.problem,
+                        })
+                        .collect();
+                }
+                ProposalView::Patch {
+                    title: p.title.clone(),
+                    files: resolved
+                        .files
+                        .iter()
+                        .map(|f| {
+                            let change = match f.action {
+                                FileAction::Create => Change::Added,
+                                FileAction::Update | FileAction::Edit => Change::Modified,
+                                FileAction::Delete => Change::Deleted,
+                            };
+                            let content = (!matches!(f.action, FileAction::Delete | FileAction::Edit)).then(|| f.content.clone());
+                            let old = base.get(&f.path).cloned().flatten();
+                            let (added_lines, removed_lines) = match f.action {
+                                // Unresolved: blocked above; nothing of it is counted.
+                                FileAction::Edit => (0, 0),
+                                _ => super::shown::file_diff(&f.path, old.as_deref(), content.as_deref()).added_removed(),
+                            };
+                            FileChange {
+                                added_lines,
+                                removed_lines,
+                                ..FileChange::whole(f.path.clone(), change, content)
+                            }
+                        })
+                        .collect(),
+                    comment_text: p.summary.clone(),
+                }
+            }
         };
         let verdict = gates::gate2(&compiled, &view);
+        let verdict = match (verdict, edit_failures.is_empty()) {
+            (verdict, true) => verdict,
+            (Verdict::Blocked { mut violations }, false) => {
+                violations.extend(edit_failures);
+                Verdict::Blocked { violations }
+            }
+            (Verdict::Pass { .. }, false) => Verdict::Blocked { violations: edit_failures },
+        };
         // A patch refused for its paths never reaches the path rules (it does not parse), so
         // each path that could leave the repository is named here under its own rule.
         Ok(match (verdict, &view) {
@@ -650,7 +765,16 @@ impl Engine {
     /// PATCHES_PROPOSED → WAITING_USER_APPROVAL, APPROVED (auto-safe) or BLOCKED_POLICY.
     /// `carried`: what generating the proposal read, when this run made it.
     async fn gate2(&self, wf: &Workflow, carried: &mut Carried) -> anyhow::Result<()> {
-        let read_at_base = carried.read_at_base.take();
+        let mut read_at_base = carried.read_at_base.take();
+        // Every file a patch changes, on its base, read once for judging and showing it.
+        if let Ok(Proposal::Patch(patch)) = Self::proposal_of(wf) {
+            let paths: Vec<&str> = patch.files.iter().map(|f| f.path.as_str()).collect();
+            let files = self.base_texts(wf, &paths, read_at_base.as_ref()).await?;
+            read_at_base = Some(BaseTexts {
+                commit: wf.head_sha.clone(),
+                files,
+            });
+        }
         // The policy the proposal was just made under (its version is the one it is bound to),
         // else the one in force now.
         let policy = match carried.policy.take() {
@@ -658,7 +782,7 @@ impl Engine {
             None => self.policy(wf.installation_id, &wf.repository).await?,
         };
         let hash = wf.proposal_hash.clone().unwrap_or_default();
-        let verdict = self.judge(wf, &policy).await?;
+        let verdict = self.judge(wf, &policy, read_at_base.as_ref()).await?;
         // The verdict is logged in the transaction of the step it decides (below).
         let class = match &verdict {
             Verdict::Blocked { violations } => {
@@ -839,6 +963,30 @@ impl Engine {
             Sent::Done { github_id, .. } => Some(github_id),
             Sent::DryRun { .. } => None,
         })
+    }
+
+    /// The texts of `paths` on the commit `wf`'s patch was proposed on (None: no such file):
+    /// what generation read there (`known`) and, for any other path, GitHub's answer.
+    async fn base_texts(
+        &self,
+        wf: &Workflow,
+        paths: &[&str],
+        known: Option<&BaseTexts>,
+    ) -> anyhow::Result<std::collections::HashMap<String, Option<String>>> {
+        let known = known.filter(|r| r.commit.is_some() && r.commit == wf.head_sha);
+        let mut out = std::collections::HashMap::with_capacity(paths.len());
+        for path in paths {
+            let text = match known.and_then(|r| r.files.get(*path)) {
+                Some(text) => text.clone(),
+                None => {
+                    self.github
+                        .file(wf.installation_id, &wf.repository, path, wf.head_sha.as_deref())
+                        .await?
+                }
+            };
+            out.insert(path.to_string(), text);
+        }
+        Ok(out)
     }
 
     /// The diff of every file of `patch` against the commit it was proposed on, stored for the
@@ -1165,7 +1313,7 @@ impl Engine {
             return Ok(Some(Next::At(now + self.reaction_poll.as_millis() as i64)));
         }
         if wf.policy_version.as_deref() != Some(policy.version.as_str()) {
-            let verdict = self.judge(wf, &policy).await?;
+            let verdict = self.judge(wf, &policy, None).await?;
             self.audit_verdict(wf, "gate3", &verdict).await?;
             let violations = verdict.lines();
             if !violations.is_empty() {
@@ -1435,6 +1583,12 @@ impl Engine {
                         return Ok(());
                     }
                 }
+                // Gate 2 turned every `edit` into its text or blocked the proposal.
+                anyhow::ensure!(
+                    patch.edited_paths().next().is_none(),
+                    "workflow {}: an approved patch still has unapplied edits",
+                    wf.id
+                );
                 let changes: Vec<TreeChange> = patch
                     .files
                     .iter()
@@ -1753,6 +1907,12 @@ struct Carried {
     waiting_since: Option<i64>,
 }
 
+/// A patch answer after its `edit`s were applied: the JSON to store, or why they did not apply.
+enum Resolved {
+    Done(String),
+    Failed(Vec<llm::EditFailure>),
+}
+
 /// Files of the default branch as read at one commit (path → text; None: no such file there):
 /// what generating a patch read, handed to Gate 2 so that showing the diff reads nothing twice.
 #[derive(Debug, Clone, Default)]
@@ -1785,7 +1945,7 @@ fn patch_difference(
     for f in &patch.files {
         let missing = match f.action {
             FileAction::Delete => tip.contains_key(&f.path),
-            FileAction::Create | FileAction::Update => !tip.contains_key(&f.path),
+            FileAction::Create | FileAction::Update | FileAction::Edit => !tip.contains_key(&f.path),
         };
         if missing {
             out.push(format!(

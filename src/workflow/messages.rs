@@ -47,6 +47,15 @@ pub fn proposal_showing(wf: &Workflow, proposal: &Proposal, reactions: bool, sho
                 t.priority.as_str(),
                 t.rationale
             ));
+            if !t.dropped.is_empty() {
+                let dropped: Vec<String> = t.dropped.iter().map(|l| crate::policy::gates::code(l)).collect();
+                out.push_str(&format!(
+                    "\n**Dropped:** {} (the model proposed {}, but `labels.allowed` does not allow {})\n",
+                    dropped.join(", "),
+                    if dropped.len() == 1 { "it" } else { "them" },
+                    if dropped.len() == 1 { "it" } else { "them" },
+                ));
+            }
         }
         Proposal::QaPlan(q) => out.push_str(&qa_plan(q)),
         Proposal::Patch(p) => out.push_str(&patch(p)),
@@ -79,11 +88,7 @@ pub fn qa_plan(q: &QaPlanOutput) -> String {
 pub fn patch(p: &PatchOutput) -> String {
     let mut out = format!("**{}**\n\n{}\n\n", p.title, p.summary);
     for f in &p.files {
-        let action = match f.action {
-            crate::llm::FileAction::Create => "create",
-            crate::llm::FileAction::Update => "update",
-            crate::llm::FileAction::Delete => "delete",
-        };
+        let action = f.action.as_str();
         out.push_str(&format!("- {action} `{}` ({} bytes)\n", f.path, f.content.len()));
     }
     out

@@ -4,6 +4,7 @@
 
 pub mod approval;
 pub mod authz;
+pub mod context;
 pub mod engine;
 pub mod guard;
 pub mod messages;

@@ -42,6 +42,20 @@ pub struct FileDiff {
 }
 
 impl FileDiff {
+    /// Added and removed lines: what the diff limits count (SPEC §9).
+    pub fn added_removed(&self) -> (u32, u32) {
+        let lines = self.hunks.iter().flat_map(|h| &h.lines);
+        let (mut added, mut removed) = (0u32, 0u32);
+        for l in lines {
+            if l.starts_with('+') {
+                added += 1;
+            } else if l.starts_with('-') {
+                removed += 1;
+            }
+        }
+        (added, removed)
+    }
+
     pub fn changed_lines(&self) -> usize {
         self.hunks
             .iter()
