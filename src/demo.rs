@@ -327,10 +327,16 @@ async fn workflows(dir: &std::path::Path, once: bool) -> anyhow::Result<()> {
         pull.number, pull.title, pull.head, pull.base
     );
     let files = gh.files_at(REPO, &pull.head).unwrap_or_default();
+    let lib = files.get("src/lib.rs").map(String::as_str).unwrap_or_default();
     println!("   src/lib.rs on {}:", pull.head);
-    for line in files.get("src/lib.rs").map(String::as_str).unwrap_or_default().lines() {
+    for line in lib.lines() {
         println!("     {line}");
     }
+    // The fake model made the change it was asked for, as an `edit` of one line.
+    anyhow::ensure!(
+        lib == "pub fn answer() -> u32 {\n    42\n}\n",
+        "the demo's pull request does not make answer() return 42:\n{lib}"
+    );
 
     println!();
     println!("Transitions (one append-only row each):");

@@ -52,6 +52,32 @@ async fn prompts(o: &Orch, id: i64) -> Vec<String> {
         .collect()
 }
 
+/// orch's comment on issue `number` that contains `needle`.
+fn bot_comment(o: &Orch, number: i64, needle: &str) -> String {
+    o.bot_comments(number)
+        .into_iter()
+        .find(|c| c.contains(needle))
+        .unwrap_or_else(|| panic!("no comment of orch's on #{number} says {needle:?}: {:?}", o.bot_comments(number)))
+}
+
+/// mara triages a new issue by label; returns the issue and the workflow once in `state`.
+async fn triage(o: &Orch, title: &str, state: &str) -> (e2e::IssueSpec, i64) {
+    let mut issue = o.open_issue(title, "It crashes when the config is empty.", "dev-kim");
+    o.label_issue(&mut issue, "orch:triage", "mara").await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, state).await;
+    (issue, id)
+}
+
+/// mara asks for a patch on a new issue; returns the issue and the workflow once in `state`.
+async fn propose(o: &Orch, title: &str, command: &str, state: &str) -> (e2e::IssueSpec, i64) {
+    let issue = o.open_issue(title, "See the title.", "dev-kim");
+    o.comment(&issue, "mara", command).await;
+    let id = o.only_workflow().await;
+    o.wait_state(id, state).await;
+    (issue, id)
+}
+
 fn assert_instructions(prompt: &str) {
     assert!(
         prompt.contains(&format!(
@@ -75,10 +101,7 @@ async fn triage_is_shown_the_allowed_labels_with_their_descriptions(backend: Bac
             ("wontfix", "Not planned"),
         ],
     );
-    let mut issue = o.open_issue("Crash on start", "It crashes when the config is empty.", "dev-kim");
-    o.label_issue(&mut issue, "orch:triage", "mara").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let (_, id) = triage(&o, "Crash on start", "WAITING_USER_APPROVAL").await;
     let prompt = &prompts(&o, id).await[0];
     assert!(
         prompt.contains("<untrusted source=\"labels you may propose\">\nbug: Something does not work\npriority:p1: Broken for many users\nquestion\n</untrusted>"),
@@ -86,7 +109,8 @@ async fn triage_is_shown_the_allowed_labels_with_their_descriptions(backend: Bac
     );
     assert!(!prompt.contains("Docs only") && !prompt.contains("wontfix"), "{prompt}");
     assert_instructions(prompt);
-    // A second triage reads the labels and the instructions with their ETags: free 304s.
+    // A second triage moments later takes the label list from the store without asking, and
+    // reads the instructions with their ETag: a free 304.
     let (log, not_modified) = (o.fake.state.log().len(), o.fake.state.not_modified().len());
     let mut second = o.open_issue("Another crash", "It crashes too.", "dev-kim");
     let before = o.workflow_states().await.len();
@@ -106,9 +130,13 @@ async fn triage_is_shown_the_allowed_labels_with_their_descriptions(backend: Bac
         .into_iter()
         .filter(|(_, p)| p.starts_with(&format!("/repos/{REPO}/labels")) || p.contains("instructions.md"))
         .collect();
-    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert_eq!(
+        reads,
+        vec![("GET".to_string(), format!("/repos/{REPO}/contents/.github/orch/instructions.md"))],
+        "no label list read"
+    );
     let free = &o.fake.state.not_modified()[not_modified..];
-    assert!(reads.iter().all(|r| free.contains(r)), "both answered 304: {reads:?} {free:?}");
+    assert!(reads.iter().all(|r| free.contains(r)), "answered 304: {reads:?} {free:?}");
 }
 
 async fn a_disallowed_label_is_dropped_and_named_and_the_allowed_one_applied(backend: Backend) {
@@ -116,15 +144,8 @@ async fn a_disallowed_label_is_dropped_and_named_and_the_allowed_one_applied(bac
     let Some((o, _dir)) = orch(backend, "phase: 1\n", Some(script), &[]).await else {
         return;
     };
-    let mut issue = o.open_issue("Crash on start", "It crashes.", "dev-kim");
-    o.label_issue(&mut issue, "orch:triage", "mara").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "WAITING_USER_APPROVAL").await;
-    let proposal = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("triage proposal"))
-        .unwrap();
+    let (issue, id) = triage(&o, "Crash on start", "WAITING_USER_APPROVAL").await;
+    let proposal = bot_comment(&o, issue.number, "triage proposal");
     assert!(proposal.contains("**Labels:** `bug`, `priority:p2`"), "{proposal}");
     assert!(
         proposal.contains("**Dropped:** `documentation` (the model proposed it, but `labels.allowed` does not allow it)"),
@@ -144,15 +165,8 @@ async fn a_disallowed_label_is_dropped_and_named_and_the_allowed_one_applied(bac
     let Some((o, _dir)) = orch(backend, "phase: 1\nlabels: {allowed: [bug]}\n", Some(script), &[]).await else {
         return;
     };
-    let mut issue = o.open_issue("Typo", "A typo.", "dev-kim");
-    o.label_issue(&mut issue, "orch:triage", "mara").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "BLOCKED_POLICY").await;
-    let blocked = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("blocked by policy"))
-        .unwrap();
+    let (issue, _) = triage(&o, "Typo", "BLOCKED_POLICY").await;
+    let blocked = bot_comment(&o, issue.number, "blocked by policy");
     assert!(blocked.contains("label `documentation` is not on the allow-list"), "{blocked}");
 }
 
@@ -225,11 +239,13 @@ async fn a_patch_is_shown_the_file_that_defines_a_named_symbol(backend: Backend)
         return;
     };
     cart_repo(&o);
-    let issue = o.open_issue("Totals", "Carts are wrong", "dev-kim");
-    o.comment(&issue, "mara", "/orch propose compute_total is wrong for empty carts")
-        .await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let (_, id) = propose(
+        &o,
+        "Totals",
+        "/orch propose compute_total is wrong for empty carts",
+        "WAITING_USER_APPROVAL",
+    )
+    .await;
     let prompt = &prompts(&o, id).await[0];
     assert!(
         prompt.contains("<untrusted source=\"file src/shop/cart.rs\">\npub struct Cart"),
@@ -253,22 +269,20 @@ async fn a_repository_too_large_to_download_is_not_searched_and_the_proposal_say
         return;
     };
     cart_repo(&o);
-    let issue = o.open_issue("Totals", "Carts are wrong", "dev-kim");
-    o.comment(&issue, "mara", "/orch propose fix compute_total in `src/shop/cart.rs`")
-        .await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let (issue, id) = propose(
+        &o,
+        "Totals",
+        "/orch propose fix compute_total in `src/shop/cart.rs`",
+        "WAITING_USER_APPROVAL",
+    )
+    .await;
     let prompt = &prompts(&o, id).await[0];
     assert!(
         prompt.contains("source=\"file src/shop/cart.rs\""),
         "the named file is still read: {prompt}"
     );
     assert!(!prompt.contains("source=\"file src/shop/checkout.rs\""), "nothing else: {prompt}");
-    let proposal = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("patch proposal"))
-        .unwrap();
+    let proposal = bot_comment(&o, issue.number, "patch proposal");
     assert!(
         proposal.contains("the repository's code (not searched: the download is larger than"),
         "the proposal says the repository was not searched: {proposal}"
@@ -288,15 +302,14 @@ async fn an_edit_to_a_long_file_changes_exactly_its_lines(backend: Backend) {
         return;
     };
     o.fake.state.push(REPO, "main", &[("src/consts.rs", Some(&long_file()))]);
-    let issue = o.open_issue("LINE_450 is wrong", "It should be 4500.", "dev-kim");
-    o.comment(&issue, "mara", "/orch propose fix LINE_450 in `src/consts.rs`").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "WAITING_USER_APPROVAL").await;
-    let proposal = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("patch proposal"))
-        .unwrap();
+    let (issue, id) = propose(
+        &o,
+        "LINE_450 is wrong",
+        "/orch propose fix LINE_450 in `src/consts.rs`",
+        "WAITING_USER_APPROVAL",
+    )
+    .await;
+    let proposal = bot_comment(&o, issue.number, "patch proposal");
     assert!(
         proposal.contains("-pub const LINE_450: u32 = 450;\n+pub const LINE_450: u32 = 4500;"),
         "{proposal}"
@@ -328,10 +341,7 @@ async fn an_edit_that_does_not_apply_is_fed_back_once_then_blocked_with_its_name
         return;
     };
     o.fake.state.push(REPO, "main", &[("src/consts.rs", Some(&long_file()))]);
-    let issue = o.open_issue("Consts", "Wrong.", "dev-kim");
-    o.comment(&issue, "mara", "/orch propose fix `src/consts.rs`").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "BLOCKED_POLICY").await;
+    let (issue, id) = propose(&o, "Consts", "/orch propose fix `src/consts.rs`", "BLOCKED_POLICY").await;
     let sent = prompts(&o, id).await;
     assert_eq!(sent.len(), 2, "fed back to the model once");
     assert!(
@@ -339,11 +349,7 @@ async fn an_edit_that_does_not_apply_is_fed_back_once_then_blocked_with_its_name
         "{}",
         sent[1]
     );
-    let blocked = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("blocked by policy"))
-        .unwrap();
+    let blocked = bot_comment(&o, issue.number, "blocked by policy");
     assert!(
         blocked.contains(
             "files.edits: `src/consts.rs`: edit 1: `old` (\"pub const LINE_1\") occurs 3 times in the file; it must occur exactly once"
@@ -360,15 +366,8 @@ async fn an_edit_that_does_not_apply_is_fed_back_once_then_blocked_with_its_name
     let Some((o, _dir)) = orch(backend, "phase: 4\n", Some(script), &[]).await else {
         return;
     };
-    let issue = o.open_issue("Nope", "Nope.", "dev-kim");
-    o.comment(&issue, "mara", "/orch propose fix `src/nope.rs`").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "BLOCKED_POLICY").await;
-    let blocked = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("blocked by policy"))
-        .unwrap();
+    let (issue, id) = propose(&o, "Nope", "/orch propose fix `src/nope.rs`", "BLOCKED_POLICY").await;
+    let blocked = bot_comment(&o, issue.number, "blocked by policy");
     assert!(
         blocked.contains("`src/nope.rs`: the file does not exist on the base commit; create it with `create`"),
         "{blocked}"
@@ -381,19 +380,12 @@ async fn long_instructions_are_cut_with_a_note(backend: Backend) {
     };
     let long = "Be brief. ".repeat(1000);
     o.fake.state.push(REPO, "main", &[(".github/orch/instructions.md", Some(&long))]);
-    let mut issue = o.open_issue("Crash", "It crashes.", "dev-kim");
-    o.label_issue(&mut issue, "orch:triage", "mara").await;
-    let id = o.only_workflow().await;
-    o.wait_state(id, "WAITING_USER_APPROVAL").await;
+    let (issue, id) = triage(&o, "Crash", "WAITING_USER_APPROVAL").await;
     let prompt = &prompts(&o, id).await[0];
     let start = prompt.find("<maintainers source=\".github/orch/instructions.md\"").unwrap();
     let end = prompt.find("</maintainers>").unwrap();
     assert!(end - start < 8 * 1024 + 200, "at most 8 KB of it");
-    let proposal = o
-        .bot_comments(issue.number)
-        .into_iter()
-        .find(|c| c.contains("triage proposal"))
-        .unwrap();
+    let proposal = bot_comment(&o, issue.number, "triage proposal");
     assert!(
         proposal.contains(".github/orch/instructions.md (cut: the file is 10000 bytes; the first 8192 are used)"),
         "{proposal}"

@@ -8,7 +8,7 @@
 //! The instructions and the label list are read with `If-None-Match` and kept in the store
 //! (`context_reads`, shared by replicas), so an unchanged one is a free 304. A missing
 //! instructions file has no ETag to ask with: it is asked for again after
-//! [`ABSENT_RECHECK_MS`].
+//! [`ABSENT_RECHECK_MS`]. A label list read within [`LABELS_FRESH_MS`] is used without asking.
 
 use crate::github::client::{ClientError, FileRead, GithubClient, LabelsRead, RepoLabel};
 use crate::github::retry::GithubError;
@@ -29,6 +29,9 @@ pub const ABSENT_RECHECK_MS: i64 = 10 * 60 * 1000;
 const LINKED_BODY_CHARS: usize = 4_000;
 
 const LABELS_RESOURCE: &str = "labels";
+/// A label list read this recently is used without asking again: a burst of triages on one
+/// repository reads it once. A label created meanwhile is offered from the next read on.
+pub const LABELS_FRESH_MS: i64 = 5 * 60 * 1000;
 
 fn now_ms() -> i64 {
     crate::store::now_ms()
@@ -88,17 +91,25 @@ pub async fn allowed_labels(
     policy: &CompiledPolicy,
 ) -> anyhow::Result<Vec<LabelChoice>> {
     let cached = read_cache::context_read(store.pool(), repo, LABELS_RESOURCE).await?;
-    let etag = cached.as_ref().and_then(|c| c.etag.as_deref());
-    let labels: Vec<RepoLabel> = match github.repo_labels_if_changed(installation, repo, etag).await? {
-        LabelsRead::NotModified => match cached.and_then(|c| c.body) {
-            Some(body) => serde_json::from_str(&body)?,
-            None => Vec::new(),
-        },
-        LabelsRead::Found { labels, etag } => {
-            let body = serde_json::to_string(&labels)?;
-            let _write = store.write_guard().await;
-            read_cache::record_context_read(store.pool(), repo, LABELS_RESOURCE, etag.as_deref(), Some(&body), now_ms()).await?;
-            labels
+    let labels: Vec<RepoLabel> = match cached.as_ref().filter(|c| now_ms() - c.read_at < LABELS_FRESH_MS) {
+        Some(recent) => serde_json::from_str(recent.body.as_deref().unwrap_or("[]"))?,
+        None => {
+            let etag = cached.as_ref().and_then(|c| c.etag.as_deref());
+            match github.repo_labels_if_changed(installation, repo, etag).await? {
+                LabelsRead::NotModified => {
+                    let body = cached.as_ref().and_then(|c| c.body.clone()).unwrap_or_else(|| "[]".into());
+                    // Still what GitHub has: fresh again, with the same ETag.
+                    let _write = store.write_guard().await;
+                    read_cache::record_context_read(store.pool(), repo, LABELS_RESOURCE, etag, Some(&body), now_ms()).await?;
+                    serde_json::from_str(&body)?
+                }
+                LabelsRead::Found { labels, etag } => {
+                    let body = serde_json::to_string(&labels)?;
+                    let _write = store.write_guard().await;
+                    read_cache::record_context_read(store.pool(), repo, LABELS_RESOURCE, etag.as_deref(), Some(&body), now_ms()).await?;
+                    labels
+                }
+            }
         }
     };
     Ok(labels
@@ -161,8 +172,20 @@ pub async fn pull_request(
     Ok((hunks, linked))
 }
 
+/// What a patch's context read on its base commit: file texts (None: no such file), and every
+/// path of the commit when the whole tree was read.
+#[derive(Debug, Default)]
+pub struct BaseRead {
+    pub files: HashMap<String, Option<String>>,
+    pub listed: Option<std::collections::HashSet<String>>,
+}
+
+/// The most text of a downloaded repository kept for the diff and the `edit`s of the proposal
+/// (beyond it, only the files shown are kept, and others are read when a patch changes them).
+const KEEP_TEXT_BYTES: usize = 32 * 1024 * 1024;
+
 /// Fills a patch's context from the repository at `base` (one tarball), and returns the texts
-/// of the files it showed, as read at `base`, for the diff and for applying `edit`s. When the
+/// read there, for the diff and for applying `edit`s without asking GitHub again. When the
 /// repository is too large to download, only the files the request names in backticks are read
 /// (one request each), and the proposal says so.
 pub async fn patch(
@@ -173,8 +196,9 @@ pub async fn patch(
     context: &mut Context,
     budget_tokens: u32,
     limits: &TarballLimits,
-) -> anyhow::Result<HashMap<String, Option<String>>> {
+) -> anyhow::Result<BaseRead> {
     let mut read = HashMap::new();
+    let mut listed = None;
     match github.tarball(installation, repo, base, limits).await? {
         Tarball::Files(snapshot) => {
             let files: Vec<SourceFile<'_>> = snapshot
@@ -186,9 +210,15 @@ pub async fn patch(
                 })
                 .collect();
             fill_patch_context(context, &snapshot.paths, &files, budget_tokens);
-            let texts: HashMap<&str, &str> = snapshot.files.iter().map(|f| (f.path.as_str(), f.text.as_str())).collect();
-            for path in context.files.iter().chain(&context.excerpts).map(|(p, _)| p) {
-                read.insert(path.clone(), texts.get(path.as_str()).map(|t| t.to_string()));
+            let total: usize = snapshot.files.iter().map(|f| f.text.len()).sum();
+            if total <= KEEP_TEXT_BYTES {
+                read.extend(snapshot.files.iter().map(|f| (f.path.clone(), Some(f.text.clone()))));
+                listed = Some(snapshot.paths.iter().cloned().collect());
+            } else {
+                let texts: HashMap<&str, &str> = snapshot.files.iter().map(|f| (f.path.as_str(), f.text.as_str())).collect();
+                for path in context.files.iter().chain(&context.excerpts).map(|(p, _)| p) {
+                    read.insert(path.clone(), texts.get(path.as_str()).map(|t| t.to_string()));
+                }
             }
             // A named path that is not in the repository is known to be missing.
             for path in named_paths(context) {
@@ -213,7 +243,7 @@ pub async fn patch(
             fill_patch_context(context, &[], &files, budget_tokens);
         }
     }
-    Ok(read)
+    Ok(BaseRead { files: read, listed })
 }
 
 /// The paths the instruction names in backticks that are plain relative paths (a path that could

@@ -315,7 +315,7 @@ impl Engine {
         context.notes.extend(cut);
         let mut read = BaseTexts {
             commit: base.map(str::to_string),
-            files: std::collections::HashMap::new(),
+            ..Default::default()
         };
         match wf.kind {
             Kind::Triage => {
@@ -331,7 +331,9 @@ impl Engine {
             Kind::Patch => {
                 let budget = llm::budget_for(Task::Patch, policy.policy.llm.context_budget_tokens);
                 let base = base.context("a patch is proposed on a commit")?;
-                read.files = super::context::patch(&self.github, inst, repo, base, &mut context, budget, &self.tarball_limits).await?;
+                let seen = super::context::patch(&self.github, inst, repo, base, &mut context, budget, &self.tarball_limits).await?;
+                read.files = seen.files;
+                read.listed = seen.listed;
             }
         }
         Ok((context, read))
@@ -401,9 +403,12 @@ impl Engine {
         if wf.kind == Kind::Patch {
             // `edit`s become the text they make, on the commit the model was shown, before
             // anything is shown or approved. One that does not apply is fed back to the model
-            // once; if the second answer fails too, Gate 2 blocks it and says why.
+            // once when the policy leaves a retry; if the second answer fails too, Gate 2
+            // blocks it and says why.
             match self.resolve_edits(&wf, &raw, &mut read).await? {
                 Resolved::Done(resolved) => raw = resolved,
+                // No retry left (`limits.max_retries: 0`): Gate 2 blocks it as it is.
+                Resolved::Failed(_) if policy.policy.limits.max_retries == 0 => {}
                 Resolved::Failed(failures) => {
                     let mut context = context.clone();
                     let problems: Vec<String> = failures.iter().map(ToString::to_string).collect();
@@ -490,6 +495,9 @@ impl Engine {
             return Ok(Resolved::Done(raw.to_string()));
         }
         for path in patch.edited_paths() {
+            if read.listed.as_ref().is_some_and(|l| !l.contains(path)) {
+                read.files.insert(path.to_string(), None);
+            }
             if !read.files.contains_key(path) {
                 let text = self
                     .github
@@ -773,6 +781,7 @@ impl Engine {
             read_at_base = Some(BaseTexts {
                 commit: wf.head_sha.clone(),
                 files,
+                listed: None,
             });
         }
         // The policy the proposal was just made under (its version is the one it is bound to),
@@ -978,6 +987,7 @@ impl Engine {
         for path in paths {
             let text = match known.and_then(|r| r.files.get(*path)) {
                 Some(text) => text.clone(),
+                None if known.and_then(|r| r.listed.as_ref()).is_some_and(|l| !l.contains(*path)) => None,
                 None => {
                     self.github
                         .file(wf.installation_id, &wf.repository, path, wf.head_sha.as_deref())
@@ -1920,6 +1930,9 @@ struct BaseTexts {
     /// The commit they were read at (None: the default branch's tip, no commit known).
     commit: Option<String>,
     files: std::collections::HashMap<String, Option<String>>,
+    /// Every path of the commit, when its whole tree was read (a tarball): a path not listed
+    /// does not exist there, so nobody needs to ask GitHub.
+    listed: Option<std::collections::HashSet<String>>,
 }
 
 /// Why a branch is not the approved patch: one line, and the paths that differ.
