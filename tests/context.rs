@@ -366,7 +366,7 @@ async fn an_edit_that_does_not_apply_is_fed_back_once_then_blocked_with_its_name
     let Some((o, _dir)) = orch(backend, "phase: 4\n", Some(script), &[]).await else {
         return;
     };
-    let (issue, id) = propose(&o, "Nope", "/orch propose fix `src/nope.rs`", "BLOCKED_POLICY").await;
+    let (issue, _) = propose(&o, "Nope", "/orch propose fix `src/nope.rs`", "BLOCKED_POLICY").await;
     let blocked = bot_comment(&o, issue.number, "blocked by policy");
     assert!(
         blocked.contains("`src/nope.rs`: the file does not exist on the base commit; create it with `create`"),
