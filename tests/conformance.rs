@@ -1,7 +1,7 @@
-//! Conformance: every real payload GitHub sent (the shared reference set, not part of this
-//! repository) parses into orch's events or is classified as ignored, and is accepted over HTTP.
-//! The folder is `ORCH_REFERENCE_WEBHOOKS`, by default `../shared/reference/webhooks`. In CI
-//! (`CI=true`) a missing folder fails the test instead of skipping it.
+//! Conformance: every real payload GitHub sent (`fixtures/github/webhooks`, from
+//! `@octokit/webhooks-examples`, see `fixtures/github/NOTICE.md`) parses into orch's events or is
+//! classified as ignored, and is accepted over HTTP. `ORCH_REFERENCE_WEBHOOKS` points elsewhere;
+//! a missing folder fails the test (the payloads are part of the repository).
 
 mod common;
 
@@ -13,16 +13,8 @@ use std::path::PathBuf;
 fn reference_payloads() -> Option<Vec<(String, PathBuf)>> {
     let dir = std::env::var("ORCH_REFERENCE_WEBHOOKS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/webhooks"));
-    if !dir.is_dir() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-            "reference webhooks not found at {} in CI",
-            dir.display()
-        );
-        eprintln!("SKIPPED: no reference webhooks at {}", dir.display());
-        return None;
-    }
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/github/webhooks"));
+    assert!(dir.is_dir(), "GitHub's recorded webhook payloads are missing at {}", dir.display());
     let mut out = Vec::new();
     for event_dir in std::fs::read_dir(&dir).unwrap() {
         let event_dir = event_dir.unwrap().path();

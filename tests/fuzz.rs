@@ -543,8 +543,13 @@ fn webhook_seeds() -> Vec<Seed> {
 
     let reference = std::env::var("ORCH_REFERENCE_WEBHOOKS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| manifest_dir().join("../shared/reference/webhooks"));
-    if reference.is_dir() {
+        .unwrap_or_else(|_| manifest_dir().join("fixtures/github/webhooks"));
+    assert!(
+        reference.is_dir(),
+        "GitHub's recorded webhook payloads are missing at {}",
+        reference.display()
+    );
+    {
         let mut files = Vec::new();
         for dir in std::fs::read_dir(&reference).unwrap() {
             let dir = dir.unwrap().path();
@@ -561,11 +566,6 @@ fn webhook_seeds() -> Vec<Seed> {
         for (event, file) in files {
             add(file.display().to_string(), &event, std::fs::read(&file).unwrap());
         }
-    } else {
-        eprintln!(
-            "fuzz: no reference webhooks at {} (seeds from this repository only)",
-            reference.display()
-        );
     }
     seeds
 }

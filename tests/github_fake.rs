@@ -1068,7 +1068,7 @@ fn the_reference_check_refuses_bad_bodies() {
         let refused = std::panic::catch_unwind(|| reference::assert_bodies_valid(&one)).is_err();
         // Outside CI without the reference file the check is skipped, and so is this assertion.
         let reference = std::env::var("ORCH_REFERENCE_REST")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/github-rest-subset.json").to_string());
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/github/github-rest-subset.json").to_string());
         if std::path::Path::new(&reference).exists() {
             assert!(refused, "{method} {path} {body} was accepted");
         }

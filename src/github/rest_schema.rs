@@ -1,7 +1,7 @@
 //! GitHub's REST description (the OpenAPI subset of the operations orch uses), loaded so the
 //! fake GitHub can refuse request bodies GitHub would refuse. Supports the JSON-schema keywords
-//! that description uses for request bodies. The description itself is not part of this
-//! repository: tests point at it (`../shared/reference/github-rest-subset.json`).
+//! that description uses for request bodies. The description is third-party data kept for the
+//! tests in `fixtures/github/github-rest-subset.json` (MIT, see `fixtures/github/NOTICE.md`).
 
 use anyhow::Context;
 use serde_json::Value;

@@ -246,22 +246,13 @@ pub fn key_pair(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
     (std::fs::read(private).unwrap(), std::fs::read(public).unwrap())
 }
 
-/// GitHub's REST description of the shared reference folder
-/// (`../shared/reference/github-rest-subset.json`, or `ORCH_REFERENCE_REST`), which is not part of
-/// this repository. In CI it must be there; elsewhere its absence skips the body checks, loudly.
+/// GitHub's REST description (`fixtures/github/github-rest-subset.json`, or
+/// `ORCH_REFERENCE_REST`). It is part of the repository: its absence fails the test.
 pub fn rest_description() -> Option<orch::github::rest_schema::RestDescription> {
     let path = std::env::var("ORCH_REFERENCE_REST")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/github-rest-subset.json"));
-    if !path.exists() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-            "GitHub's REST description not found at {} in CI",
-            path.display()
-        );
-        eprintln!("SKIPPED: no REST description at {}; request bodies are not checked", path.display());
-        return None;
-    }
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/github/github-rest-subset.json"));
+    assert!(path.exists(), "GitHub's REST description is missing at {}", path.display());
     Some(orch::github::rest_schema::RestDescription::load(&path).expect("GitHub's REST description loads"))
 }
 

@@ -1,6 +1,6 @@
-//! Checks request bodies against GitHub's REST description in the shared reference folder
-//! (`../shared/reference/github-rest-subset.json`, not part of this repository), with the checker
-//! the fake GitHub uses (`orch::github::rest_schema`).
+//! Checks request bodies against GitHub's REST description (`fixtures/github/github-rest-subset.json`,
+//! see `fixtures/github/NOTICE.md`), with the checker the fake GitHub uses
+//! (`orch::github::rest_schema`).
 
 use serde_json::Value;
 
